@@ -1,0 +1,282 @@
+"""Memory of on-the-fly zeroth-order steps vs. forward passes at SmolLM2-135M shape.
+
+Two measurements (random weights of the real shape; the numbers do not depend on the values):
+
+1. XLA temp bytes (``jit(...).lower(...).compile(compiler_options=ZO_COMPILER_OPTIONS)
+   .memory_analysis()``) of the loss forward, a MeZO step and MeZO-GV steps (M = 2, 4, 8), all with
+   the parameters donated. Bar: ``(temp_step − temp_fwd) / param_bytes ≤ 0.10``.
+2. Peak RSS (``VmHWM`` in ``/proc/self/status``) of a process running only forwards vs. one running
+   MeZO steps at the same batch, each in its own subprocess. Bar: ``rss_mezo / rss_fwd ≤ 1.15``.
+   Reported twice: "workload" resets the peak (``/proc/self/clear_refs``) once the parameters exist,
+   so it covers compiling and running with the parameters resident; "whole process" also includes
+   the random initialisation (whose transient peak is ~2x the parameters). At 135M the workload
+   ratio is dominated by the MeZO step's larger compiled code (many unrolled threefry4x32 fusions)
+   and its compile-time transient, not by data: the running increments are similar.
+
+Usage::
+
+    python experiments/bench_memory.py                  # everything, prints a table and JSON
+    python experiments/bench_memory.py --gv 2,4 --batch 8 --seq 64 --steps 3
+    python experiments/bench_memory.py --child fwd      # one RSS measurement (used internally)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import zojax
+import zojax.models as zm
+
+
+def vm_hwm_bytes() -> int:
+    """Peak resident set size of this process (``VmHWM``)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("VmHWM not found in /proc/self/status")
+
+
+def reset_peak_rss() -> bool:
+    """Resets ``VmHWM`` to the current RSS (``echo 5 > /proc/self/clear_refs``, Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def vm_rss_bytes() -> int:
+    """Current resident set size (``VmRSS``)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("VmRSS not found in /proc/self/status")
+
+
+def malloc_trim() -> None:
+    """Returns freed heap pages to the OS (glibc), so compile-time garbage does not count as
+    data."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def setup(preset: str, batch: int, seq: int, seed: int = 0):
+    model = zm.init_model(zm.llama_config(preset), seed)
+    ids = jax.random.randint(jax.random.key(seed + 1), (batch, seq), 0, model.config.vocab_size)
+    return model, ids, jnp.ones_like(ids)
+
+
+def make_fwd(model, ids, mask):
+    def fwd(params):
+        return zm.next_token_loss(model, ids, mask)(params)
+
+    return fwd
+
+
+def make_step(model, ids, mask, tx):
+    def step(params, state):
+        loss = zm.next_token_loss(model, ids, mask)
+        updates, state = tx.update(params, state, params, value_fn=loss)
+        return optax.apply_updates(params, updates), state
+
+    return step
+
+
+def compiled(fn, *args, donate=()):
+    t = time.time()
+    c = (
+        jax.jit(fn, donate_argnums=donate)
+        .lower(*args)
+        .compile(compiler_options=zm.ZO_COMPILER_OPTIONS)
+    )
+    return c, time.time() - t
+
+
+def temp_bytes(args) -> dict:
+    model, ids, mask = setup(args.preset, args.batch, args.seq)
+    pbytes = model.param_bytes
+    out = {
+        "param_bytes": pbytes,
+        "batch": args.batch,
+        "seq": args.seq,
+        "preset": args.preset,
+        "steps": {},
+    }
+    c, ct = compiled(make_fwd(model, ids, mask), model.params)
+    base = c.memory_analysis().temp_size_in_bytes
+    out["fwd_temp_bytes"] = base
+    print(
+        f"forward: temp {base / 2**20:.1f} MiB (params {pbytes / 2**20:.1f} MiB), "
+        f"compile {ct:.1f}s",
+        flush=True,
+    )
+    methods = [("mezo", zojax.mezo(1e-6, 1e-3))]
+    methods += [(f"gv{m}", zojax.mezo_gv(1e-6, 1e-3, num_candidates=m)) for m in args.gv]
+    for name, tx in methods:
+        state = tx.init(model.params)
+        c, ct = compiled(make_step(model, ids, mask, tx), model.params, state, donate=(0,))
+        ma = c.memory_analysis()
+        excess = (ma.temp_size_in_bytes - base) / pbytes
+        out["steps"][name] = {
+            "temp_bytes": ma.temp_size_in_bytes,
+            "excess_over_fwd_div_params": excess,
+            "alias_bytes": ma.alias_size_in_bytes,
+            "compile_s": ct,
+            "pass": excess <= 0.10,
+        }
+        print(
+            f"{name:6s}: temp {ma.temp_size_in_bytes / 2**20:.1f} MiB, "
+            f"(temp − fwd)/params = {excess:+.4f} "
+            f"{'PASS' if excess <= 0.10 else 'FAIL'} (≤ 0.10), compile {ct:.1f}s",
+            flush=True,
+        )
+    return out
+
+
+def child(args) -> None:
+    """One RSS measurement: only forwards (``fwd``) or only MeZO steps (``mezo``), params
+    donated."""
+    model, ids, mask = setup(args.preset, args.batch, args.seq)
+    params = jax.block_until_ready(model.params)
+    del model
+    time.sleep(0.5)
+    # the random initialisation's temporaries are not part of either workload: measure from here
+    malloc_trim()
+    phases = {"hwm_setup": vm_hwm_bytes()}
+    reset = reset_peak_rss()
+    phases["rss_setup"] = vm_rss_bytes()
+    if args.child == "fwd":
+        c, _ = compiled(make_fwd(zm.Model(zm.llama_config(args.preset), None), ids, mask), params)
+        phases["hwm_compile"] = vm_hwm_bytes()
+        malloc_trim()
+        phases["rss_after_compile"] = vm_rss_bytes()
+        reset_peak_rss()
+        t = time.time()
+        for _ in range(args.steps):
+            jax.block_until_ready(c(params))
+    else:
+        tx = zojax.mezo(1e-6, 1e-3)
+        state = tx.init(params)
+        c, _ = compiled(
+            make_step(zm.Model(zm.llama_config(args.preset), None), ids, mask, tx),
+            params,
+            state,
+            donate=(0,),
+        )
+        phases["hwm_compile"] = vm_hwm_bytes()
+        malloc_trim()
+        phases["rss_after_compile"] = vm_rss_bytes()
+        reset_peak_rss()
+        t = time.time()
+        for _ in range(args.steps):
+            params, state = c(params, state)
+            jax.block_until_ready(params)
+    dt = (time.time() - t) / args.steps
+    phases["hwm_run"] = vm_hwm_bytes()
+    print(
+        json.dumps(
+            {
+                "mode": args.child,
+                "vm_hwm": max(phases["hwm_compile"], phases["hwm_run"]),
+                "vm_hwm_process": max(
+                    phases["hwm_setup"], phases["hwm_compile"], phases["hwm_run"]
+                ),
+                **phases,
+                "s_per_call": dt,
+                "reset": reset,
+            }
+        )
+    )
+
+
+def rss(args) -> dict:
+    res = {}
+    for mode in ("fwd", "mezo"):
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--child",
+            mode,
+            "--preset",
+            args.preset,
+            "--batch",
+            str(args.batch),
+            "--seq",
+            str(args.seq),
+            "--steps",
+            str(args.steps),
+        ]
+        p = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        res[mode] = json.loads(p.stdout.strip().splitlines()[-1])
+        print(
+            f"{mode:5s} process: peak RSS {res[mode]['vm_hwm'] / 2**20:.0f} MiB, "
+            f"{res[mode]['s_per_call']:.2f} s per call",
+            flush=True,
+        )
+    ratio = res["mezo"]["vm_hwm"] / res["fwd"]["vm_hwm"]
+    whole = res["mezo"]["vm_hwm_process"] / res["fwd"]["vm_hwm_process"]
+    print(
+        f"peak RSS MeZO / forward, workload only (peak reset after the parameters exist) = "
+        f"{ratio:.3f} {'PASS' if ratio <= 1.15 else 'FAIL'} (≤ 1.15)"
+    )
+    print(
+        f"peak RSS MeZO / forward, whole process (incl. random init) = {whole:.3f} "
+        f"{'PASS' if whole <= 1.15 else 'FAIL'} (≤ 1.15)"
+    )
+    return {
+        "fwd": res["fwd"],
+        "mezo": res["mezo"],
+        "ratio": ratio,
+        "pass": ratio <= 1.15,
+        "ratio_whole_process": whole,
+        "pass_whole_process": whole <= 1.15,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--preset", default="smollm2-135m")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument(
+        "--gv", default="2,4,8", help="MeZO-GV candidate counts (comma separated, '' for none)"
+    )
+    ap.add_argument("--skip-temp", action="store_true")
+    ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--json", default="", help="write the results here")
+    ap.add_argument("--child", choices=("fwd", "mezo"), default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    args.gv = [int(m) for m in args.gv.split(",") if m.strip()]
+    if args.child:
+        child(args)
+        return
+    results = {}
+    if not args.skip_rss:
+        results["rss"] = rss(args)
+    if not args.skip_temp:
+        results["temp"] = temp_bytes(args)
+    print(json.dumps(results, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

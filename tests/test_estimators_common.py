@@ -1,0 +1,374 @@
+"""One shared harness run over every registered estimator (like optax's contrib ``_common_test.py``)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import zojax
+from tests import _stats
+from zojax import estimators, perturb
+from zojax.perturb import Direction
+
+# Method options used throughout the harness (small M keeps the suite fast).
+TEST_OPTIONS: dict[str, dict[str, Any]] = {
+    "mezo": {},
+    "nspsa": {"num_queries": 3},
+    "mezo-gv": {"num_candidates": 4},
+    "mezo-greedy": {"num_candidates": 3},
+}
+METHOD_NAMES = sorted(zojax.METHODS)
+
+
+def test_every_registered_method_is_covered() -> None:
+    assert sorted(TEST_OPTIONS) == METHOD_NAMES
+
+
+def quadratic_problem(dtype: Any = jnp.float32) -> tuple[dict, Any, np.ndarray]:
+    """``f(θ) = ½ (θ−c)ᵀ A (θ−c)`` over a nested pytree with 7 coordinates, and its gradient at θ."""
+    rng = np.random.default_rng(0)
+    params = {
+        "a": jnp.asarray(rng.normal(size=(3,)), dtype),
+        "nested": {"w": jnp.asarray(rng.normal(size=(2, 2)), dtype)},
+    }
+    flat, unravel = ravel_pytree(params)
+    d = flat.shape[0]
+    q = rng.normal(size=(d, d))
+    a_mat = q @ q.T / d + np.eye(d)
+    center = rng.normal(size=(d,)) + 3.0
+
+    def loss(p: Any) -> jax.Array:
+        x = ravel_pytree(p)[0].astype(jnp.float32) - center
+        return 0.5 * x @ jnp.asarray(a_mat, jnp.float32) @ x
+
+    grad = a_mat @ (np.asarray(flat, np.float64) - center)
+    del unravel
+    return params, loss, grad
+
+
+def sample_grads(estimate_fn: Any, params: Any, loss: Any, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` independent estimates ``ĝ`` (flattened), step key ``i = fold_in(key(seed), i)``."""
+    base = perturb.key_data(seed)
+
+    def one(i: jax.Array) -> jax.Array:
+        est = estimate_fn(loss, params, perturb.fold_in(base, i))
+        return ravel_pytree(perturb.direction_tree(est.grad, params))[0]
+
+    return np.asarray(jax.jit(lambda: jax.lax.map(one, jnp.arange(n, dtype=jnp.uint32)))(), np.float64)
+
+
+def estimate_fn_for(name: str, **overrides: Any) -> Any:
+    method = zojax.METHODS[name]
+    return functools.partial(method.estimate, **{"eps": 1e-2, **TEST_OPTIONS[name], **overrides})
+
+
+# --- statistical properties -------------------------------------------------------------------------
+
+UNBIASED_CASES = [
+    (name, extra)
+    for name in METHOD_NAMES
+    if zojax.METHODS[name].unbiased
+    for extra in ({}, {"distribution": "rademacher"})
+] + [("mezo", {"one_sided": True})]
+
+
+@pytest.mark.parametrize(("name", "extra"), UNBIASED_CASES)
+def test_unbiased_on_quadratic(name: str, extra: dict) -> None:
+    """E[ĝ] = ∇f: every coordinate of the sample mean within its Bonferroni-corrected z-bound."""
+    params, loss, grad = quadratic_problem()
+    samples = sample_grads(estimate_fn_for(name, **extra), params, loss, n=4000)
+    ok, z = _stats.mean_within_bound(samples, grad)
+    assert ok, f"{name} {extra}: standardised deviations {np.round(z, 2)}"
+
+
+def _double_counted(value_fn: Any, params: Any, key: jax.Array) -> estimators.Estimate:
+    est = estimators.estimate_spsa(value_fn, params, key, eps=1e-2)
+    return est._replace(grad=est.grad.scaled(2.0))  # forgot the 2 in 2ε
+
+
+def _mismatched_noise(value_fn: Any, params: Any, key: jax.Array) -> estimators.Estimate:
+    est = estimators.estimate_spsa(value_fn, params, key, eps=1e-2)
+    # The authors'-code quirk: the update regenerates different noise than was evaluated.
+    other = Direction.single(perturb.fold_in(key, 12345), est.projected_grad)
+    return est._replace(grad=other)
+
+
+@pytest.mark.parametrize("wrong", [_double_counted, _mismatched_noise])
+def test_unbiasedness_check_rejects_wrong_estimators(wrong: Any) -> None:
+    params, loss, grad = quadratic_problem()
+    samples = sample_grads(wrong, params, loss, n=4000)
+    ok, _ = _stats.mean_within_bound(samples, grad)
+    assert not ok
+
+
+@pytest.mark.parametrize("name", [n for n in METHOD_NAMES if not zojax.METHODS[n].unbiased])
+def test_biased_estimators_are_descent_directions(name: str) -> None:
+    """E[⟨ĝ, ∇f⟩] > 0 (lower confidence bound), and larger than MeZO's per-step projection.
+
+    Guided and greedy estimates are biased by design (ĝ ≈ v vᵀ ∇f with v favouring descent), so the
+    property to check is that they are descent directions on average.
+    """
+    params, loss, grad = quadratic_problem()
+    samples = sample_grads(estimate_fn_for(name), params, loss, n=2000)
+    proj = samples @ grad
+    assert _stats.lower_confidence_bound(proj) > 0
+
+
+# --- references -------------------------------------------------------------------------------------
+
+
+def _numpy_reference(kind: str, params: Any, loss: Any, key: jax.Array, eps: float, m: int, **kw: Any) -> np.ndarray:
+    """The algorithm in numpy on materialised noise: candidates, ranking, v, two-point, ĝ."""
+    flat0, _ = ravel_pytree(params)
+    theta = np.asarray(flat0, np.float64)
+    zs = [
+        np.asarray(ravel_pytree(perturb.direction_tree(Direction.single(perturb.fold_in(key, i)), params))[0], np.float64)
+        for i in range(m)
+    ]
+    _, unravel = ravel_pytree(params)
+
+    def f(x: np.ndarray) -> float:
+        return float(loss(unravel(jnp.asarray(x, jnp.float32))))
+
+    cand = np.array([f(theta + eps * z) for z in zs])
+    order = np.argsort(cand, kind="stable")
+    if kind == "guided":
+        top = int(kw["elite_ratio"] * m)
+        v = np.mean([zs[i] for i in order[:top]], axis=0) - np.mean([zs[i] for i in order[top:]], axis=0)
+    else:
+        v = zs[order[0]]
+    g = (f(theta + eps * v) - f(theta - eps * v)) / (2 * eps)
+    return g * v
+
+
+@pytest.mark.parametrize(("m", "alpha"), [(2, 0.5), (4, 0.25), (4, 0.5), (8, 0.75), (5, 0.4)])
+def test_guided_matches_numpy_reference(m: int, alpha: float) -> None:
+    params, loss, _ = quadratic_problem()
+    key = perturb.key_data(7)
+    est = estimators.estimate_guided(loss, params, key, eps=1e-2, num_candidates=m, elite_ratio=alpha)
+    got = np.asarray(ravel_pytree(perturb.direction_tree(est.grad, params))[0])
+    ref = _numpy_reference("guided", params, loss, key, 1e-2, m, elite_ratio=alpha)
+    np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("m", [1, 3, 6])
+def test_greedy_matches_numpy_reference(m: int) -> None:
+    params, loss, _ = quadratic_problem()
+    key = perturb.key_data(11)
+    est = estimators.estimate_greedy(loss, params, key, eps=1e-2, num_candidates=m)
+    got = np.asarray(ravel_pytree(perturb.direction_tree(est.grad, params))[0])
+    ref = _numpy_reference("greedy", params, loss, key, 1e-2, m)
+    np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+
+
+def test_greedy_reuse_best_loss_saves_one_forward() -> None:
+    params, loss, _ = quadratic_problem()
+    key = perturb.key_data(3)
+    a = estimators.estimate_greedy(loss, params, key, eps=1e-2, num_candidates=4)
+    b = estimators.estimate_greedy(loss, params, key, eps=1e-2, num_candidates=4, reuse_best_loss=True)
+    assert a.losses.shape == (6,) and b.losses.shape == (5,)
+    np.testing.assert_allclose(b.projected_grad, a.projected_grad, rtol=1e-3)
+    assert zojax.METHODS["mezo-greedy"].forwards_per_step(num_candidates=4, reuse_best_loss=True) == 5
+
+
+def test_guided_normalize_and_rank_weights() -> None:
+    losses = jnp.array([3.0, 1.0, 2.0, 0.0])
+    w = estimators.guiding_weights(losses, 0.5)
+    np.testing.assert_allclose(w, [-0.5, 0.5, -0.5, 0.5])
+    wn = estimators.guiding_weights(losses, 0.5, normalize=True)
+    np.testing.assert_allclose(float(jnp.sum(wn**2)), 1.0, rtol=1e-6)
+    wr = estimators.guiding_weights(losses, weighting="rank")
+    # ranks: [3, 1, 2, 0] -> centred (1.5 - r) / 2
+    np.testing.assert_allclose(wr, [-0.75, 0.25, -0.25, 0.75])
+
+
+# --- optax API, determinism, dtypes ------------------------------------------------------------------
+
+
+def make_tx(name: str, learning_rate: float = 1e-2, **overrides: Any) -> optax.GradientTransformationExtraArgs:
+    return zojax.METHODS[name].optimizer(learning_rate, **{"eps": 1e-2, **TEST_OPTIONS[name], **overrides})
+
+
+def run_steps(tx: Any, params: Any, loss: Any, steps: int) -> tuple[Any, Any]:
+    state = tx.init(params)
+
+    @jax.jit
+    def step(p: Any, s: Any) -> tuple[Any, Any]:
+        updates, s = tx.update(p, s, p, value_fn=loss)
+        return optax.apply_updates(p, updates), s
+
+    for _ in range(steps):
+        params, state = step(params, state)
+    return params, state
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_forward_count_and_state(name: str) -> None:
+    params, loss, _ = quadratic_problem()
+    _, state = run_steps(make_tx(name), params, loss, 3)
+    zs = zojax.zo_state(state)
+    per_step = zojax.METHODS[name].forwards_per_step(**TEST_OPTIONS[name])
+    assert int(zs.count) == 3
+    assert int(zs.num_forwards) == 3 * per_step
+    assert int(zs.nonfinite_count) == 0
+    est = estimate_fn_for(name)(loss, params, perturb.key_data(0))
+    assert est.losses.shape == (per_step,)
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_deterministic_given_key(name: str) -> None:
+    params, loss, _ = quadratic_problem()
+    a, _ = run_steps(make_tx(name, key=5), params, loss, 3)
+    b, _ = run_steps(make_tx(name, key=5), params, loss, 3)
+    c, _ = run_steps(make_tx(name, key=6), params, loss, 3)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(c), strict=True))
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_scan_over_steps_matches_python_loop(name: str) -> None:
+    params, loss, _ = quadratic_problem()
+    tx = make_tx(name)
+    looped, _ = run_steps(tx, params, loss, 4)
+
+    def body(carry: Any, _: Any) -> tuple[Any, jax.Array]:
+        p, s = carry
+        updates, s = tx.update(p, s, p, value_fn=loss)
+        return (optax.apply_updates(p, updates), s), zojax.zo_state(s).loss
+
+    (scanned, _), losses = jax.jit(lambda p: jax.lax.scan(body, (p, tx.init(p)), length=4))(params)
+    assert losses.shape == (4,)
+    for x, y in zip(jax.tree.leaves(looped), jax.tree.leaves(scanned), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_zero_learning_rate_leaves_params_bitwise_unchanged(name: str, dtype: Any) -> None:
+    params, loss, _ = quadratic_problem(dtype)
+    new, _ = run_steps(make_tx(name, learning_rate=0.0), params, loss, 2)
+    for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(new), strict=True):
+        assert x.dtype == y.dtype == dtype
+        np.testing.assert_array_equal(np.asarray(x, np.float32), np.asarray(y, np.float32))
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_bfloat16_params_keep_dtype_and_train(name: str) -> None:
+    params, loss, _ = quadratic_problem(jnp.bfloat16)
+    new, _ = run_steps(make_tx(name, learning_rate=0.05), params, loss, 30)
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(new))
+    assert float(loss(new)) < float(loss(params))
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_nonfinite_loss_gives_zero_update(name: str) -> None:
+    params, _, _ = quadratic_problem()
+
+    def bad_loss(p: Any) -> jax.Array:
+        return jnp.sum(p["a"]) * jnp.nan
+
+    tx = make_tx(name)
+    state = tx.init(params)
+    updates, state = jax.jit(lambda p, s: tx.update(p, s, p, value_fn=bad_loss))(params, state)
+    new = optax.apply_updates(params, updates)
+    for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(new), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert int(zojax.zo_state(state).nonfinite_count) == 1
+    assert int(zojax.zo_state(state).count) == 1
+
+
+def logistic_problem() -> tuple[dict, Any]:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(256, 10)).astype(np.float32)
+    w_true = rng.normal(size=(10,)).astype(np.float32)
+    y = (x @ w_true + 0.3 * rng.normal(size=(256,)) > 0).astype(np.float32)
+    params = {"w": jnp.zeros((10,)), "bias": jnp.zeros(())}
+
+    def loss(p: Any) -> jax.Array:
+        logits = jnp.asarray(x) @ p["w"] + p["bias"]
+        return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.asarray(y)))
+
+    return params, loss
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_reduces_logistic_regression_loss(name: str) -> None:
+    params, loss = logistic_problem()
+    new, _ = run_steps(make_tx(name, learning_rate=0.05), params, loss, 200)
+    before, after = float(loss(params)), float(loss(new))
+    assert after < 0.8 * before, (before, after)
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_composes_with_adam_sign_and_multisteps(name: str) -> None:
+    params, loss = logistic_problem()
+    est = zojax.METHODS[name].transform(**{"eps": 1e-2, **TEST_OPTIONS[name]})
+    for tx in (
+        optax.chain(est, optax.adam(0.02)),  # ZO-Adam
+        optax.chain(est, optax.scale_by_sign(), optax.scale(-0.01)),  # ZO-Sign
+    ):
+        new, _ = run_steps(tx, params, loss, 100)
+        assert float(loss(new)) < 0.9 * float(loss(params))
+    # Accumulating 2 estimates with MultiSteps equals one SGD step on their mean.
+    acc = optax.MultiSteps(optax.chain(est, optax.sgd(0.1)), every_k_schedule=2)
+    state = acc.init(params)
+    p = params
+    for _ in range(2):
+        updates, state = acc.update(p, state, p, value_fn=loss)
+        p = optax.apply_updates(p, updates)
+    s0 = est.init(params)
+    g1, s1 = est.update(params, s0, params, value_fn=loss)
+    g2, _ = est.update(params, s1, params, value_fn=loss)
+    expected = jax.tree.map(lambda x, a, b: x - 0.1 * (a + b) / 2, params, g1, g2)
+    for x, y in zip(jax.tree.leaves(p), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+
+
+def test_weight_decay_masks_biases_and_norms() -> None:
+    params = {
+        "layers": {"attn_norm": jnp.ones((2, 3)), "q": {"kernel": jnp.ones((2, 3, 3)), "bias": jnp.ones((2, 3))}},
+        "embed": jnp.ones((5, 3)),
+        "final_layernorm": {"scale": jnp.ones(3)},
+        "ln_f": jnp.ones(3),
+    }
+    mask = zojax.decay_mask(params)
+    assert mask["layers"]["q"]["kernel"] and mask["embed"]
+    assert not mask["layers"]["attn_norm"] and not mask["layers"]["q"]["bias"]
+    assert not mask["final_layernorm"]["scale"] and not mask["ln_f"]
+    tx = zojax.mezo(learning_rate=0.1, weight_decay=0.5)
+    state = tx.init(params)
+    updates, _ = tx.update(params, state, params, value_fn=lambda p: jnp.zeros(()))
+    # A zero loss gives ĝ = 0, so the update is the decay alone: -lr * wd * θ on decayed leaves only.
+    np.testing.assert_allclose(updates["embed"], -0.05 * np.ones((5, 3)), rtol=1e-6)
+    np.testing.assert_array_equal(updates["layers"]["q"]["bias"], np.zeros((2, 3)))
+
+
+def test_inject_hyperparams() -> None:
+    params, loss = logistic_problem()
+    tx = optax.inject_hyperparams(zojax.mezo, static_args=("key",))(learning_rate=0.05, eps=1e-2)
+    new, state = run_steps(tx, params, loss, 50)
+    assert float(loss(new)) < float(loss(params))
+    assert float(state.hyperparams["learning_rate"]) == pytest.approx(0.05)
+
+
+def test_state_roundtrips_through_orbax(tmp_path: Any) -> None:
+    import orbax.checkpoint as ocp
+
+    params, loss = logistic_problem()
+    tx = make_tx("mezo-gv")
+    _, state = run_steps(tx, params, loss, 3)
+    path = tmp_path / "state"
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(path, state)
+    with ocp.StandardCheckpointer() as ckpt:
+        restored = ckpt.restore(path, jax.tree.map(ocp.utils.to_shape_dtype_struct, state))
+    for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
+        np.testing.assert_array_equal(x, y)

@@ -1,0 +1,49 @@
+"""Flax causal LMs (Llama family incl. SmolLM2, OPT) for zeroth-order fine-tuning.
+
+* :func:`load_model` / :func:`init_model` give a :class:`Model` (config, plain-pytree params with
+the
+  layers stacked under ``"layers"``, tokenizer) whose ``logits``/``token_logprobs`` accept
+  ``perturbation=(direction, scale)`` and perturb on the fly inside the layer scan.
+* :class:`PerturbableModelLoss` / :func:`next_token_loss` turn them into
+  :class:`zojax.perturb.PerturbableLoss` objects for the estimators.
+* :mod:`zojax.models.lora` and :mod:`zojax.models.prefix`: parameter-efficient parameterisations.
+"""
+
+from zojax.models import adapters, lora, prefix, sharding
+from zojax.models.adapters import Adapted
+from zojax.models.config import ModelConfig, config_from_hf, llama_config, opt_config
+from zojax.models.loading import available_memory_bytes, check_memory, load_model, smollm2_gguf_path
+from zojax.models.loss import PerturbableModelLoss, masked_mean_nll, next_token_loss
+from zojax.models.model import (
+    ZO_COMPILER_OPTIONS,
+    Model,
+    init_model,
+    init_params,
+    positions_from_mask,
+)
+from zojax.models.tokenizer import Tokenizer
+
+__all__ = [
+    "ZO_COMPILER_OPTIONS",
+    "Adapted",
+    "Model",
+    "ModelConfig",
+    "PerturbableModelLoss",
+    "Tokenizer",
+    "adapters",
+    "available_memory_bytes",
+    "check_memory",
+    "config_from_hf",
+    "init_model",
+    "init_params",
+    "llama_config",
+    "load_model",
+    "lora",
+    "masked_mean_nll",
+    "next_token_loss",
+    "opt_config",
+    "positions_from_mask",
+    "prefix",
+    "sharding",
+    "smollm2_gguf_path",
+]

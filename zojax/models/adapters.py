@@ -1,0 +1,275 @@
+"""Parameter-efficient parameterisations: a frozen base plus a small trainable subtree.
+
+An :class:`Adapted` model splits the parameters into the frozen ``base`` (the model's params, closed
+over) and a ``trainable`` pytree whose layer-shaped leaves live under a top-level ``"layers"`` key
+with
+a leading layer axis. Its ``logits``/``token_logprobs`` take the trainable subtree as ``params``, so
+the
+estimators perturb and update only that subtree; with ``perturbation=(v, s)`` layer ``l``'s
+trainable
+slice is perturbed inside the layer scan with ``perturb_subtree(slice, ("layers",), v, s,
+layer=layer_index)``,
+exactly as ``perturb(trainable, v, s)`` would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zojax import perturb
+from zojax.models.model import Model, Perturbation, chunked_logprobs, decoder, project
+
+PyTree = Any
+Array = jax.Array
+Combine = Callable[[PyTree, PyTree, Array], tuple[PyTree, tuple[Array, Array] | None]]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Adapted:
+    """A model with a frozen base and a trainable subtree (LoRA, prefix tuning).
+
+    Attributes:
+      model: the base :class:`~zojax.models.Model` (its ``params`` are the frozen base).
+      kind: ``"lora"`` or ``"prefix"``.
+      combine: ``(base_layer, trainable_layer, l) -> (layer_params, prefix_kv | None)``, run in
+        the scan.
+      num_prefix: number of virtual tokens (prefix tuning), else 0.
+      options: the hyper-parameters (rank, alpha, targets / num_virtual_tokens).
+    """
+
+    model: Model
+    kind: str
+    combine: Combine
+    num_prefix: int = 0
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"Adapted({self.kind}, {self.options}, base={self.model!r})"
+
+    @property
+    def base(self) -> PyTree:
+        """The frozen base parameters."""
+        return self.model.params
+
+    def _hidden(
+        self,
+        trainable: PyTree,
+        input_ids: Array,
+        attention_mask: Array | None,
+        perturbation: Perturbation,
+    ) -> Array:
+        if attention_mask is None:
+            attention_mask = jnp.ones(jnp.shape(input_ids), jnp.int32)
+
+        def layer_fn(base_l: PyTree, train_l: PyTree, layer_index: Array) -> tuple[PyTree, Any]:
+            if perturbation is not None:
+                direction, scale = perturbation
+                train_l = perturb.perturb_subtree(
+                    train_l, ("layers",), direction, scale, layer=layer_index
+                )
+            return self.combine(base_l, train_l, layer_index)
+
+        h, _ = decoder(
+            self.model.config,
+            self.model.dtype,
+            self.base,
+            input_ids,
+            attention_mask,
+            extra_layers=trainable["layers"],
+            layer_fn=layer_fn,
+            num_prefix=self.num_prefix,
+        )
+        return h
+
+    def logits(
+        self,
+        trainable: PyTree,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        *,
+        perturbation: Perturbation = None,
+    ) -> Array:
+        """float32 ``[B, T, V]`` logits of the adapted model at ``trainable`` (+ ``s·v`` if
+        perturbed)."""
+        h = self._hidden(trainable, input_ids, attention_mask, perturbation)
+        return project(self.model.config, self.base, h)
+
+    __call__ = logits
+
+    def token_logprobs(
+        self,
+        trainable: PyTree,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        *,
+        perturbation: Perturbation = None,
+        vocab_chunk: int = 8192,
+    ) -> Array:
+        """``log p(x_{t+1} | x_{≤t})`` ``[B, T−1]`` (see ``Model.token_logprobs``)."""
+        h = self._hidden(trainable, input_ids, attention_mask, perturbation)
+        ids = jnp.asarray(input_ids, jnp.int32)
+        return chunked_logprobs(
+            self.model.config, self.base, h[:, :-1], ids[:, 1:], None, vocab_chunk
+        )
+
+    def merged_params(self, trainable: PyTree) -> PyTree:
+        """LoRA only: the base parameters with ``ΔW = (α/r)·A B`` folded into the kernels."""
+        if self.kind != "lora":
+            raise ValueError(
+                f"merged_params: only LoRA weights can be merged, this is {self.kind!r}"
+            )
+        scale = self.options["alpha"] / self.options["rank"]
+        layers = dict(self.base["layers"])
+        for name, ab in trainable["layers"].items():
+            mod = dict(layers[name])
+            k = mod["kernel"]
+            delta = scale * jnp.einsum(
+                "lir,lro->lio", ab["a"].astype(jnp.float32), ab["b"].astype(jnp.float32)
+            )
+            mod["kernel"] = (k.astype(jnp.float32) + delta).astype(k.dtype)
+            layers[name] = mod
+        return {**self.base, "layers": layers}
+
+    def generate(self, trainable: PyTree, prompt: Any, **kw: Any) -> Any:
+        """Greedy generation (LoRA: with the merged weights; see
+        :meth:`zojax.models.Model.generate`)."""
+        if self.kind != "lora":
+            raise NotImplementedError(
+                "generate: prefix-tuned generation is not implemented; use logits"
+            )
+        return self.model.generate(self.merged_params(trainable), prompt, **kw)
+
+
+LORA_TARGETS = {
+    "q": "q_proj",
+    "k": "k_proj",
+    "v": "v_proj",
+    "o": "o_proj",
+    "gate": "gate_proj",
+    "up": "up_proj",
+    "down": "down_proj",
+    "fc1": "fc1",
+    "fc2": "fc2",
+}
+
+
+def lora_init(
+    model: Model,
+    key: int | Array = 0,
+    *,
+    rank: int = 8,
+    alpha: float = 16.0,
+    targets: tuple[str, ...] = ("q", "v"),
+) -> tuple[PyTree, Adapted]:
+    """LoRA: ``W' = W + (α/r)·A B`` on the target projections; only ``A, B`` are trainable.
+
+    ``A`` (``[L, in, r]``) is drawn like PEFT's Kaiming-uniform (``U(−1/√in, 1/√in)``), ``B``
+    (``[L, r, out]``) is zero, so the adapted model starts equal to the base model.
+
+    Args:
+      model: the base model (frozen).
+      key: PRNG key or seed for ``A``.
+      rank: ``r``.
+      alpha: ``α``.
+      targets: short names (``q k v o gate up down fc1 fc2``) or full module names.
+
+    Returns:
+      ``(trainable, adapted)``: ``trainable = {"layers": {"q_proj": {"a", "b"}, ...}}`` and the
+      :class:`Adapted` model whose ``logits(trainable, ids, mask, *, perturbation=None)`` is the
+      logits fn.
+    """
+    if rank < 1:
+        raise ValueError(f"rank: expected >= 1, got {rank}")
+    base_layers = model.params["layers"]
+    mods = []
+    for t in targets:
+        name = LORA_TARGETS.get(t, t)
+        if name not in base_layers:
+            raise ValueError(
+                f"targets: {t!r} is not a projection of this {model.config.arch} model; "
+                f"choose from {sorted(k for k in LORA_TARGETS if LORA_TARGETS[k] in base_layers)}"
+            )
+        mods.append(name)
+    if isinstance(key, (int, np.integer)):
+        key = jax.random.key(int(key))
+    keys = jax.random.split(key, len(mods))
+    trainable: dict[str, Any] = {"layers": {}}
+    for k, name in zip(keys, mods, strict=True):
+        w = base_layers[name]["kernel"]
+        n_layers, d_in, d_out = w.shape
+        bound = 1.0 / np.sqrt(d_in)
+        a = jax.random.uniform(k, (n_layers, d_in, rank), jnp.float32, -bound, bound).astype(
+            w.dtype
+        )
+        trainable["layers"][name] = {"a": a, "b": jnp.zeros((n_layers, rank, d_out), w.dtype)}
+    scale = alpha / rank
+
+    def combine(base_l: PyTree, train_l: PyTree, layer_index: Array) -> tuple[PyTree, None]:
+        del layer_index
+        out = dict(base_l)
+        for name, ab in train_l.items():
+            mod = dict(out[name])
+            k = mod["kernel"]
+            delta = jnp.dot(ab["a"].astype(jnp.float32), ab["b"].astype(jnp.float32))
+            mod["kernel"] = (k.astype(jnp.float32) + scale * delta).astype(k.dtype)
+            out[name] = mod
+        return out, None
+
+    opts = {"rank": rank, "alpha": alpha, "targets": tuple(mods)}
+    return trainable, Adapted(model, "lora", combine, 0, opts)
+
+
+def prefix_init(
+    model: Model,
+    key: int | Array = 0,
+    *,
+    num_virtual_tokens: int = 5,
+    init_by_real_act: bool = True,
+) -> tuple[PyTree, Adapted]:
+    """Prefix tuning: ``P`` trainable key/value vectors per layer, prepended to every attention.
+
+    As in MeZO (``init_by_real_act``), the prefix is initialised from real activations: the model
+    runs on
+    ``P`` uniformly random tokens and their per-layer keys (post-RoPE) and values become the prefix.
+    The real tokens' positions then start at ``P`` (as with a KV cache of length ``P``). Otherwise
+    the
+    prefix is drawn from ``N(0, 1)``.
+
+    Returns:
+      ``(trainable, adapted)`` with ``trainable = {"layers": {"keys": [L, P, Hkv, D], "values":
+      ...}}``.
+    """
+    c = model.config
+    p = int(num_virtual_tokens)
+    if p < 1:
+        raise ValueError(f"num_virtual_tokens: expected >= 1, got {p}")
+    if isinstance(key, (int, np.integer)):
+        key = jax.random.key(int(key))
+    if init_by_real_act:
+        ids = jax.random.randint(key, (1, p), 0, c.vocab_size, jnp.int32)
+        _, (k, v) = decoder(
+            c, model.dtype, model.params, ids, jnp.ones((1, p), jnp.int32), return_kv=True
+        )
+        keys, values = k[:, 0], v[:, 0]
+    else:
+        k1, k2 = jax.random.split(key)
+        shape = (c.num_layers, p, c.num_kv_heads, c.head_dim)
+        dt = jax.tree.leaves(model.params)[0].dtype
+        keys = jax.random.normal(k1, shape).astype(dt)
+        values = jax.random.normal(k2, shape).astype(dt)
+    trainable = {"layers": {"keys": keys, "values": values}}
+
+    def combine(
+        base_l: PyTree, train_l: PyTree, layer_index: Array
+    ) -> tuple[PyTree, tuple[Array, Array]]:
+        del layer_index
+        return base_l, (train_l["keys"], train_l["values"])
+
+    opts = {"num_virtual_tokens": p, "init_by_real_act": init_by_real_act}
+    return trainable, Adapted(model, "prefix", combine, p, opts)

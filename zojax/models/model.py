@@ -1,0 +1,538 @@
+"""The decoder-only causal LM: a plain-pytree parameter layout, a layer ``scan`` and on-the-fly
+perturbation.
+
+Parameter layout (a plain nested dict; ``L`` layers stacked along a leading axis under
+``"layers"``)::
+
+    {"embed": {"embedding": [V, H]},
+     "pos_embed": {"embedding": [P+2, H]},            # OPT only (learned positions, offset 2)
+     "layers": {"input_norm": {"scale": [L, H] (, "bias")},
+                "q_proj"/"k_proj"/"v_proj"/"o_proj": {"kernel": [L, in, out] (, "bias": [L, out])},
+                "post_norm": {...},
+                "gate_proj"/"up_proj"/"down_proj" (llama) | "fc1"/"fc2" (opt):
+                    {"kernel", ("bias")}},
+     "final_norm": {"scale": [H] (, "bias")},
+     "lm_head": {"kernel": [H, V]}}                   # only when the embeddings are not tied
+
+On-the-fly perturbation (MeZO): with ``perturbation=(v, s)`` the loss is evaluated at ``θ + s·v``
+where
+``v = Σ_i w_i z_i`` is regenerated from keys (:mod:`zojax.perturb`). Layer ``l``'s perturbed weights
+are produced inside the scan body with ``perturb_subtree(layer_l, ("layers",), v, s, layer=l)``, the
+embedding where it is gathered / projected, so no perturbed copy of ``θ`` ever exists. Compile steps
+that use it with ``compiler_options=ZO_COMPILER_OPTIONS`` (loop-invariant code motion would hoist
+the
+noise of loop-invariant leaves out of loops and keep it alive; see the perf-probe spec).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zojax import perturb
+from zojax.models.config import ModelConfig
+from zojax.models.modules import DecoderBlock
+
+Array = jax.Array
+PyTree = Any
+Perturbation = tuple[perturb.Direction, Any] | None
+LayerFn = Callable[[PyTree, PyTree, Array], tuple[PyTree, tuple[Array, Array] | None]]
+
+ZO_COMPILER_OPTIONS: dict[str, str] = {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
+"""XLA options for jitted zeroth-order steps that perturb on the fly (pass to ``.compile(...)`` or
+``jax.jit(..., compiler_options=...)``)."""
+
+OPT_POSITION_OFFSET = 2
+MIN_VOCAB_CHUNKS = (
+    8  # chunked log-softmax: at least this many vocabulary chunks (bounds a perturbed chunk)
+)
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def resolve_dtype(dtype: Any) -> Any:
+    """``"float32"``/``"bfloat16"`` (or the jnp dtype) to the jnp dtype; raises for anything
+    else."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
+        return DTYPES[dtype]
+    if jnp.dtype(dtype) in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+        return jnp.dtype(dtype).type
+    raise ValueError(f"dtype: expected float32 or bfloat16, got {dtype}")
+
+
+def dtype_name(dtype: Any) -> str:
+    return "bfloat16" if jnp.dtype(resolve_dtype(dtype)) == jnp.dtype(jnp.bfloat16) else "float32"
+
+
+def positions_from_mask(attention_mask: Array, offset: int | Array = 0) -> Array:
+    """``position_t = max(cumsum(mask)_t − 1, 0) + offset`` (left padding gets position 0)."""
+    pos = jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1
+    return jnp.maximum(pos, 0) + offset
+
+
+def _perturb_top(params: PyTree, name: str, perturbation: Perturbation) -> PyTree:
+    """A top-level entry of ``params``, perturbed where it is used when ``perturbation`` is set."""
+    sub = params[name]
+    if perturbation is None:
+        return sub
+    direction, scale = perturbation
+    return perturb.perturb_subtree(sub, (name,), direction, scale)
+
+
+def _block(config: ModelConfig, dtype: Any) -> DecoderBlock:
+    dt = resolve_dtype(dtype)
+    return DecoderBlock(config, dtype=dt, param_dtype=dt)
+
+
+def embed_tokens(
+    config: ModelConfig,
+    params: PyTree,
+    input_ids: Array,
+    positions: Array,
+    perturbation: Perturbation,
+) -> Array:
+    """Input embeddings ``E[ids]`` (+ ``P[pos + 2]`` for OPT); the noise gather fuses into the
+    lookup."""
+    x = _perturb_top(params, "embed", perturbation)["embedding"][input_ids]
+    if config.arch == "opt":
+        table = _perturb_top(params, "pos_embed", perturbation)["embedding"]
+        x = x + table[positions + OPT_POSITION_OFFSET]
+    return x
+
+
+def final_norm(config: ModelConfig, params: PyTree, h: Array, perturbation: Perturbation) -> Array:
+    """The final RMSNorm / LayerNorm."""
+    p = _perturb_top(params, "final_norm", perturbation)
+    hf = h.astype(jnp.float32)
+    if config.arch == "llama":
+        y = hf * jax.lax.rsqrt(jnp.mean(hf * hf, -1, keepdims=True) + config.norm_eps)
+        return (y * p["scale"].astype(jnp.float32)).astype(h.dtype)
+    mu = jnp.mean(hf, -1, keepdims=True)
+    var = jnp.mean(jnp.square(hf - mu), -1, keepdims=True)
+    y = (hf - mu) * jax.lax.rsqrt(var + config.norm_eps)
+    return (y * p["scale"].astype(jnp.float32) + p["bias"].astype(jnp.float32)).astype(h.dtype)
+
+
+def head_weight(config: ModelConfig, params: PyTree, perturbation: Perturbation) -> Array:
+    """The output projection as ``[V, H]`` (the tied embedding, or the transposed ``lm_head``)."""
+    if config.tie_embeddings:
+        return _perturb_top(params, "embed", perturbation)["embedding"]
+    return _perturb_top(params, "lm_head", perturbation)["kernel"].T
+
+
+def decoder(
+    config: ModelConfig,
+    dtype: Any,
+    params: PyTree,
+    input_ids: Array,
+    attention_mask: Array,
+    *,
+    perturbation: Perturbation = None,
+    extra_layers: PyTree = None,
+    layer_fn: LayerFn | None = None,
+    num_prefix: int = 0,
+    return_kv: bool = False,
+) -> tuple[Array, tuple[Array, Array] | None]:
+    """Runs embeddings, the scanned blocks and the final norm; returns ``(h [B,T,H], kv)``.
+
+    Args:
+      config, dtype: the architecture and compute dtype.
+      params: the parameters (see the module docstring).
+      input_ids, attention_mask: ``int32[B, T]``; left padding is supported.
+      perturbation: ``(direction, scale)``: evaluate at ``params + scale · v``, on the fly.
+      extra_layers: an optional stacked pytree scanned alongside ``params["layers"]`` (adapters).
+      layer_fn: ``(layer_params, extra_slice, l) -> (layer_params, prefix_kv | None)``, applied in
+       the
+        scan body after the (optional) perturbation of the base layer; adapters use it to merge LoRA
+        factors or supply prefix keys/values.
+      num_prefix: number of always-visible prefix key slots ``layer_fn`` supplies (positions of the
+        real tokens start at ``num_prefix``).
+      return_kv: also return the stacked per-layer keys/values ``[L, B, T, Hkv, D]``.
+    """
+    dt = resolve_dtype(dtype)
+    input_ids = jnp.asarray(input_ids, jnp.int32)
+    attention_mask = jnp.asarray(attention_mask, jnp.int32)
+    b = input_ids.shape[0]
+    positions = positions_from_mask(attention_mask, num_prefix)
+    x = embed_tokens(config, params, input_ids, positions, perturbation).astype(dt)
+    key_valid = attention_mask
+    if num_prefix:
+        key_valid = jnp.concatenate([jnp.ones((b, num_prefix), jnp.int32), attention_mask], axis=1)
+    block = _block(config, dt)
+
+    def body(h: Array, xs: tuple[PyTree, PyTree, Array]) -> tuple[Array, Any]:
+        layer, extra, li = xs
+        if perturbation is not None:
+            direction, scale = perturbation
+            layer = perturb.perturb_subtree(layer, ("layers",), direction, scale, layer=li)
+        prefix_kv = None
+        if layer_fn is not None:
+            layer, prefix_kv = layer_fn(layer, extra, li)
+        h, kv = block.apply({"params": layer}, h, positions, key_valid, prefix_kv)
+        return h, (kv if return_kv else None)
+
+    xs = (params["layers"], extra_layers, jnp.arange(config.num_layers, dtype=jnp.uint32))
+    h, kv = jax.lax.scan(body, x, xs)
+    return final_norm(config, params, h, perturbation), kv
+
+
+def project(
+    config: ModelConfig, params: PyTree, h: Array, perturbation: Perturbation = None
+) -> Array:
+    """float32 logits ``h Wᵀ`` over the full vocabulary."""
+    w = head_weight(config, params, perturbation)
+    return jnp.einsum("...h,vh->...v", h, w.astype(h.dtype), preferred_element_type=jnp.float32)
+
+
+def chunked_logprobs(
+    config: ModelConfig,
+    params: PyTree,
+    h: Array,
+    targets: Array,
+    perturbation: Perturbation = None,
+    vocab_chunk: int = 8192,
+) -> Array:
+    """``log softmax(h Wᵀ)[target]`` without materialising the ``[..., V]`` logits.
+
+    A ``scan`` over vocabulary chunks keeps an online log-sum-exp ``m, s`` and the target logit:
+    ``m' = max(m, max_j ℓ_j)``, ``s' = s·e^{m−m'} + Σ_j e^{ℓ_j−m'}``, ``log p = ℓ_target − m − log
+    s``.
+    Each chunk of the (perturbed) head weight is gathered inside the loop body, so with LICM
+    disabled
+    (:data:`ZO_COMPILER_OPTIONS`) the noise of a chunk is generated fused into the gather and the
+    full
+    perturbed head never exists; only one perturbed chunk (at most ``1/MIN_VOCAB_CHUNKS`` of the
+    head)
+    is live at a time. The chunk size is ``min(vocab_chunk, ⌈V / MIN_VOCAB_CHUNKS⌉)``.
+    """
+    v = config.vocab_size
+    c = min(vocab_chunk, -(-v // MIN_VOCAB_CHUNKS))
+    n = -(-v // c)
+    shape = targets.shape
+    hf = h.reshape(-1, h.shape[-1])
+    tf = targets.reshape(-1)
+
+    def body(
+        carry: tuple[Array, Array, Array], i: Array
+    ) -> tuple[tuple[Array, Array, Array], None]:
+        m, s, tl = carry
+        start = jnp.minimum(i * c, v - c)
+        cols = start + jnp.arange(c)
+        w = head_weight(config, params, perturbation)[cols].astype(hf.dtype)
+        logits = jnp.einsum("nh,ch->nc", hf, w, preferred_element_type=jnp.float32)
+        fresh = cols >= i * c  # the last chunk may overlap the previous one
+        logits = jnp.where(fresh[None], logits, -jnp.inf)
+        m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
+        s = s * jnp.exp(m - m_new) + jnp.sum(jnp.exp(logits - m_new[:, None]), axis=-1)
+        local = tf - start
+        hit = (local >= 0) & (local < c) & (tf >= i * c)
+        picked = jnp.take_along_axis(logits, jnp.clip(local, 0, c - 1)[:, None], axis=-1)[:, 0]
+        tl = jnp.where(hit, picked, tl)
+        return (m_new, s, tl), None
+
+    n_rows = hf.shape[0]
+    init = (
+        jnp.full((n_rows,), -jnp.inf, jnp.float32),
+        jnp.zeros((n_rows,), jnp.float32),
+        jnp.zeros((n_rows,), jnp.float32),
+    )
+    (m, s, tl), _ = jax.lax.scan(body, init, jnp.arange(n, dtype=jnp.int32))
+    return (tl - m - jnp.log(s)).reshape(shape)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Model:
+    """A causal LM: configuration, parameters, tokenizer and pure functions of the parameters.
+
+    Attributes:
+      config: the architecture.
+      params: plain nested-dict parameters (layers stacked under ``"layers"``).
+      tokenizer: a :class:`zojax.models.Tokenizer`, or ``None`` for random models.
+      dtype: ``"float32"`` or ``"bfloat16"``: the parameter and compute dtype.
+    """
+
+    config: ModelConfig
+    params: PyTree
+    tokenizer: Any = None
+    dtype: str = "float32"
+
+    def __repr__(self) -> str:
+        return (
+            f"Model({self.config.name!r}, arch={self.config.arch}, params={self.num_params:,}, "
+            f"dtype={self.dtype}, tokenizer={'yes' if self.tokenizer is not None else 'none'})"
+        )
+
+    # ----------------------------------------------------------------------------------- forward
+    def hidden_states(
+        self,
+        params: PyTree,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        *,
+        perturbation: Perturbation = None,
+    ) -> Array:
+        """Final-normed hidden states ``[B, T, H]`` (what the LM head consumes)."""
+        if attention_mask is None:
+            attention_mask = jnp.ones(jnp.shape(input_ids), jnp.int32)
+        h, _ = decoder(
+            self.config, self.dtype, params, input_ids, attention_mask, perturbation=perturbation
+        )
+        return h
+
+    def logits(
+        self,
+        params: PyTree,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        *,
+        perturbation: Perturbation = None,
+    ) -> Array:
+        """float32 logits ``[B, T, V]``; with ``perturbation=(v, s)`` those of ``params + s·v``.
+
+        Equal (to float tolerance) to ``logits(zojax.perturb.perturb(params, v, s), ...)`` but no
+        perturbed parameter copy is made (only the layer being computed and the head weight).
+        """
+        h = self.hidden_states(params, input_ids, attention_mask, perturbation=perturbation)
+        return project(self.config, params, h, perturbation)
+
+    def token_logprobs(
+        self,
+        params: PyTree,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        *,
+        perturbation: Perturbation = None,
+        vocab_chunk: int = 8192,
+    ) -> Array:
+        """``log p(x_{t+1} | x_{≤t})`` as float32 ``[B, T−1]``, memory-friendly.
+
+        The hidden states are shifted before the head (``h[:, :-1]`` against ``ids[:, 1:]``) and the
+        log-softmax is computed over vocabulary chunks (:func:`chunked_logprobs`), so neither the
+        ``[B, T, V]`` logits nor a perturbed head weight is materialised.
+        """
+        h = self.hidden_states(params, input_ids, attention_mask, perturbation=perturbation)
+        ids = jnp.asarray(input_ids, jnp.int32)
+        return chunked_logprobs(
+            self.config, params, h[:, :-1], ids[:, 1:], perturbation, vocab_chunk
+        )
+
+    def __call__(
+        self, params: PyTree, input_ids: Array, attention_mask: Array | None = None, **kw: Any
+    ) -> Array:
+        """Alias of :meth:`logits`."""
+        return self.logits(params, input_ids, attention_mask, **kw)
+
+    # ----------------------------------------------------------------------------------- misc
+    @property
+    def num_params(self) -> int:
+        """Number of parameter scalars."""
+        return int(sum(np.prod(x.shape) for x in jax.tree.leaves(self.params)))
+
+    @property
+    def param_bytes(self) -> int:
+        """Bytes of the parameters."""
+        return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(self.params)))
+
+    def replace(self, **changes: Any) -> Model:
+        """A copy with some fields changed (e.g. ``params``)."""
+        return dataclasses.replace(self, **changes)
+
+    def logical_axes(self, params: PyTree | None = None) -> PyTree:
+        """Logical axis names of every parameter (see :mod:`zojax.models.sharding`)."""
+        from zojax.models.sharding import logical_axes
+
+        return logical_axes(self.params if params is None else params)
+
+    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
+        """Tokenises ``text`` with the model's tokenizer."""
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer; pass token ids")
+        return self.tokenizer.encode(text, add_bos=add_bos)
+
+    # ----------------------------------------------------------------------------------- generation
+    def generate(
+        self,
+        params: PyTree,
+        prompt: str | Sequence[int] | np.ndarray | Array,
+        *,
+        max_new_tokens: int = 50,
+        stop_strings: Sequence[str] = ("\n",),
+        stop_ids: Sequence[int] | None = None,
+        return_text: bool | None = None,
+        chunk: int = 16,
+    ) -> list[int] | str:
+        """Greedy decoding with a KV cache (jitted prefill + jitted decode chunks).
+
+        Decoding stops at ``max_new_tokens``, at an end-of-sequence / ``stop_ids`` token (not
+        returned), or once the decoded continuation contains one of ``stop_strings``. Tokens are
+        produced in jitted chunks of ``chunk`` steps; stop strings are checked between chunks and
+        the result is cut right after the token that completed the stop string.
+
+        Args:
+          params: the parameters.
+          prompt: a string (needs the tokenizer; encoded with its default BOS convention) or token
+          ids.
+          max_new_tokens: most tokens to generate.
+          stop_strings: strings that end generation (needs the tokenizer; ignored without one).
+          stop_ids: token ids that end generation (default: the tokenizer's / config's EOS).
+          return_text: return the decoded continuation, cut before the stop string; default: True
+            when ``prompt`` is a string.
+          chunk: decode steps per jitted call.
+
+        Returns:
+          the new token ids, or the decoded text.
+        """
+        tok = self.tokenizer
+        if isinstance(prompt, str):
+            ids = self.encode(prompt)
+            return_text = True if return_text is None else return_text
+        else:
+            ids = [int(i) for i in np.asarray(prompt).reshape(-1)]
+        if not ids:
+            raise ValueError("prompt: at least one token is needed")
+        if stop_ids is None:
+            stop_ids = (
+                [tok.eos_id] if tok is not None and tok.eos_id is not None else [self.config.eos_id]
+            )
+        stop_set = {int(s) for s in stop_ids}
+        if max_new_tokens <= 0:
+            return "" if return_text else []
+        n_prompt = len(ids)
+        tp = -(-n_prompt // 32) * 32
+        steps = -(-max(max_new_tokens - 1, 0) // chunk) * chunk
+        cache_len = tp + steps
+        prompt_arr = np.zeros((1, tp), np.int32)
+        mask = np.zeros((1, tp), np.int32)
+        prompt_arr[0, tp - n_prompt :] = ids
+        mask[0, tp - n_prompt :] = 1
+        first, cache, valid = _prefill(self.config, self.dtype, params, prompt_arr, mask, cache_len)
+        out = [int(first[0])]
+        token = first
+        index = jnp.asarray(tp, jnp.int32)
+        pos = jnp.asarray([n_prompt], jnp.int32)
+
+        def finished(out: list[int]) -> tuple[bool, list[int]]:
+            for j, t in enumerate(out):
+                if t in stop_set:
+                    return True, out[:j]
+            if tok is not None and stop_strings:
+                text = tok.decode(out)
+                if any(s in text for s in stop_strings):
+                    for j in range(1, len(out) + 1):
+                        if any(s in tok.decode(out[:j]) for s in stop_strings):
+                            return True, out[:j]
+            return len(out) >= max_new_tokens, out[:max_new_tokens]
+
+        done, result = finished(out)
+        while not done:
+            toks, cache, valid, token, index, pos = _decode(
+                self.config, self.dtype, chunk, params, cache, valid, token, index, pos
+            )
+            out.extend(int(t) for t in np.asarray(toks)[:, 0])
+            done, result = finished(out)
+        if return_text:
+            if tok is None:
+                raise ValueError("return_text: this model has no tokenizer")
+            text = tok.decode(result)
+            for s in stop_strings:
+                if s in text:
+                    text = text[: text.index(s)]
+            return text
+        return result
+
+
+@functools.partial(jax.jit, static_argnames=("config", "dtype", "cache_len"))
+def _prefill(
+    config: ModelConfig, dtype: str, params: PyTree, ids: Array, mask: Array, cache_len: int
+) -> tuple[Array, tuple[Array, Array], Array]:
+    h, (k, v) = decoder(config, dtype, params, ids, mask, return_kv=True)
+    logits = project(config, params, h[:, -1])
+    t = ids.shape[1]
+    pad = ((0, 0), (0, 0), (0, cache_len - t), (0, 0), (0, 0))
+    valid = jnp.pad(mask, ((0, 0), (0, cache_len - t)))
+    return jnp.argmax(logits, -1).astype(jnp.int32), (jnp.pad(k, pad), jnp.pad(v, pad)), valid
+
+
+@functools.partial(jax.jit, static_argnames=("config", "dtype", "steps"), donate_argnums=(4, 5))
+def _decode(
+    config: ModelConfig,
+    dtype: str,
+    steps: int,
+    params: PyTree,
+    cache: tuple[Array, Array],
+    valid: Array,
+    token: Array,
+    index: Array,
+    pos: Array,
+) -> tuple[Array, tuple[Array, Array], Array, Array, Array, Array]:
+    """``steps`` greedy decode steps: feed ``token`` at cache slot ``index`` / position ``pos``."""
+    dt = resolve_dtype(dtype)
+    block = _block(config, dt)
+
+    def step(carry: Any, _: None) -> tuple[Any, Array]:
+        cache, valid, token, index, pos = carry
+        b = token.shape[0]
+        valid = jax.lax.dynamic_update_slice(valid, jnp.ones((b, 1), valid.dtype), (0, index))
+        positions = pos[:, None]
+        x = embed_tokens(config, params, token[:, None], positions, None).astype(dt)
+
+        def body(h: Array, xs: Any) -> tuple[Array, Any]:
+            layer, ck, cv = xs
+            h, new = block.apply({"params": layer}, h, positions, valid, None, (ck, cv), index)
+            return h, new
+
+        x, (ck, cv) = jax.lax.scan(body, x, (params["layers"], cache[0], cache[1]))
+        logits = project(config, params, final_norm(config, params, x, None))[:, 0]
+        nxt = jnp.argmax(logits, -1).astype(jnp.int32)
+        return ((ck, cv), valid, nxt, index + 1, pos + 1), nxt
+
+    (cache, valid, token, index, pos), toks = jax.lax.scan(
+        step, (cache, valid, token, index, pos), None, length=steps
+    )
+    return toks, cache, valid, token, index, pos
+
+
+def init_params(config: ModelConfig, key: int | Array, dtype: Any = "float32") -> PyTree:
+    """Random parameters (normal(0, 0.02) kernels and embeddings, unit norms, zero biases)."""
+    dt = resolve_dtype(dtype)
+    if isinstance(key, (int, np.integer)):
+        key = jax.random.key(int(key))
+    keys = jax.random.split(key, config.num_layers + 3)
+    block = _block(config, jnp.float32)  # drawn in float32 then cast: same values for every dtype
+    x = jnp.zeros((1, 1, config.hidden_size), jnp.float32)
+    pos = jnp.zeros((1, 1), jnp.int32)
+    init = jax.jit(
+        lambda k: jax.tree.map(
+            lambda a: a.astype(dt), block.init(k, x, pos, jnp.ones((1, 1), jnp.int32))["params"]
+        )
+    )
+    layers = [init(keys[i]) for i in range(config.num_layers)]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+    h, v = config.hidden_size, config.vocab_size
+    params: dict[str, Any] = {
+        "embed": {"embedding": (0.02 * jax.random.normal(keys[-1], (v, h))).astype(dt)},
+    }
+    if config.arch == "opt":
+        n_pos = config.max_position_embeddings + OPT_POSITION_OFFSET
+        params["pos_embed"] = {
+            "embedding": (0.02 * jax.random.normal(keys[-2], (n_pos, h))).astype(dt)
+        }
+    params["layers"] = stacked
+    params["final_norm"] = {"scale": jnp.ones((h,), dt)}
+    if config.arch == "opt":
+        params["final_norm"]["bias"] = jnp.zeros((h,), dt)
+    if not config.tie_embeddings:
+        params["lm_head"] = {"kernel": (0.02 * jax.random.normal(keys[-3], (h, v))).astype(dt)}
+    return params
+
+
+def init_model(config: ModelConfig, key: int | Array = 0, dtype: str = "float32") -> Model:
+    """A :class:`Model` with random weights and no tokenizer (tests, benchmarks)."""
+    return Model(config, init_params(config, key, dtype), None, dtype_name(dtype))

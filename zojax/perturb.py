@@ -1,0 +1,275 @@
+"""Seed-regenerated perturbations over parameter pytrees.
+
+A perturbation is never stored as an array. It is described by a :class:`Direction`, a handful of
+PRNG keys and one weight per key, and every consumer (the perturbed forward, the update) regenerates
+the noise it needs from that description, one leaf (or one layer of a leaf) at a time:
+
+.. math::
+
+   v(\\text{leaf}) = \\sum_{i=1}^{K} w_i \\, z_i(\\text{leaf}), \\qquad
+   z_i(\\text{leaf}) \\sim \\mathcal{N}(0, I) \\text{ drawn from } \\mathrm{fold\\_in}(k_i, \\mathrm{id(leaf)}).
+
+Definition of the noise (the contract every code path follows, so that a materialised copy, a
+per-layer draw inside ``lax.scan`` and a sharded draw give bitwise the same values):
+
+* keys use the ``threefry4x32`` implementation (fused and cheap on CPU, partitionable, so the values do
+  not depend on the sharding or the device count);
+* leaf key = ``fold_in(candidate_key, crc32(keystr(path)))``, so a leaf's noise depends on its path only
+  and is stable when unrelated leaves are added, removed or reordered;
+* leaves under a top-level ``"layers"`` entry carry a leading layer axis (models stack their layers and
+  run them under ``lax.scan``); slice ``l`` of such a leaf is drawn from ``fold_in(leaf_key, l)`` with the
+  slice's shape, so a model can regenerate one layer's noise inside its scan body;
+* values are drawn in float32 and cast to the leaf dtype at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+KEY_IMPL = "threefry4x32"
+STACKED_ENTRY = "layers"
+Distribution = Literal["gaussian", "rademacher"]
+DISTRIBUTIONS: tuple[str, ...] = ("gaussian", "rademacher")
+
+PyTree = Any
+KeyPath = Sequence[Any]
+
+
+def key_data(key: int | jax.Array) -> jax.Array:
+    """Returns the raw ``uint32[4]`` data of a ``threefry4x32`` key built from ``key``.
+
+    Args:
+      key: an integer seed, a typed key of any implementation, or raw ``uint32[4]`` key data.
+
+    Returns:
+      ``uint32[4]``; a key of another implementation is mapped deterministically through its bits.
+
+    Example:
+      >>> key_data(0).shape
+      (4,)
+    """
+    if isinstance(key, (int, np.integer)):
+        return jax.random.key_data(jax.random.key(int(key), impl=KEY_IMPL))
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if str(jax.random.key_impl(key)) == KEY_IMPL:
+            return jax.random.key_data(key)
+        return jax.random.bits(key, (4,), jnp.uint32)
+    if key.dtype == jnp.uint32 and key.shape == (4,):
+        return key
+    if key.dtype == jnp.uint32 and key.shape == (2,):  # legacy jax.random.PRNGKey
+        return jax.random.bits(jax.random.wrap_key_data(key), (4,), jnp.uint32)
+    raise ValueError(
+        f"key: expected an int seed, a typed PRNG key or uint32[4] key data, "
+        f"got dtype {key.dtype} shape {key.shape}"
+    )
+
+
+def wrap(data: jax.Array) -> jax.Array:
+    """Wraps ``uint32[..., 4]`` key data as typed ``threefry4x32`` keys."""
+    return jax.random.wrap_key_data(data, impl=KEY_IMPL)
+
+
+def fold_in(data: jax.Array, value: int | jax.Array) -> jax.Array:
+    """``fold_in`` on raw key data: returns the data of ``fold_in(wrap(data), value)``."""
+    return jax.random.key_data(jax.random.fold_in(wrap(data), value))
+
+
+def candidate_keys(step_key: jax.Array, num: int) -> jax.Array:
+    """The ``num`` candidate keys of one step: ``uint32[num, 4]``, key ``i = fold_in(step_key, i)``.
+
+    Unrolled on purpose: in jax 0.10.2 a ``vmap`` of a ``threefry4x32`` ``fold_in`` over a traced key
+    compiles on CPU to a program that runs for seconds (or hangs), even for two keys.
+    """
+    return jnp.stack([fold_in(step_key, i) for i in range(num)])
+
+
+def path_id(path: KeyPath) -> int:
+    """Stable 31-bit id of a pytree key path: ``crc32(jax.tree_util.keystr(path))``."""
+    return zlib.crc32(jax.tree_util.keystr(tuple(path)).encode()) & 0x7FFFFFFF
+
+
+def is_stacked(path: KeyPath) -> bool:
+    """Whether a leaf carries a leading layer axis (it lives under a top-level ``"layers"`` entry)."""
+    if not path:
+        return False
+    first = path[0]
+    name = getattr(first, "key", getattr(first, "name", None))
+    return name == STACKED_ENTRY
+
+
+def _draw(key: jax.Array, shape: tuple[int, ...], distribution: str) -> jax.Array:
+    if distribution == "gaussian":
+        return jax.random.normal(key, shape, jnp.float32)
+    if distribution == "rademacher":
+        return jax.random.rademacher(key, shape, jnp.float32)
+    raise ValueError(f"distribution: expected one of {DISTRIBUTIONS}, got {distribution!r}")
+
+
+def leaf_noise(
+    key: jax.Array,
+    path: KeyPath,
+    shape: Sequence[int],
+    distribution: str = "gaussian",
+    layer: int | jax.Array | None = None,
+) -> jax.Array:
+    """One candidate's float32 noise ``z`` for one leaf (or one layer slice of a stacked leaf).
+
+    Args:
+      key: ``uint32[4]`` candidate key data.
+      path: the leaf's key path in the perturbed pytree.
+      shape: the leaf's full shape (with the layer axis for stacked leaves), or the shape of one
+        layer's slice when ``layer`` is given.
+      distribution: ``"gaussian"`` or ``"rademacher"``.
+      layer: for a stacked leaf, draw only this layer's slice.
+
+    Returns:
+      float32 noise of shape ``shape``.
+    """
+    shape = tuple(int(s) for s in shape)
+    leaf_key = jax.random.fold_in(wrap(key), path_id(path))
+    if not is_stacked(path):
+        if layer is not None:
+            raise ValueError(f"layer= given for a leaf that is not stacked: {jax.tree_util.keystr(tuple(path))}")
+        return _draw(leaf_key, shape, distribution)
+    if layer is not None:
+        return _draw(jax.random.fold_in(leaf_key, layer), shape, distribution)
+    layers = jnp.arange(shape[0], dtype=jnp.uint32)
+    return jax.vmap(lambda i: _draw(jax.random.fold_in(leaf_key, i), shape[1:], distribution))(layers)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Direction:
+    """A regenerable direction ``v = Σ_i weights[i] · z(keys[i])`` over a parameter pytree.
+
+    Attributes:
+      keys: ``uint32[K, 4]`` candidate key data.
+      weights: ``float32[K]`` combination weights.
+      distribution: the noise distribution (static).
+    """
+
+    keys: jax.Array
+    weights: jax.Array
+    distribution: str = dataclasses.field(default="gaussian", metadata={"static": True})
+
+    @classmethod
+    def single(cls, key: jax.Array, weight: float | jax.Array = 1.0, distribution: str = "gaussian") -> Direction:
+        """The direction ``weight · z(key)``."""
+        return cls(key[None], jnp.reshape(jnp.asarray(weight, jnp.float32), (1,)), distribution)
+
+    def scaled(self, factor: float | jax.Array) -> Direction:
+        """The direction ``factor · v`` (only the weights change)."""
+        return dataclasses.replace(self, weights=self.weights * jnp.asarray(factor, jnp.float32))
+
+    def leaf(self, path: KeyPath, shape: Sequence[int], layer: int | jax.Array | None = None) -> jax.Array:
+        """float32 ``v`` for one leaf (or one layer slice of a stacked leaf).
+
+        The sum over candidates is unrolled in Python (K is static): XLA then fuses the K draws and the
+        axpys into one pass, where a loop would carry a full-size accumulator.
+        """
+        total = None
+        for i in range(self.keys.shape[0]):
+            term = self.weights[i] * leaf_noise(self.keys[i], path, shape, self.distribution, layer)
+            total = term if total is None else total + term
+        assert total is not None
+        return total
+
+
+def direction_tree(direction: Direction, like: PyTree) -> PyTree:
+    """Materialises ``v`` as a pytree of float32 arrays shaped like ``like`` (tests and references)."""
+    return jax.tree_util.tree_map_with_path(lambda p, x: direction.leaf(p, jnp.shape(x)), like)
+
+
+def perturb(params: PyTree, direction: Direction, scale: float | jax.Array) -> PyTree:
+    """Returns ``θ + scale · v`` (computed in float32, cast back to each leaf's dtype).
+
+    This materialises one perturbed copy of the parameters; models that implement
+    :class:`PerturbableLoss` avoid even that.
+    """
+    scale = jnp.asarray(scale, jnp.float32)
+
+    def add(path: KeyPath, x: jax.Array) -> jax.Array:
+        return (x.astype(jnp.float32) + scale * direction.leaf(path, x.shape)).astype(x.dtype)
+
+    return jax.tree_util.tree_map_with_path(add, params)
+
+
+def perturb_subtree(
+    subtree: PyTree,
+    prefix: KeyPath,
+    direction: Direction,
+    scale: float | jax.Array,
+    layer: int | jax.Array | None = None,
+) -> PyTree:
+    """``θ + scale · v`` for a subtree located at ``prefix`` in the full perturbed pytree.
+
+    This is the hook for on-the-fly perturbation: a model scanning over its stacked layers calls
+    ``perturb_subtree(layer_params, ("layers",), direction, scale, layer=l)`` in the scan body, so only
+    one layer's perturbed weights exist at a time. ``prefix`` may hold plain strings or key-path entries.
+
+    Args:
+      subtree: the (sliced) parameters, e.g. one layer of the stacked ``layers`` subtree.
+      prefix: the subtree's key path in the full pytree.
+      direction: the direction to add.
+      scale: the step along it (e.g. ``±ε``).
+      layer: the layer index when ``subtree`` is one slice of stacked leaves.
+
+    Returns:
+      the perturbed subtree, each leaf in its own dtype.
+    """
+    prefix = tuple(jax.tree_util.DictKey(p) if isinstance(p, str) else p for p in prefix)
+    scale = jnp.asarray(scale, jnp.float32)
+
+    def add(path: KeyPath, x: jax.Array) -> jax.Array:
+        noise = direction.leaf(prefix + tuple(path), x.shape, layer)
+        return (x.astype(jnp.float32) + scale * noise).astype(x.dtype)
+
+    return jax.tree_util.tree_map_with_path(add, subtree)
+
+
+def scaled_direction_tree(direction: Direction, like: PyTree, factor: float | jax.Array) -> PyTree:
+    """``factor · v`` as a pytree in each leaf's dtype (the ZO gradient estimate handed to optax)."""
+    factor = jnp.asarray(factor, jnp.float32)
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: (factor * direction.leaf(p, jnp.shape(x))).astype(x.dtype), like
+    )
+
+
+@runtime_checkable
+class PerturbableLoss(Protocol):
+    """A loss that can be evaluated at ``θ + scale · v`` without a full perturbed copy of ``θ``.
+
+    Plain callables ``loss(params) -> scalar`` are accepted everywhere; the estimators then build one
+    perturbed copy per evaluation with :func:`perturb`. A model-backed loss implements
+    ``perturbed`` by adding each layer's noise inside its layer scan (:func:`perturb_subtree`).
+    """
+
+    def __call__(self, params: PyTree) -> jax.Array: ...
+
+    def perturbed(self, params: PyTree, direction: Direction, scale: jax.Array) -> jax.Array: ...
+
+
+def evaluate(
+    value_fn: Callable[[PyTree], jax.Array] | PerturbableLoss,
+    params: PyTree,
+    direction: Direction,
+    scale: float | jax.Array,
+) -> jax.Array:
+    """``L(θ + scale · v)`` through the cheapest path ``value_fn`` offers; checks the loss is a scalar."""
+    scale = jnp.asarray(scale, jnp.float32)
+    if isinstance(value_fn, PerturbableLoss):
+        loss = value_fn.perturbed(params, direction, scale)
+    else:
+        loss = value_fn(perturb(params, direction, scale))
+    loss = jnp.asarray(loss)
+    if loss.shape != ():
+        raise ValueError(f"value_fn: the loss must be a scalar, got shape {loss.shape}")
+    return loss.astype(jnp.float32)

@@ -1,0 +1,98 @@
+"""The registry of zeroth-order methods: one entry per estimator, iterated by the tests and the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import optax
+
+from zojax import estimators, transforms
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A registered zeroth-order method.
+
+    Attributes:
+      name: the CLI name (``--method``).
+      transform: builds the estimator-only transformation from options (``eps``, ...).
+      optimizer: builds the estimator followed by SGD from ``learning_rate`` and options.
+      estimate: the pure estimator function.
+      forwards_per_step: forward passes per step for the given options.
+      unbiased: whether ``E[ĝ] = ∇L`` holds on quadratics (for any ``ε``).
+      options: the method-specific option names the CLI may pass (besides ``eps`` and ``key``).
+      description: one line for ``--help``.
+    """
+
+    name: str
+    transform: Callable[..., optax.GradientTransformationExtraArgs]
+    optimizer: Callable[..., optax.GradientTransformationExtraArgs]
+    estimate: Callable[..., estimators.Estimate]
+    forwards_per_step: Callable[..., int]
+    unbiased: bool
+    options: tuple[str, ...]
+    description: str
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            name="mezo",
+            transform=transforms.spsa,
+            optimizer=transforms.mezo,
+            estimate=estimators.estimate_spsa,
+            forwards_per_step=lambda **_: 2,
+            unbiased=True,
+            options=("one_sided", "distribution"),
+            description="MeZO: two-point SPSA along one Gaussian direction (2 forwards/step)",
+        ),
+        Method(
+            name="nspsa",
+            transform=transforms.nspsa,
+            optimizer=transforms.mezo_nspsa,
+            estimate=estimators.estimate_nspsa,
+            forwards_per_step=lambda num_queries=2, **_: 2 * num_queries,
+            unbiased=True,
+            options=("num_queries", "distribution"),
+            description="n-SPSA: SPSA averaged over q directions (2q forwards/step)",
+        ),
+        Method(
+            name="mezo-gv",
+            transform=transforms.guided,
+            optimizer=transforms.mezo_gv,
+            estimate=estimators.estimate_guided,
+            forwards_per_step=lambda num_candidates=4, **_: num_candidates + 2,
+            unbiased=False,
+            options=("num_candidates", "elite_ratio", "weighting", "normalize", "distribution"),
+            description="MeZO-GV: SPSA along mean(low-loss) - mean(high-loss) of M candidates (M+2 forwards/step)",
+        ),
+        Method(
+            name="mezo-greedy",
+            transform=transforms.greedy,
+            optimizer=transforms.mezo_greedy,
+            estimate=estimators.estimate_greedy,
+            forwards_per_step=lambda num_candidates=4, reuse_best_loss=False, **_: num_candidates
+            + (1 if reuse_best_loss else 2),
+            unbiased=False,
+            options=("num_candidates", "reuse_best_loss", "distribution"),
+            description="MeZO-Greedy: SPSA along the best of M candidates (M+2 forwards/step)",
+        ),
+    )
+}
+
+
+def get(name: str) -> Method:
+    """The registered method called ``name``; the error lists the choices."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"method: unknown method {name!r}; choose from {sorted(METHODS)}") from None
+
+
+def select_options(method: Method, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The subset of ``options`` that ``method`` accepts (``eps`` and ``key`` always pass)."""
+    allowed = set(method.options) | {"eps", "key"}
+    return {k: v for k, v in options.items() if k in allowed and v is not None}

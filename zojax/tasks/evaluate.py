@@ -1,0 +1,215 @@
+"""Zero-shot and in-context-learning evaluation (MeZO's ``Framework.evaluate``), batched.
+
+Candidate scoring packs the (example, candidate) sequences of many examples into left-padded
+forward passes: rows are sorted by length, lengths are bucketed to a multiple of
+``pad_to_multiple_of`` and each pass holds about ``token_budget`` tokens (a fixed number of rows
+per bucket, the last pass padded with copies) so a jitted scorer compiles once per bucket
+(buckets are geometric: 2**k or 1.5 * 2**k tokens, about two shapes per doubling).
+The generic ``logits_fn`` interface has no KV cache, so the prompt is not shared across
+candidates; batching all candidates together is what is done instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import numpy as np
+
+from zojax.tasks.base import Example
+from zojax.tasks.encode import (
+    Encoded,
+    TokenizerLike,
+    _pad_id,
+    encode_candidates,
+    encode_generation_prompt,
+    left_pad,
+    padded_length,
+)
+from zojax.tasks.metrics import f1_score, is_correct
+from zojax.tasks.registry import Task
+from zojax.tasks.sampling import icl_demo_sets
+from zojax.tasks.scoring import GenerateFn, LogitsFn, generate_texts, sequence_scores
+
+
+@dataclass
+class EvalResult:
+    """Result of evaluating one task.
+
+    ``metric`` is ``accuracy`` or ``f1``; ``value`` in [0, 1]; ``predictions`` holds per-example
+    predicted candidate indices (candidate tasks) or generated strings (generation tasks).
+    ``stats`` has timings and throughput (``seconds``, ``sequences``, ``tokens``,
+    ``sequences_per_s``, ``tokens_per_s``, ``examples_per_s``)."""
+
+    task: str
+    metric: str
+    value: float
+    n: int
+    num_demos: int
+    predictions: list[Any] = field(default_factory=list)
+    scores: list[list[float]] = field(default_factory=list)
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_scorer(logits_fn: LogitsFn) -> Callable[..., jax.Array]:
+    return jax.jit(functools.partial(sequence_scores, logits_fn))
+
+
+def _progress(it: Any, total: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, total=total, desc=desc, leave=False)
+
+
+def score_sequences(
+    logits_fn: LogitsFn,
+    params: Any,
+    tokenizer: TokenizerLike,
+    seqs: Sequence[Encoded],
+    token_budget: int = 4096,
+    pad_to_multiple_of: int = 32,
+    progress: bool = False,
+    desc: str = "scoring",
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Mean option log-prob of every sequence, batched by length buckets.
+
+    Returns ``(scores float64[N], stats)``."""
+    scorer = _jitted_scorer(logits_fn)
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i].ids))
+    out = np.zeros(len(seqs), dtype=np.float64)
+    chunks: list[tuple[list[int], int, int]] = []
+    i = 0
+    while i < len(order):
+        t = padded_length(len(seqs[order[i]].ids), pad_to_multiple_of, geometric=True)
+        rows = max(1, token_budget // t)
+        chunks.append((order[i : i + rows], t, rows))
+        i += rows
+    pad = _pad_id(tokenizer)
+    t0 = time.perf_counter()
+    tokens = 0
+    for idx, t, rows in _progress(chunks, len(chunks), desc, progress):
+        batch = [seqs[j] for j in idx] + [seqs[idx[0]]] * (rows - len(idx))
+        ids, mask, tmask = left_pad(batch, pad, t, tokenizer.bos_id)
+        s = np.asarray(scorer(params, ids, mask, tmask))
+        out[idx] = s[: len(idx)]
+        tokens += int(sum(len(seqs[j].ids) for j in idx))
+    dt = time.perf_counter() - t0
+    stats = {
+        "seconds": dt,
+        "sequences": float(len(seqs)),
+        "tokens": float(tokens),
+        "forward_passes": float(len(chunks)),
+        "sequences_per_s": len(seqs) / dt if dt > 0 else float("nan"),
+        "tokens_per_s": tokens / dt if dt > 0 else float("nan"),
+    }
+    return out, stats
+
+
+def evaluate_candidates(
+    task: Task,
+    examples: Sequence[Example],
+    logits_fn: LogitsFn,
+    params: Any,
+    tokenizer: TokenizerLike,
+    demos: Sequence[Sequence[Example]] | None = None,
+    max_length: int = 2048,
+    token_budget: int = 4096,
+    pad_to_multiple_of: int = 32,
+    progress: bool = True,
+) -> EvalResult:
+    """Accuracy by candidate scoring: predict the candidate with the highest mean option
+    log-prob (no calibration); correct if it is a gold candidate (any gold for ReCoRD)."""
+    seqs: list[Encoded] = []
+    spans: list[tuple[int, int]] = []
+    for i, ex in enumerate(examples):
+        enc = encode_candidates(task, ex, tokenizer, demos[i] if demos else (), max_length)
+        spans.append((len(seqs), len(seqs) + len(enc)))
+        seqs.extend(enc)
+    flat, stats = score_sequences(
+        logits_fn, params, tokenizer, seqs, token_budget, pad_to_multiple_of, progress, task.name
+    )
+    preds, scores = [], []
+    for a, b in spans:
+        s = flat[a:b]
+        scores.append(s.tolist())
+        preds.append(int(np.argmax(s)))
+    correct = [is_correct(p, ex.gold) for p, ex in zip(preds, examples, strict=True)]
+    stats["examples_per_s"] = len(examples) / stats["seconds"] if stats["seconds"] > 0 else 0.0
+    return EvalResult(
+        task.name, "accuracy", float(np.mean(correct)) if correct else float("nan"),
+        len(examples), len(demos[0]) if demos else 0, preds, scores, stats,
+    )
+
+
+def evaluate_generation(
+    task: Task,
+    examples: Sequence[Example],
+    generate_fn: GenerateFn,
+    tokenizer: TokenizerLike,
+    demos: Sequence[Sequence[Example]] | None = None,
+    max_length: int = 2048,
+    max_new_tokens: int = 50,
+    progress: bool = True,
+) -> EvalResult:
+    """F1 of greedy generations (``generate_fn(prompt_ids) -> new ids``), cut at "\\n", max over
+    gold answers (SQuAD normalisation)."""
+    t0 = time.perf_counter()
+    texts: list[str] = []
+    for i, ex in _progress(enumerate(examples), len(examples), task.name, progress):
+        p = encode_generation_prompt(
+            task, ex, tokenizer, demos[i] if demos else (), max_length, max_new_tokens
+        )
+        texts.extend(generate_texts(generate_fn, tokenizer, [p]))
+    dt = time.perf_counter() - t0
+    f1s = [f1_score(t, ex.answers) for t, ex in zip(texts, examples, strict=True)]
+    stats = {"seconds": dt, "examples_per_s": len(examples) / dt if dt > 0 else 0.0}
+    return EvalResult(
+        task.name, "f1", float(np.mean(f1s)) if f1s else float("nan"), len(examples),
+        len(demos[0]) if demos else 0, texts, [], stats,
+    )
+
+
+def evaluate(
+    task: Task,
+    examples: Sequence[Example],
+    tokenizer: TokenizerLike,
+    logits_fn: LogitsFn | None = None,
+    params: Any = None,
+    generate_fn: GenerateFn | None = None,
+    num_demos: int = 0,
+    demo_pool: Sequence[Example] | None = None,
+    **kwargs: Any,
+) -> EvalResult:
+    """Zero-shot (``num_demos=0``) or ICL evaluation with MeZO's demonstrations: one seeded set of
+    ``num_demos`` examples per test example, drawn from ``demo_pool`` (the train pool)."""
+    demos = None
+    if num_demos > 0:
+        if not demo_pool:
+            raise ValueError("ICL needs a demo_pool (e.g. TaskSplits.train_pool)")
+        demos = icl_demo_sets(demo_pool, len(examples), num_demos)
+    if task.generation:
+        if generate_fn is None:
+            raise ValueError(f"{task.name} is a generation task: pass generate_fn")
+        return evaluate_generation(task, examples, generate_fn, tokenizer, demos, **kwargs)
+    if logits_fn is None:
+        raise ValueError(f"{task.name} is scored by candidates: pass logits_fn and params")
+    return evaluate_candidates(task, examples, logits_fn, params, tokenizer, demos, **kwargs)
+
+
+def zero_shot(task: Task, examples: Sequence[Example], tokenizer: TokenizerLike,
+              **kwargs: Any) -> EvalResult:
+    """:func:`evaluate` without demonstrations."""
+    return evaluate(task, examples, tokenizer, num_demos=0, **kwargs)
+
+
+def icl(task: Task, examples: Sequence[Example], tokenizer: TokenizerLike,
+        demo_pool: Sequence[Example], num_demos: int = 32, **kwargs: Any) -> EvalResult:
+    """:func:`evaluate` with ``num_demos`` (MeZO: 32) demonstrations per test example."""
+    return evaluate(task, examples, tokenizer, num_demos=num_demos, demo_pool=demo_pool, **kwargs)

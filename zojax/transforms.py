@@ -1,0 +1,345 @@
+"""The estimators as optax gradient transformations.
+
+Each transformation takes the loss through the extra argument ``value_fn`` (as optax's line searches
+do), ignores the incoming ``updates`` and emits the zeroth-order gradient estimate ``ĝ`` in their
+place, so it goes first in a chain::
+
+    tx = optax.chain(zojax.guided(eps=1e-3, num_candidates=4), optax.sgd(1e-6))   # MeZO-GV
+    tx = optax.chain(zojax.spsa(eps=1e-3), optax.adam(1e-5))                       # ZO-Adam
+    updates, state = tx.update(params, state, params, value_fn=lambda p: loss(p, batch))
+    params = optax.apply_updates(params, updates)
+
+The state (:class:`ZOState`) holds a key and counters, never noise: step ``t`` draws from
+``fold_in(key, t)``, so a run is reproducible from its state alone. A step whose losses are not all
+finite emits a zero update and increments ``nonfinite_count``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from zojax import estimators, perturb
+from zojax.estimators import Estimate
+
+PyTree = Any
+
+
+class ZOState(NamedTuple):
+    """State of a zeroth-order transformation.
+
+    Attributes:
+      key: ``uint32[4]`` base key data; step ``t`` uses ``fold_in(key, t)``.
+      count: number of steps taken.
+      num_forwards: cumulative forward passes spent on estimates.
+      nonfinite_count: steps skipped because a loss was NaN or infinite.
+      loss: the last step's loss estimate (see :class:`zojax.estimators.Estimate`).
+      projected_grad: the last step's scalar projected gradient.
+    """
+
+    key: jax.Array
+    count: jax.Array
+    num_forwards: jax.Array
+    nonfinite_count: jax.Array
+    loss: jax.Array
+    projected_grad: jax.Array
+
+
+def _check_same_structure(updates: PyTree, params: PyTree) -> None:
+    u, p = jax.tree.structure(updates), jax.tree.structure(params)
+    if u != p:
+        raise ValueError(
+            "updates: must have the structure of params (its values are ignored; pass params), "
+            f"got {u} vs params {p}"
+        )
+    for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=True):
+        if jnp.shape(a) != jnp.shape(b):
+            raise ValueError(f"updates: leaf shape {jnp.shape(a)} does not match params leaf shape {jnp.shape(b)}")
+
+
+def zeroth_order(
+    estimate_fn: Callable[..., Estimate],
+    num_forwards: int,
+    key: int | jax.Array = 0,
+) -> optax.GradientTransformationExtraArgs:
+    """Wraps a pure estimator ``estimate_fn(value_fn, params, step_key) -> Estimate`` as a transform.
+
+    Args:
+      estimate_fn: a function of ``(value_fn, params, key)``, e.g. a ``functools.partial`` of
+        :func:`zojax.estimators.estimate_spsa` with its options bound.
+      num_forwards: forward passes per step (static, added to ``ZOState.num_forwards``).
+      key: seed or PRNG key of the perturbations.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs ``params`` and ``value_fn``.
+    """
+    base_key = perturb.key_data(key)
+
+    def init_fn(params: PyTree) -> ZOState:
+        del params
+        return ZOState(
+            key=base_key,
+            count=jnp.zeros((), jnp.int32),
+            num_forwards=jnp.zeros((), jnp.int32),
+            nonfinite_count=jnp.zeros((), jnp.int32),
+            loss=jnp.zeros((), jnp.float32),
+            projected_grad=jnp.zeros((), jnp.float32),
+        )
+
+    def update_fn(
+        updates: PyTree,
+        state: ZOState,
+        params: PyTree | None = None,
+        *,
+        value_fn: Callable[[PyTree], jax.Array] | None = None,
+        **extra_args: Any,
+    ) -> tuple[PyTree, ZOState]:
+        del extra_args
+        if params is None:
+            raise ValueError("params: zeroth-order transforms perturb the parameters; pass them to update()")
+        if value_fn is None:
+            raise ValueError(
+                "value_fn: pass the loss as update(updates, state, params, value_fn=lambda p: loss(p, batch))"
+            )
+        if updates is not None:
+            _check_same_structure(updates, params)
+        step_key = perturb.fold_in(state.key, state.count)
+        est = estimate_fn(value_fn, params, step_key)
+        finite = jnp.all(jnp.isfinite(est.losses))
+        grad_dir = est.grad
+        grad_dir = type(grad_dir)(grad_dir.keys, jnp.where(finite, grad_dir.weights, 0.0), grad_dir.distribution)
+        grad = perturb.scaled_direction_tree(grad_dir, params, 1.0)
+        new_state = ZOState(
+            key=state.key,
+            count=state.count + 1,
+            num_forwards=state.num_forwards + num_forwards,
+            nonfinite_count=state.nonfinite_count + jnp.where(finite, 0, 1).astype(jnp.int32),
+            loss=est.loss,
+            projected_grad=jnp.where(finite, est.projected_grad, 0.0),
+        )
+        return grad, new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def spsa(
+    eps: float = 1e-3,
+    *,
+    one_sided: bool = False,
+    distribution: str = "gaussian",
+    key: int | jax.Array = 0,
+) -> optax.GradientTransformationExtraArgs:
+    """MeZO's SPSA estimate ``ĝ = (L(θ+εz) − L(θ−εz)) / 2ε · z`` as a transformation (2 forwards).
+
+    See :func:`zojax.estimators.estimate_spsa` for the arguments.
+
+    Example:
+      >>> tx = optax.chain(spsa(eps=1e-3), optax.sgd(1e-2))
+      >>> params = {"w": jnp.ones(3)}
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update(params, state, params, value_fn=lambda p: jnp.sum(p["w"] ** 2))
+    """
+    estimators.check_eps(eps)
+    estimators.check_distribution(distribution)
+    fn = functools.partial(estimators.estimate_spsa, eps=eps, one_sided=one_sided, distribution=distribution)
+    return zeroth_order(fn, 2, key)
+
+
+def nspsa(
+    eps: float = 1e-3,
+    num_queries: int = 2,
+    *,
+    distribution: str = "gaussian",
+    key: int | jax.Array = 0,
+) -> optax.GradientTransformationExtraArgs:
+    """n-SPSA, the SPSA estimate averaged over ``q`` directions (``2q`` forwards).
+
+    See :func:`zojax.estimators.estimate_nspsa` for the arguments.
+    """
+    estimators.check_eps(eps)
+    estimators.check_distribution(distribution)
+    if num_queries < 1:
+        raise ValueError(f"num_queries: expected q >= 1, got {num_queries}")
+    fn = functools.partial(
+        estimators.estimate_nspsa, eps=eps, num_queries=num_queries, distribution=distribution
+    )
+    return zeroth_order(fn, 2 * num_queries, key)
+
+
+def guided(
+    eps: float = 1e-3,
+    num_candidates: int = 4,
+    elite_ratio: float = 0.5,
+    *,
+    weighting: str = "mean_diff",
+    normalize: bool = False,
+    distribution: str = "gaussian",
+    key: int | jax.Array = 0,
+) -> optax.GradientTransformationExtraArgs:
+    """MeZO-GV's guided estimate (``M + 2`` forwards).
+
+    ``v = mean(z_i, low-loss group) − mean(z_i, rest)`` from ``M`` candidates ``L(θ + εz_i)``, then
+    ``ĝ = (L(θ+εv) − L(θ−εv)) / 2ε · v``. See :func:`zojax.estimators.estimate_guided`.
+    """
+    estimators.check_eps(eps)
+    estimators.check_distribution(distribution)
+    if weighting == "mean_diff":
+        estimators.num_elite(num_candidates, elite_ratio)
+    elif weighting not in estimators.WEIGHTINGS:
+        raise ValueError(f"weighting: expected one of {estimators.WEIGHTINGS}, got {weighting!r}")
+    elif num_candidates < 2:
+        raise ValueError(f"num_candidates: guided directions need M >= 2 candidates, got {num_candidates}")
+    fn = functools.partial(
+        estimators.estimate_guided,
+        eps=eps,
+        num_candidates=num_candidates,
+        elite_ratio=elite_ratio,
+        weighting=weighting,
+        normalize=normalize,
+        distribution=distribution,
+    )
+    return zeroth_order(fn, num_candidates + 2, key)
+
+
+def greedy(
+    eps: float = 1e-3,
+    num_candidates: int = 4,
+    *,
+    reuse_best_loss: bool = False,
+    distribution: str = "gaussian",
+    key: int | jax.Array = 0,
+) -> optax.GradientTransformationExtraArgs:
+    """MeZO-Greedy's estimate along the best of ``M`` candidates (``M + 2`` forwards, ``M + 1`` reusing).
+
+    See :func:`zojax.estimators.estimate_greedy`.
+    """
+    estimators.check_eps(eps)
+    estimators.check_distribution(distribution)
+    if num_candidates < 1:
+        raise ValueError(f"num_candidates: expected M >= 1, got {num_candidates}")
+    fn = functools.partial(
+        estimators.estimate_greedy,
+        eps=eps,
+        num_candidates=num_candidates,
+        reuse_best_loss=reuse_best_loss,
+        distribution=distribution,
+    )
+    return zeroth_order(fn, num_candidates + (1 if reuse_best_loss else 2), key)
+
+
+_NO_DECAY = re.compile(r"bias|norm|(^|[^a-z])ln([^a-z]|$)", re.IGNORECASE)
+
+
+def decay_mask(params: PyTree) -> PyTree:
+    """MeZO's weight-decay mask: ``False`` for biases and normalisation parameters, ``True`` elsewhere.
+
+    A leaf is exempt when any entry of its key path contains ``bias`` or ``norm`` or is ``ln``-like
+    (MeZO skips names with ``bias``, ``layer_norm`` or ``layernorm``). Embeddings are decayed, as in MeZO.
+    """
+
+    def keep(path: Any, _: Any) -> bool:
+        return not _NO_DECAY.search(jax.tree_util.keystr(tuple(path)))
+
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def _with_sgd(
+    estimator: optax.GradientTransformationExtraArgs,
+    learning_rate: optax.ScalarOrSchedule,
+    weight_decay: float,
+) -> optax.GradientTransformationExtraArgs:
+    parts: list[optax.GradientTransformation] = [estimator]
+    if weight_decay:
+        parts.append(optax.add_decayed_weights(weight_decay, mask=decay_mask))
+    parts.append(optax.sgd(learning_rate))
+    return optax.chain(*parts)
+
+
+def mezo(
+    learning_rate: optax.ScalarOrSchedule,
+    eps: float = 1e-3,
+    *,
+    weight_decay: float = 0.0,
+    one_sided: bool = False,
+    distribution: str = "gaussian",
+    key: int | jax.Array = 0,
+) -> optax.GradientTransformationExtraArgs:
+    """MeZO: SPSA estimate, MeZO's weight decay (none on biases and norms), then SGD.
+
+    ``θ ← θ − η (g z + λ θ ⊙ mask)``, ``g = (L(θ+εz) − L(θ−εz)) / 2ε``.
+
+    Example:
+      >>> tx = mezo(learning_rate=1e-2, eps=1e-3)
+      >>> params = {"w": jnp.ones(3)}
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update(params, state, params, value_fn=lambda p: jnp.sum(p["w"] ** 2))
+      >>> params = optax.apply_updates(params, updates)
+    """
+    return _with_sgd(spsa(eps, one_sided=one_sided, distribution=distribution, key=key), learning_rate, weight_decay)
+
+
+def mezo_nspsa(
+    learning_rate: optax.ScalarOrSchedule,
+    eps: float = 1e-3,
+    num_queries: int = 2,
+    *,
+    weight_decay: float = 0.0,
+    distribution: str = "gaussian",
+    key: int | jax.Array = 0,
+) -> optax.GradientTransformationExtraArgs:
+    """n-SPSA with SGD (the paper's Table X baseline), ``2q`` forwards per step."""
+    return _with_sgd(nspsa(eps, num_queries, distribution=distribution, key=key), learning_rate, weight_decay)
+
+
+def mezo_gv(
+    learning_rate: optax.ScalarOrSchedule,
+    eps: float = 1e-3,
+    num_candidates: int = 4,
+    elite_ratio: float = 0.5,
+    *,
+    weighting: str = "mean_diff",
+    normalize: bool = False,
+    weight_decay: float = 0.0,
+    distribution: str = "gaussian",
+    key: int | jax.Array = 0,
+) -> optax.GradientTransformationExtraArgs:
+    """MeZO-GV: guided estimate then SGD, ``M + 2`` forwards per step (see :func:`guided`)."""
+    est = guided(
+        eps,
+        num_candidates,
+        elite_ratio,
+        weighting=weighting,
+        normalize=normalize,
+        distribution=distribution,
+        key=key,
+    )
+    return _with_sgd(est, learning_rate, weight_decay)
+
+
+def mezo_greedy(
+    learning_rate: optax.ScalarOrSchedule,
+    eps: float = 1e-3,
+    num_candidates: int = 4,
+    *,
+    reuse_best_loss: bool = False,
+    weight_decay: float = 0.0,
+    distribution: str = "gaussian",
+    key: int | jax.Array = 0,
+) -> optax.GradientTransformationExtraArgs:
+    """MeZO-Greedy: step along the best of ``M`` candidates with SGD (see :func:`greedy`)."""
+    est = greedy(eps, num_candidates, reuse_best_loss=reuse_best_loss, distribution=distribution, key=key)
+    return _with_sgd(est, learning_rate, weight_decay)
+
+
+def zo_state(state: Any) -> ZOState:
+    """Finds the :class:`ZOState` inside a (possibly chained, wrapped) optimizer state."""
+    found = [s for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, ZOState)) if isinstance(s, ZOState)]
+    if not found:
+        raise ValueError("state: no ZOState found; is a zojax estimator part of this optimizer?")
+    return found[0]
