@@ -317,8 +317,10 @@ def test_composes_with_adam_sign_and_multisteps(name: str) -> None:
     ):
         new, _ = run_steps(tx, params, loss, 100)
         assert float(loss(new)) < 0.9 * float(loss(params))
-    # Accumulating 2 estimates with MultiSteps equals one SGD step on their mean.
-    acc = optax.MultiSteps(optax.chain(est, optax.sgd(0.1)), every_k_schedule=2)
+    # Gradient accumulation: MultiSteps goes *after* the estimator (an estimator inside MultiSteps
+    # would only run every k-th step, on the accumulated updates it ignores). Two accumulated
+    # estimates equal one SGD step on their mean.
+    acc = optax.chain(est, optax.MultiSteps(optax.sgd(0.1), every_k_schedule=2).gradient_transformation())
     state = acc.init(params)
     p = params
     for _ in range(2):

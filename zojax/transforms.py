@@ -255,7 +255,9 @@ def _with_sgd(
     weight_decay: float,
 ) -> optax.GradientTransformationExtraArgs:
     parts: list[optax.GradientTransformation] = [estimator]
-    if weight_decay:
+    # Under optax.inject_hyperparams the decay is a traced array: keep the term unless it is a
+    # literal zero.
+    if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
         parts.append(optax.add_decayed_weights(weight_decay, mask=decay_mask))
     parts.append(optax.sgd(learning_rate))
     return optax.chain(*parts)

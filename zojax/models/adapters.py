@@ -87,6 +87,18 @@ class Adapted:
         )
         return h
 
+    def hidden_states(
+        self,
+        trainable: PyTree,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        *,
+        perturbation: Perturbation = None,
+    ) -> Array:
+        """Final-normed hidden states ``[B, T, H]`` of the adapted model (what the head
+        consumes)."""
+        return self._hidden(trainable, input_ids, attention_mask, perturbation)
+
     def logits(
         self,
         trainable: PyTree,

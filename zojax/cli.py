@@ -1,0 +1,556 @@
+"""The ``zojax`` command: ``zojax finetune``, ``zojax methods``, ``zojax tasks``.
+
+``zojax finetune`` (also ``python experiments/finetune.py``) runs one fine-tuning job; with no
+options it is the short default job: SmolLM2-135M-Instruct (embedded), SST-2, MeZO-GV (M = 4),
+full tuning, a budget of 240 forward passes, dev accuracy printed before and after training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from zojax import registry
+from zojax.train import config as C
+from zojax.train.cache import enable_compile_cache
+
+_SUPPRESS = argparse.SUPPRESS
+
+
+def methods_table() -> str:
+    """One line per ``--method`` choice: name, forward passes per step, description."""
+    rows = []
+    for name, m in registry.METHODS.items():
+        rows.append((name, m.forwards_per_step(), m.description))
+    rows.append(
+        (
+            C.FO_METHOD,
+            1,
+            "first-order fine-tuning: Adam on jax.grad of the same objective "
+            "(1 forward + 1 backward/step)",
+        )
+    )
+    rows.append(("zero-shot", 0, "no training: evaluate the model as it is"))
+    rows.append(("icl", 0, "no training: in-context learning with --num-demos demonstrations"))
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"  {n:<{width}}  {f:>2} fwd/step  {d}" for n, f, d in rows)
+
+
+def add_finetune_arguments(p: argparse.ArgumentParser, suppress_defaults: bool = False) -> None:
+    """Adds every ``finetune`` option to ``p`` (``dest`` is ``section.field`` of TrainConfig).
+
+    Args:
+      p: the parser.
+      suppress_defaults: leave unset options out of the namespace (to tell which were given).
+    """
+    d = C.TrainConfig()
+
+    def add(group: Any, flag: str, dest: str, default: Any, **kw: Any) -> None:
+        if suppress_defaults:
+            default = _SUPPRESS
+        if kw.get("action") is None and "metavar" not in kw and "choices" not in kw:
+            kw["metavar"] = flag.lstrip("-").upper().replace("-", "_")
+        group.add_argument(flag, dest=dest, default=default, **kw)
+
+    def flag_pair(group: Any, flag: str, dest: str, default: bool, help: str) -> None:
+        group.add_argument(
+            flag,
+            dest=dest,
+            action=argparse.BooleanOptionalAction,
+            default=_SUPPRESS if suppress_defaults else default,
+            help=help,
+        )
+
+    g = p.add_argument_group("model")
+    add(
+        g,
+        "--model",
+        "model.name",
+        d.model.name,
+        metavar="NAME",
+        help="model: 'smollm2-135m-instruct' (embedded, default), a local HF folder or .gguf, a "
+        "hub id, or random:<preset> (random weights, byte tokenizer; e.g. random:tiny)",
+    )
+    add(g, "--dtype", "model.dtype", d.model.dtype, choices=C.DTYPES, help="parameter dtype")
+    add(
+        g,
+        "--tuning",
+        "model.tuning",
+        d.model.tuning,
+        choices=C.TUNINGS,
+        help="full fine-tuning, LoRA or prefix tuning (default: full)",
+    )
+    add(g, "--lora-rank", "model.lora_rank", d.model.lora_rank, type=int, help="LoRA rank r")
+    add(g, "--lora-alpha", "model.lora_alpha", d.model.lora_alpha, type=float, help="LoRA alpha")
+    add(
+        g,
+        "--lora-targets",
+        "model.lora_targets",
+        d.model.lora_targets,
+        type=_csv,
+        help="comma-separated LoRA targets (q,k,v,o,gate,up,down,fc1,fc2); default q,v",
+    )
+    add(
+        g,
+        "--num-virtual-tokens",
+        "model.num_virtual_tokens",
+        d.model.num_virtual_tokens,
+        type=int,
+        help="prefix-tuning length (default 5)",
+    )
+
+    g = p.add_argument_group("data")
+    add(g, "--task", "data.task", d.data.task, help="task (see `zojax tasks`; default sst2)")
+    add(
+        g,
+        "--data-dir",
+        "data.data_dir",
+        d.data.data_dir,
+        help="data folder (default $ZOJAX_DATA_DIR or ../shared/data)",
+    )
+    add(
+        g,
+        "--num-train",
+        "data.num_train",
+        d.data.num_train,
+        type=int,
+        help="training examples (MeZO: 1000)",
+    )
+    add(
+        g,
+        "--num-dev",
+        "data.num_dev",
+        d.data.num_dev,
+        type=int,
+        help=f"dev examples (default {d.data.num_dev}; MeZO: 500, CB/COPA 100)",
+    )
+    add(
+        g,
+        "--num-test",
+        "data.num_test",
+        d.data.num_test,
+        type=int,
+        help=f"test examples (default {d.data.num_test}; MeZO: 1000)",
+    )
+    add(
+        g,
+        "--max-length",
+        "data.max_length",
+        d.data.max_length,
+        type=int,
+        help="cap on training sequence length, tokens (left truncation keeping BOS)",
+    )
+    add(
+        g,
+        "--eval-max-length",
+        "data.eval_max_length",
+        d.data.eval_max_length,
+        type=int,
+        help="cap on evaluation sequence length",
+    )
+    add(
+        g,
+        "--max-new-tokens",
+        "data.max_new_tokens",
+        d.data.max_new_tokens,
+        type=int,
+        help="generation budget of SQuAD/DROP (MeZO: 50)",
+    )
+
+    g = p.add_argument_group("method and optimisation")
+    add(
+        g,
+        "--method",
+        "optim.method",
+        d.optim.method,
+        metavar="METHOD",
+        help="one of: " + ", ".join(C.method_names()) + " (default mezo-gv; see below)",
+    )
+    add(
+        g,
+        "--lr",
+        "optim.lr",
+        d.optim.lr,
+        type=float,
+        help="learning rate (default by method and tuning: ZO full 1e-6 / lora 1e-4 / prefix "
+        "1e-2; ft full 1e-5 / lora 1e-4 / prefix 1e-3)",
+    )
+    add(
+        g,
+        "--eps",
+        "optim.eps",
+        d.optim.eps,
+        type=float,
+        help="perturbation scale (default full 1e-3, lora 1e-2, prefix 1e-1)",
+    )
+    add(
+        g,
+        "--num-candidates",
+        "optim.num_candidates",
+        d.optim.num_candidates,
+        type=int,
+        help="M candidates of mezo-gv / mezo-greedy (default 4)",
+    )
+    add(
+        g,
+        "--elite-ratio",
+        "optim.elite_ratio",
+        d.optim.elite_ratio,
+        type=float,
+        help="alpha of mezo-gv: floor(alpha*M) low-loss candidates (default 0.5)",
+    )
+    add(
+        g,
+        "--num-queries",
+        "optim.num_queries",
+        d.optim.num_queries,
+        type=int,
+        help="q of nspsa (default 2)",
+    )
+    add(
+        g,
+        "--weighting",
+        "optim.weighting",
+        d.optim.weighting,
+        choices=("mean_diff", "rank"),
+        help="mezo-gv candidate weighting (default mean_diff, the paper's)",
+    )
+    flag_pair(
+        g,
+        "--normalize",
+        "optim.normalize",
+        d.optim.normalize,
+        "mezo-gv: rescale the guiding vector so E|v|^2 = d",
+    )
+    flag_pair(
+        g,
+        "--reuse-best-loss",
+        "optim.reuse_best_loss",
+        d.optim.reuse_best_loss,
+        "mezo-greedy: reuse L(theta+eps z*) (M+1 forwards)",
+    )
+    add(
+        g,
+        "--distribution",
+        "optim.distribution",
+        d.optim.distribution,
+        choices=("gaussian", "rademacher"),
+        help="perturbation distribution",
+    )
+    add(
+        g,
+        "--weight-decay",
+        "optim.weight_decay",
+        d.optim.weight_decay,
+        type=float,
+        help="weight decay, none on biases and norms (default 0)",
+    )
+    add(
+        g,
+        "--batch-size",
+        "optim.batch_size",
+        d.optim.batch_size,
+        type=int,
+        help="examples per step (default 16)",
+    )
+    budget = g.add_mutually_exclusive_group()
+    add(
+        budget,
+        "--steps",
+        "optim.steps",
+        d.optim.steps,
+        type=int,
+        help=f"training steps (default: a budget of {C.DEFAULT_FORWARD_BUDGET} forward passes)",
+    )
+    add(
+        budget,
+        "--forward-budget",
+        "optim.forward_budget",
+        d.optim.forward_budget,
+        type=int,
+        metavar="N",
+        help="total forward passes; steps = N // forwards per step (equal-compute "
+        "comparisons: mezo 2, mezo-gv/greedy M+2, nspsa 2q)",
+    )
+
+    g = p.add_argument_group("evaluation")
+    add(
+        g,
+        "--eval-every",
+        "eval.eval_every",
+        d.eval.eval_every,
+        type=int,
+        help="dev evaluation every N steps (default 0: before and after training only)",
+    )
+    flag_pair(
+        g,
+        "--eval-before",
+        "eval.eval_before",
+        d.eval.eval_before,
+        "evaluate on dev before training (default on)",
+    )
+    add(
+        g,
+        "--select-by",
+        "eval.select_by",
+        d.eval.select_by,
+        choices=C.SELECT_BY,
+        help="best-by-dev selection on the task metric (default) or the dev loss (MeZO's)",
+    )
+    add(
+        g,
+        "--num-demos",
+        "eval.num_demos",
+        d.eval.num_demos,
+        type=int,
+        help="demonstrations per example for --method icl (MeZO: 32)",
+    )
+    add(
+        g,
+        "--eval-token-budget",
+        "eval.token_budget",
+        d.eval.token_budget,
+        type=int,
+        help="tokens per scoring forward pass in evaluation (default 1024)",
+    )
+
+    g = p.add_argument_group("run")
+    add(
+        g,
+        "--seed",
+        "run.seed",
+        d.run.seed,
+        type=int,
+        help="seed of data sampling and order, adapters and perturbations (default 0)",
+    )
+    add(
+        g,
+        "--out",
+        "run.out",
+        d.run.out,
+        help="run directory (default runs/<task>_<method>_<tuning>_s<seed>_<time>)",
+    )
+    add(
+        g,
+        "--resume",
+        "run.resume",
+        d.run.resume,
+        action="store_true",
+        help="continue the run in --out from its latest valid checkpoint",
+    )
+    add(
+        g,
+        "--checkpoint-every",
+        "run.checkpoint_every",
+        d.run.checkpoint_every,
+        type=int,
+        help="checkpoint every N steps (default 0: at the end and on Ctrl-C/SIGTERM only)",
+    )
+    add(
+        g,
+        "--keep-checkpoints",
+        "run.keep_checkpoints",
+        d.run.keep_checkpoints,
+        type=int,
+        help="periodic checkpoints kept (default 2)",
+    )
+    add(
+        g,
+        "--stop-after",
+        "run.stop_after",
+        d.run.stop_after,
+        type=int,
+        metavar="N",
+        help="checkpoint and stop after N steps in this process (resume later)",
+    )
+    flag_pair(g, "--progress", "run.progress", d.run.progress, "show a progress bar")
+    add(
+        g,
+        "--dry-run",
+        "run.dry_run",
+        d.run.dry_run,
+        action="store_true",
+        help="validate the configuration, print it and exit",
+    )
+
+
+def _csv(s: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in s.split(",") if x.strip())
+
+
+def finetune_parser(prog: str = "zojax finetune") -> argparse.ArgumentParser:
+    """The ``finetune`` parser (shared by ``zojax finetune`` and ``experiments/finetune.py``)."""
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Fine-tune a causal LM on a MeZO task with a zeroth-order method (or ft).",
+        epilog="methods (--method):\n" + methods_table() + "\n\nThe default job: SmolLM2-135M-"
+        "Instruct, SST-2, mezo-gv, full tuning, 240 forward passes; prints dev accuracy before "
+        "and after. MeZO's protocol: --num-dev 500 --num-test 1000 --forward-budget 40000 "
+        "--eval-every 1000.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_finetune_arguments(p)
+    p.add_argument(
+        "--compile-cache",
+        default=None,
+        metavar="DIR",
+        help="persistent XLA compilation cache, so a resumed or repeated run skips compiling "
+        "(default $ZOJAX_COMPILE_CACHE or ~/.cache/zojax/xla; 'none' disables)",
+    )
+    return p
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for k, v in flat.items():
+        sec, field = k.split(".", 1)
+        out.setdefault(sec, {})[field] = v
+    return out
+
+
+def config_from_args(argv: Sequence[str], prog: str = "zojax finetune") -> C.TrainConfig:
+    """Parses ``argv`` into a resolved :class:`TrainConfig` (the saved one, when resuming).
+
+    Raises:
+      SystemExit: argparse errors (exit status 2, message names the option).
+      ValueError: invalid values (the message starts with the option).
+    """
+    ns = vars(finetune_parser(prog).parse_args(argv))
+    ns.pop("compile_cache", None)
+    explicit_p = argparse.ArgumentParser(add_help=False)
+    add_finetune_arguments(explicit_p, suppress_defaults=True)
+    explicit_p.add_argument("--compile-cache", default=_SUPPRESS)
+    explicit = vars(explicit_p.parse_args(argv))
+    explicit.pop("compile_cache", None)
+    cfg = C.from_dict(_nest(ns))
+    if cfg.run.resume:
+        if cfg.run.out is None:
+            raise ValueError("--resume: give the run directory with --out")
+        path = Path(cfg.run.out) / "config.json"
+        if not path.is_file():
+            raise ValueError(f"--resume: no run to resume in {cfg.run.out} (no config.json)")
+        saved = C.to_dict(C.from_dict(json.loads(path.read_text())["config"]))
+        if saved["optim"]["forward_budget"] is not None:
+            saved["optim"]["steps"] = None
+        if "optim.steps" in explicit:
+            saved["optim"]["forward_budget"] = None
+        if "optim.forward_budget" in explicit:
+            saved["optim"]["steps"] = None
+        for k, v in explicit.items():
+            sec, field = k.split(".", 1)
+            saved[sec][field] = list(v) if isinstance(v, tuple) else v
+        cfg = C.from_dict(saved)
+    return cfg.resolve()
+
+
+def dry_run(cfg: C.TrainConfig) -> dict[str, Any]:
+    """Checks the model name and the task data without loading weights; returns the plan."""
+    from zojax.tasks import TaskDataMissingError, get_task
+    from zojax.train.loop import check_model_name
+
+    check_model_name(cfg.model.name)
+    task = get_task(cfg.data.task)
+    try:
+        splits = task.splits(
+            seed=cfg.run.seed,
+            num_train=cfg.data.num_train,
+            num_dev=cfg.data.num_dev,
+            num_test=cfg.data.num_test,
+            data_dir=cfg.data.data_dir,
+        )
+    except TaskDataMissingError as e:
+        raise ValueError(f"--task: {e}") from None
+    fps = cfg.forwards_per_step()
+    return {
+        "config": C.to_dict(cfg),
+        "forwards_per_step": fps,
+        "steps": cfg.optim.steps,
+        "forwards": cfg.optim.steps * fps,
+        "splits": splits.describe(),
+    }
+
+
+def finetune_main(argv: Sequence[str] | None = None, prog: str = "zojax finetune") -> int:
+    """``zojax finetune``: parse, validate, run; returns the exit status.
+
+    0: done (or stopped by ``--stop-after``, or a dry run); 2: bad arguments; 128 + signal number:
+    interrupted by SIGINT/SIGTERM after checkpointing.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = finetune_parser(prog)
+    try:
+        cfg = config_from_args(argv, prog)
+        if cfg.run.dry_run:
+            plan = dry_run(cfg)
+            print(json.dumps(plan, indent=2))
+            print(
+                f"dry run OK: {cfg.optim.method} on {cfg.data.task}, {plan['steps']} steps x "
+                f"{plan['forwards_per_step']} forwards = {plan['forwards']} forward passes"
+            )
+            return 0
+        from zojax.train.loop import Trainer
+
+        cache = argparse.ArgumentParser(add_help=False)
+        cache.add_argument("--compile-cache", default=None)
+        enable_compile_cache(cache.parse_known_args(argv)[0].compile_cache)
+        trainer = Trainer(cfg)
+        report = trainer.run()
+    except ValueError as e:
+        parser.error(str(e))
+    except KeyboardInterrupt:
+        print("\n[zojax] aborted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    if report.get("status") == "interrupted" and report.get("signal"):
+        return 128 + int(report["signal"])
+    return 0
+
+
+def methods_main(argv: Sequence[str] | None = None) -> int:
+    """``zojax methods``: the registry with forward passes per step."""
+    argparse.ArgumentParser(prog="zojax methods", description=methods_main.__doc__).parse_args(argv)
+    print("method (--method), forward passes per step with default options, description")
+    print(methods_table())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``zojax`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {
+        "finetune": "fine-tune a model (see zojax finetune --help)",
+        "methods": "list the methods with forward passes per step",
+        "tasks": "list the tasks with their data source and split sizes",
+    }
+    p = argparse.ArgumentParser(
+        prog="zojax",
+        description="Zeroth-order fine-tuning of LLMs in JAX.",
+        epilog="commands:\n"
+        + "\n".join(f"  {k:<9} {v}" for k, v in commands.items())
+        + "\n\nmethods:\n"
+        + methods_table(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "command", choices=tuple(commands), metavar="command", help="one of: " + ", ".join(commands)
+    )
+    if not argv or argv[0] in ("-h", "--help"):
+        p.print_help()
+        return 0 if argv else 2
+    args, rest = p.parse_known_args(argv[:1])
+    rest = argv[1:]
+    if args.command == "finetune":
+        return finetune_main(rest)
+    if args.command == "methods":
+        return methods_main(rest)
+    from zojax.tasks.__main__ import main as tasks_main
+
+    return tasks_main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Orbax checkpoints that are detected when corrupt or partial, with fallback to the previous one.
+
+Layout of ``<run>/checkpoints/``::
+
+    step_00000010/
+      state/           orbax StandardCheckpointHandler: {"params", "opt_state"} (incl. the PRNG key)
+      meta.json        step, forwards, best-by-dev bookkeeping, log offsets, config
+      MANIFEST.json    size and SHA-256 of every file above; written last: the commit marker
+    best_00000008/     the best-by-dev parameters found at step 8 (same layout)
+
+A checkpoint is written into a temporary folder and renamed into place once its manifest exists, so
+a process killed mid-save leaves no folder that looks complete. On restore every file is checked
+against the manifest before orbax reads it; a checkpoint that fails (missing manifest, a truncated
+or altered file, an orbax error) is renamed ``corrupt.<name>`` with a warning and the previous one
+is tried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+PyTree = Any
+MANIFEST = "MANIFEST.json"
+META = "meta.json"
+STATE = "state"
+_STEP_RE = re.compile(r"^step_(\d{8,})$")
+_BEST_RE = re.compile(r"^best_(\d{8,})$")
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was unusable and an older one (or none) is used instead."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def write_manifest(folder: Path) -> None:
+    """Writes ``MANIFEST.json`` (size and SHA-256 of every other file), fsynced."""
+    files = {str(p.relative_to(folder)): [p.stat().st_size, _sha256(p)] for p in _files(folder)}
+    tmp = folder / (MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump({"files": files}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, folder / MANIFEST)
+
+
+def verify(folder: Path) -> None:
+    """Raises ``ValueError`` saying what is wrong when ``folder`` does not match its manifest."""
+    mpath = folder / MANIFEST
+    if not mpath.is_file():
+        raise ValueError("no MANIFEST.json (the save did not finish)")
+    try:
+        files = json.loads(mpath.read_text())["files"]
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"unreadable MANIFEST.json ({e})") from None
+    for rel, (size, digest) in files.items():
+        p = folder / rel
+        if not p.is_file():
+            raise ValueError(f"missing file {rel}")
+        if p.stat().st_size != size:
+            raise ValueError(f"{rel} has {p.stat().st_size} bytes, expected {size} (truncated?)")
+        if _sha256(p) != digest:
+            raise ValueError(f"{rel} does not match its SHA-256 (corrupt)")
+
+
+def abstract(tree: PyTree) -> PyTree:
+    """Shapes and dtypes of ``tree`` (the restore target)."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class Checkpoints:
+    """Periodic checkpoints plus a best-by-dev slot in ``directory``.
+
+    Attributes:
+      directory: ``<run>/checkpoints``.
+      keep: how many periodic checkpoints to keep.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], keep: int = 2) -> None:
+        self.directory = Path(directory)
+        self.keep = int(keep)
+        self._ckpt = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+
+    # ------------------------------------------------------------------ writing
+    def _write(self, name: str, state: Mapping[str, PyTree], meta: Mapping[str, Any]) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        final = self.directory / name
+        tmp = self.directory / f"tmp.{name}.{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        self._ckpt.save(tmp / STATE, args=ocp.args.StandardSave(dict(state)))
+        with open(tmp / META, "w") as f:
+            json.dump(dict(meta), f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        write_manifest(tmp)
+        old = None
+        if final.exists():
+            old = self.directory / f"old.{name}.{os.getpid()}"
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def save(self, step: int, state: Mapping[str, PyTree], meta: Mapping[str, Any]) -> Path:
+        """Saves ``state`` (a dict of pytrees) and ``meta`` as step ``step``; prunes old ones.
+
+        Returns:
+          the checkpoint folder.
+        """
+        path = self._write(f"step_{step:08d}", state, {**meta, "step": int(step)})
+        for old in self.steps()[: -self.keep]:
+            shutil.rmtree(self.directory / f"step_{old:08d}", ignore_errors=True)
+        return path
+
+    def save_best(self, step: int, params: PyTree, meta: Mapping[str, Any]) -> Path:
+        """Saves the best-by-dev parameters found at ``step`` into the slot ``best_<step>``."""
+        return self._write(f"best_{step:08d}", {"params": params}, {**meta, "step": int(step)})
+
+    def best_steps(self) -> list[int]:
+        """Steps of the best-by-dev slots present, ascending."""
+        if not self.directory.is_dir():
+            return []
+        found = [_BEST_RE.match(p.name) for p in self.directory.iterdir() if p.is_dir()]
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def referenced_best_steps(self) -> set[int]:
+        """Best-by-dev steps that the periodic checkpoints present refer to."""
+        out = set()
+        for step in self.steps():
+            try:
+                meta = json.loads((self.directory / f"step_{step:08d}" / META).read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(meta.get("best"), dict):
+                out.add(int(meta["best"]["step"]))
+        return out
+
+    def prune_best(self, current: int | None) -> None:
+        """Deletes the best-by-dev slots that are neither ``current`` nor referred to by a
+        periodic checkpoint (a run resumed from that checkpoint needs its notion of "best")."""
+        keep = self.referenced_best_steps() | ({current} if current is not None else set())
+        for s in self.best_steps():
+            if s not in keep:
+                shutil.rmtree(self.directory / f"best_{s:08d}", ignore_errors=True)
+
+    # ------------------------------------------------------------------ reading
+    def steps(self) -> list[int]:
+        """Steps of the checkpoints present (complete or not), ascending."""
+        if not self.directory.is_dir():
+            return []
+        found = [_STEP_RE.match(p.name) for p in self.directory.iterdir() if p.is_dir()]
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def _load(self, folder: Path, target: Mapping[str, PyTree]) -> tuple[dict, dict]:
+        verify(folder)
+        meta = json.loads((folder / META).read_text())
+        state = self._ckpt.restore(folder / STATE, args=ocp.args.StandardRestore(dict(target)))
+        return dict(state), meta
+
+    def _quarantine(self, folder: Path, reason: str, fallback: str) -> None:
+        warnings.warn(
+            f"checkpoint {folder} is unusable ({reason}); {fallback}",
+            CheckpointWarning,
+            stacklevel=3,
+        )
+        dest = folder.with_name(f"corrupt.{folder.name}")
+        if dest.exists():
+            shutil.rmtree(dest, ignore_errors=True)
+        os.replace(folder, dest)
+
+    def restore_latest(self, target: Mapping[str, PyTree]) -> tuple[dict, dict] | None:
+        """The newest usable checkpoint as ``(state, meta)``, or ``None`` if there is none.
+
+        Args:
+          target: a dict of pytrees with the state's structure (arrays or
+            ``jax.ShapeDtypeStruct``; see :func:`abstract`).
+        """
+        steps = self.steps()
+        for i, step in reversed(list(enumerate(steps))):
+            folder = self.directory / f"step_{step:08d}"
+            try:
+                return self._load(folder, target)
+            except Exception as e:
+                fallback = (
+                    f"falling back to step {steps[i - 1]}"
+                    if i > 0
+                    else "no older checkpoint; starting from scratch"
+                )
+                self._quarantine(folder, f"{type(e).__name__}: {e}", fallback)
+        return None
+
+    def restore_best(self, step: int, target_params: PyTree) -> tuple[PyTree, dict] | None:
+        """The best-by-dev parameters saved at ``step`` and their meta, or ``None`` (warns when
+        missing or corrupt)."""
+        folder = self.directory / f"best_{step:08d}"
+        if not folder.exists():
+            warnings.warn(
+                f"best-by-dev checkpoint {folder} is missing", CheckpointWarning, stacklevel=2
+            )
+            return None
+        try:
+            state, meta = self._load(folder, {"params": target_params})
+        except Exception as e:
+            self._quarantine(folder, f"{type(e).__name__}: {e}", "the best-by-dev params are lost")
+            return None
+        return state["params"], meta

@@ -1,0 +1,407 @@
+"""Typed configuration of a fine-tuning run, its defaults, validation and JSON round trip.
+
+A :class:`TrainConfig` groups five sections (:class:`ModelArgs`, :class:`DataArgs`,
+:class:`OptimArgs`, :class:`EvalArgs`, :class:`RunArgs`). :meth:`TrainConfig.resolve` fills the
+defaults that depend on other fields (learning rate and ε per method and tuning, the number of steps
+from a forward-pass budget) and raises ``ValueError`` naming the offending option. The resolved
+config is what a run saves (``config.json``) and what ``--resume`` checks against.
+
+Forward-pass budgets: a step of method ``m`` costs ``forwards_per_step(m)`` forward passes (MeZO 2,
+n-SPSA ``2q``, MeZO-GV and MeZO-Greedy ``M + 2``, ``ft`` 1 forward plus its backward pass), and
+``--forward-budget N`` runs ``N // forwards_per_step`` steps, so methods compare at equal cost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from zojax import registry
+
+FO_METHOD = "ft"
+EVAL_METHODS = ("zero-shot", "icl")
+TUNINGS = ("full", "lora", "prefix")
+SELECT_BY = ("metric", "loss")
+DTYPES = ("float32", "bfloat16")
+
+# Defaults by tuning (MeZO / the paper's Table III ranges; ft = Adam's usual fine-tuning rates).
+DEFAULT_EPS = {"full": 1e-3, "lora": 1e-2, "prefix": 1e-1}
+DEFAULT_ZO_LR = {"full": 1e-6, "lora": 1e-4, "prefix": 1e-2}
+DEFAULT_FT_LR = {"full": 1e-5, "lora": 1e-4, "prefix": 1e-3}
+
+# Settings that may change when a run is resumed (they do not change the trajectory).
+RESUMABLE_CHANGES = (
+    "optim.steps",
+    "optim.forward_budget",
+    "run.out",
+    "run.resume",
+    "run.checkpoint_every",
+    "run.keep_checkpoints",
+    "run.progress",
+    "run.dry_run",
+    "run.stop_after",
+    "data.data_dir",
+)
+
+
+def method_names() -> tuple[str, ...]:
+    """Every ``--method`` choice: the registered estimators, ``ft``, ``zero-shot`` and ``icl``."""
+    return (*registry.METHODS, FO_METHOD, *EVAL_METHODS)
+
+
+def is_zo(method: str) -> bool:
+    """Whether ``method`` is a registered zeroth-order estimator."""
+    return method in registry.METHODS
+
+
+@dataclasses.dataclass
+class ModelArgs:
+    """Which model and which parameters are tuned.
+
+    Attributes:
+      name: ``zojax.models.load_model`` name or path (default: the embedded SmolLM2-135M-Instruct),
+        or ``random:<preset>`` for a randomly initialised model with a byte tokenizer (tests).
+      dtype: ``float32`` or ``bfloat16`` parameters and compute.
+      tuning: ``full``, ``lora`` or ``prefix``.
+      lora_rank: LoRA rank ``r``.
+      lora_alpha: LoRA ``α``.
+      lora_targets: LoRA target projections (short names ``q k v o gate up down fc1 fc2``).
+      num_virtual_tokens: prefix-tuning length.
+    """
+
+    name: str = "smollm2-135m-instruct"
+    dtype: str = "float32"
+    tuning: str = "full"
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = ("q", "v")
+    num_virtual_tokens: int = 5
+
+
+@dataclasses.dataclass
+class DataArgs:
+    """Task, data and MeZO's sampling protocol.
+
+    Attributes:
+      task: task name (``python -m zojax.tasks`` lists them).
+      data_dir: data folder (default: ``$ZOJAX_DATA_DIR`` or ``../shared/data``).
+      num_train: training examples sampled from the train pool (MeZO: 1000).
+      num_dev: dev examples (MeZO: 500; CB and COPA 100); ``None``: the task's MeZO size.
+      num_test: test examples from validation (MeZO: 1000; all when fewer).
+      max_length: cap on training-sequence length in tokens (left truncation keeping BOS, as MeZO
+        does at 2048); every training batch is padded to the longest capped sequence of the train
+        split, so one step compiles once.
+      eval_max_length: the same cap for dev/test scoring and generation prompts.
+      max_new_tokens: generation budget of generation tasks (MeZO: 50).
+    """
+
+    task: str = "sst2"
+    data_dir: str | None = None
+    num_train: int = 1000
+    num_dev: int | None = 100
+    num_test: int = 200
+    max_length: int = 2048
+    eval_max_length: int = 2048
+    max_new_tokens: int = 50
+
+
+@dataclasses.dataclass
+class OptimArgs:
+    """Method, optimiser and budget.
+
+    Attributes:
+      method: a registered estimator (``mezo``, ``nspsa``, ``mezo-gv``, ``mezo-greedy``), ``ft``
+        (first-order Adam through ``jax.grad``), ``zero-shot`` or ``icl`` (evaluation only).
+      lr: learning rate; ``None``: by method family and tuning (:data:`DEFAULT_ZO_LR`,
+        :data:`DEFAULT_FT_LR`).
+      eps: perturbation scale ``ε``; ``None``: by tuning (:data:`DEFAULT_EPS`).
+      num_candidates: ``M`` for MeZO-GV / MeZO-Greedy.
+      elite_ratio: ``α`` for MeZO-GV.
+      num_queries: ``q`` for n-SPSA.
+      weighting: MeZO-GV's candidate weighting (``mean_diff`` = the paper's, or ``rank``).
+      normalize: rescale MeZO-GV's guiding vector so that ``E‖v‖² = d``.
+      reuse_best_loss: MeZO-Greedy reuses ``L(θ+εz*)`` (``M + 1`` forwards instead of ``M + 2``).
+      distribution: ``gaussian`` or ``rademacher`` perturbations.
+      weight_decay: MeZO's decoupled weight decay (none on biases and norms).
+      batch_size: examples per step (the paper: 16).
+      steps: number of steps (exclusive with ``forward_budget``).
+      forward_budget: total forward passes; ``steps = forward_budget // forwards_per_step``.
+    """
+
+    method: str = "mezo-gv"
+    lr: float | None = None
+    eps: float | None = None
+    num_candidates: int = 4
+    elite_ratio: float = 0.5
+    num_queries: int = 2
+    weighting: str = "mean_diff"
+    normalize: bool = False
+    reuse_best_loss: bool = False
+    distribution: str = "gaussian"
+    weight_decay: float = 0.0
+    batch_size: int = 16
+    steps: int | None = None
+    forward_budget: int | None = None
+
+
+@dataclasses.dataclass
+class EvalArgs:
+    """Dev evaluation, model selection and the final test.
+
+    Attributes:
+      eval_every: evaluate on dev every this many steps (0: only before and after training).
+      eval_before: evaluate on dev before the first step.
+      select_by: best-by-dev selection on the task ``metric`` (accuracy / F1) or on the dev
+        ``loss`` (cross-entropy of the candidate scores; MeZO's Trainer selects by dev loss).
+      num_demos: demonstrations per test example for ``icl`` (MeZO: 32).
+      token_budget: tokens per scoring forward pass during evaluation.
+    """
+
+    eval_every: int = 0
+    eval_before: bool = True
+    select_by: str = "metric"
+    num_demos: int = 32
+    token_budget: int = 1024
+
+
+@dataclasses.dataclass
+class RunArgs:
+    """Seed, outputs, checkpoints and control.
+
+    Attributes:
+      seed: seeds the data sampling (MeZO's ``train_set_seed``), the data order, the adapters'
+        initialisation and the perturbations.
+      out: run directory (metrics, TensorBoard events, checkpoints, results).
+      resume: continue the run in ``out`` from its latest valid checkpoint.
+      checkpoint_every: save a checkpoint every this many steps (0: only at the end and on
+        interruption).
+      keep_checkpoints: how many periodic checkpoints to keep (the best-by-dev one is separate).
+      progress: show a progress bar.
+      dry_run: validate the configuration and exit.
+      stop_after: stop (checkpointing, as on Ctrl-C) once this many steps have run in this
+        process; for tests and time-sliced jobs.
+    """
+
+    seed: int = 0
+    out: str | None = None
+    resume: bool = False
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    progress: bool = True
+    dry_run: bool = False
+    stop_after: int | None = None
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """A whole run: ``model``, ``data``, ``optim``, ``eval`` and ``run`` sections."""
+
+    model: ModelArgs = dataclasses.field(default_factory=ModelArgs)
+    data: DataArgs = dataclasses.field(default_factory=DataArgs)
+    optim: OptimArgs = dataclasses.field(default_factory=OptimArgs)
+    eval: EvalArgs = dataclasses.field(default_factory=EvalArgs)
+    run: RunArgs = dataclasses.field(default_factory=RunArgs)
+
+    # ------------------------------------------------------------------ derived quantities
+    @property
+    def training(self) -> bool:
+        """Whether the method trains (``zero-shot`` and ``icl`` only evaluate)."""
+        return self.optim.method not in EVAL_METHODS
+
+    def method_options(self) -> dict[str, Any]:
+        """Options of the zeroth-order method (what ``Method.optimizer`` accepts)."""
+        o = self.optim
+        method = registry.get(o.method)
+        opts = {
+            "eps": o.eps,
+            "num_candidates": o.num_candidates,
+            "elite_ratio": o.elite_ratio,
+            "num_queries": o.num_queries,
+            "weighting": o.weighting,
+            "normalize": o.normalize,
+            "reuse_best_loss": o.reuse_best_loss,
+            "distribution": o.distribution,
+        }
+        return registry.select_options(method, opts)
+
+    def forwards_per_step(self) -> int:
+        """Forward passes per training step (``ft``: 1, plus a backward pass; eval-only: 0)."""
+        if is_zo(self.optim.method):
+            return int(registry.get(self.optim.method).forwards_per_step(**self.method_options()))
+        return 1 if self.optim.method == FO_METHOD else 0
+
+    # ------------------------------------------------------------------ resolution
+    def resolve(self) -> TrainConfig:
+        """A copy with every default filled in and every option checked.
+
+        Returns:
+          the resolved config: ``optim.lr``, ``optim.eps`` and ``optim.steps`` are set.
+
+        Raises:
+          ValueError: an invalid option; the message starts with the option's name.
+        """
+        c = from_dict(to_dict(self))
+        m, d, o, e, r = c.model, c.data, c.optim, c.eval, c.run
+        _choice("--method", o.method, method_names())
+        _choice("--tuning", m.tuning, TUNINGS)
+        _choice("--dtype", m.dtype, DTYPES)
+        _choice("--select-by", e.select_by, SELECT_BY)
+        _choice("--distribution", o.distribution, ("gaussian", "rademacher"))
+        _choice("--weighting", o.weighting, ("mean_diff", "rank"))
+        try:
+            from zojax.tasks import get_task
+
+            get_task(d.task)
+        except KeyError as err:
+            raise ValueError(f"--task: {err.args[0]}") from None
+        _positive("--batch-size", o.batch_size)
+        _positive("--num-train", d.num_train)
+        _positive("--max-length", d.max_length, minimum=2)
+        _positive("--eval-max-length", d.eval_max_length, minimum=2)
+        _positive("--max-new-tokens", d.max_new_tokens)
+        _positive("--eval-token-budget", e.token_budget)
+        _positive("--num-test", d.num_test, minimum=0)
+        if d.num_dev is not None:
+            _positive("--num-dev", d.num_dev, minimum=0)
+        _positive("--eval-every", e.eval_every, minimum=0)
+        _positive("--checkpoint-every", r.checkpoint_every, minimum=0)
+        _positive("--keep-checkpoints", r.keep_checkpoints)
+        _positive("--lora-rank", m.lora_rank)
+        _positive("--num-virtual-tokens", m.num_virtual_tokens)
+        _positive("--num-demos", e.num_demos, minimum=0)
+        if r.stop_after is not None:
+            _positive("--stop-after", r.stop_after)
+        if o.weight_decay < 0:
+            raise ValueError(f"--weight-decay: must be >= 0, got {o.weight_decay}")
+        if o.eps is None:
+            o.eps = DEFAULT_EPS[m.tuning]
+        if not (o.eps > 0 and math.isfinite(o.eps)):
+            raise ValueError(f"--eps: the perturbation scale must be > 0, got {o.eps}")
+        if o.lr is None:
+            table = DEFAULT_FT_LR if o.method == FO_METHOD else DEFAULT_ZO_LR
+            o.lr = table[m.tuning]
+        if not (o.lr >= 0 and math.isfinite(o.lr)):
+            raise ValueError(f"--lr: must be a finite number >= 0, got {o.lr}")
+        if is_zo(o.method):
+            self._check_method(c)
+        if o.steps is not None and o.forward_budget is not None:
+            raise ValueError("--steps and --forward-budget: give one of them, not both")
+        fps = c.forwards_per_step()
+        if not c.training:
+            o.steps, o.forward_budget = 0, None
+        elif o.forward_budget is not None:
+            _positive("--forward-budget", o.forward_budget)
+            if o.forward_budget < fps:
+                raise ValueError(
+                    f"--forward-budget: {o.forward_budget} forward passes buy no step of "
+                    f"{o.method} ({fps} forwards/step)"
+                )
+            o.steps = o.forward_budget // fps
+        elif o.steps is None:
+            o.steps = default_steps(o.method, fps)
+        _positive("--steps", o.steps, minimum=0 if not c.training else 1)
+        if m.tuning == "prefix":
+            from zojax.tasks import get_task
+
+            if get_task(d.task).generation:
+                raise ValueError(
+                    f"--tuning: prefix-tuned generation is not implemented, so {d.task} "
+                    "(a generation task) cannot be evaluated with --tuning prefix"
+                )
+        if o.method == "icl" and e.num_demos < 1:
+            raise ValueError("--num-demos: icl needs at least one demonstration")
+        return c
+
+    @staticmethod
+    def _check_method(c: TrainConfig) -> None:
+        """Builds the optimizer once so that the estimator's own checks name the option."""
+        o = c.optim
+        try:
+            registry.get(o.method).optimizer(o.lr, **c.method_options())
+        except ValueError as err:
+            msg = str(err)
+            for name in ("num_candidates", "elite_ratio", "num_queries", "eps", "weighting"):
+                if msg.startswith(name + ":"):
+                    flag = "--" + name.replace("_", "-")
+                    raise ValueError(flag + msg[len(name) :]) from None
+            raise
+
+
+DEFAULT_FORWARD_BUDGET = 240
+"""Forward passes of the default job (40 MeZO-GV steps with M = 4; see :func:`default_steps`)."""
+
+
+def default_steps(method: str, forwards_per_step: int) -> int:
+    """Steps when neither ``--steps`` nor ``--forward-budget`` is given: the default budget."""
+    return max(1, DEFAULT_FORWARD_BUDGET // max(1, forwards_per_step))
+
+
+def _choice(flag: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{flag}: invalid choice {value!r}; choose from {', '.join(choices)}")
+
+
+def _positive(flag: str, value: Any, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{flag}: expected an integer >= {minimum}, got {value!r}")
+
+
+# ---------------------------------------------------------------------- JSON round trip
+SECTIONS: dict[str, type] = {
+    "model": ModelArgs,
+    "data": DataArgs,
+    "optim": OptimArgs,
+    "eval": EvalArgs,
+    "run": RunArgs,
+}
+
+
+def to_dict(config: TrainConfig) -> dict[str, dict[str, Any]]:
+    """The config as nested JSON-able dicts (tuples become lists)."""
+    out = dataclasses.asdict(config)
+    for sec in out.values():
+        for k, v in sec.items():
+            if isinstance(v, tuple):
+                sec[k] = list(v)
+    return out
+
+
+def from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Inverse of :func:`to_dict`; unknown keys raise ``ValueError``."""
+    sections = {}
+    for name, cls in SECTIONS.items():
+        raw = dict(data.get(name, {}))
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(raw) - set(fields)
+        if unknown:
+            raise ValueError(f"config: unknown {name} option(s) {sorted(unknown)}")
+        for k, v in raw.items():
+            if isinstance(v, list):
+                raw[k] = tuple(v)
+        sections[name] = cls(**raw)
+    unknown = set(data) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"config: unknown section(s) {sorted(unknown)}")
+    return TrainConfig(**sections)
+
+
+def flat_items(config: TrainConfig) -> dict[str, Any]:
+    """``{"section.field": value}`` for every option."""
+    return {f"{s}.{k}": v for s, sec in to_dict(config).items() for k, v in sec.items()}
+
+
+def check_resume_compatible(saved: TrainConfig, requested: TrainConfig) -> None:
+    """Raises ``ValueError`` when ``requested`` would change the trajectory of ``saved``.
+
+    Only the options in :data:`RESUMABLE_CHANGES` may differ (e.g. more ``--steps``).
+    """
+    a, b = flat_items(saved), flat_items(requested)
+    for key in sorted(a):
+        if key in RESUMABLE_CHANGES or a[key] == b.get(key):
+            continue
+        flag = "--" + key.split(".", 1)[1].replace("_", "-")
+        raise ValueError(
+            f"{flag}: the run being resumed used {a[key]!r}, got {b.get(key)!r}; resuming must "
+            "not change the trajectory (start a new --out instead)"
+        )
