@@ -41,11 +41,20 @@ def main(argv: list[str] | None = None) -> int:
             r = diagnostics.measured_ratios(m, k, d, num_trials=args.trials, seed=k)
             pred, _ = diagnostics.predicted_ratio(m, k, d)
             lemma = diagnostics.lemma_ratio(m, k, d)
-            row = {"method": m, "k": k, "measured": s * r.mean(),
-                   "stderr": s * r.std(ddof=1) / math.sqrt(len(r)), "exact": s * pred, "lemma": s * lemma}
+            row = {
+                "method": m,
+                "k": k,
+                "measured": s * r.mean(),
+                "stderr": s * r.std(ddof=1) / math.sqrt(len(r)),
+                "exact": s * pred,
+                "lemma": s * lemma,
+            }
             rows.append(row)
-            print(f"{m:12s} {k:3d} {row['measured']:9.3f} ± {row['stderr']:.3f} "
-                  f"{row['exact']:7.3f} {row['lemma']:7.3f}", flush=True)
+            print(
+                f"{m:12s} {k:3d} {row['measured']:9.3f} ± {row['stderr']:.3f} "
+                f"{row['exact']:7.3f} {row['lemma']:7.3f}",
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
@@ -59,8 +68,14 @@ def main(argv: list[str] | None = None) -> int:
         for m in diagnostics.ALIGNMENT_METHODS:
             pts = [r for r in rows if r["method"] == m]
             x = [r["k"] for r in pts]
-            ax.errorbar(x, [r["measured"] for r in pts], yerr=[2 * r["stderr"] for r in pts],
-                        marker="o", capsize=3, label=f"{m} measured")
+            ax.errorbar(
+                x,
+                [r["measured"] for r in pts],
+                yerr=[2 * r["stderr"] for r in pts],
+                marker="o",
+                capsize=3,
+                label=f"{m} measured",
+            )
             ax.plot(x, [r["exact"] for r in pts], "k:", lw=1)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("k (queries / candidates)")

@@ -9,6 +9,7 @@ are printed next to them (``pytest -s``); they are large-``k`` approximations, n
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -19,7 +20,9 @@ from zojax import diagnostics
 
 D = 20_000
 TRIALS = 256
-CELLS = [("nspsa", 1), ("nspsa", 4)] + [(m, k) for m in ("mezo-greedy", "mezo-gv") for k in (2, 4, 8)]
+CELLS = [("nspsa", 1), ("nspsa", 4)] + [
+    (m, k) for m in ("mezo-greedy", "mezo-gv") for k in (2, 4, 8)
+]
 ALPHA = 1e-3  # family-wise over all cells and comparisons
 
 
@@ -50,9 +53,11 @@ def test_measured_alignment_matches_exact_prediction(table: dict) -> None:
 def test_alignment_grows_with_k(table: dict, method: str) -> None:
     ks = sorted(k for m, k in table if m == method)
     crit = stats.norm.ppf(1 - ALPHA / len(CELLS))
-    for lo, hi in zip(ks, ks[1:]):
+    for lo, hi in itertools.pairwise(ks):
         a, b = table[(method, lo)][0], table[(method, hi)][0]
-        diff_lcb = b.mean() - a.mean() - crit * math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+        diff_lcb = (
+            b.mean() - a.mean() - crit * math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+        )
         assert diff_lcb > 0, (method, lo, hi)
 
 
@@ -61,7 +66,9 @@ def test_guiding_vector_beats_greedy_at_equal_candidates(table: dict) -> None:
     crit = stats.norm.ppf(1 - ALPHA / len(CELLS))
     for k in (4, 8):
         a, b = table[("mezo-greedy", k)][0], table[("mezo-gv", k)][0]
-        diff_lcb = b.mean() - a.mean() - crit * math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+        diff_lcb = (
+            b.mean() - a.mean() - crit * math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+        )
         assert diff_lcb > 0, k
 
 

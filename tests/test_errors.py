@@ -20,42 +20,42 @@ def quad(p: Any) -> jax.Array:
 @pytest.mark.parametrize("name", sorted(zojax.METHODS))
 @pytest.mark.parametrize("eps", [0.0, -1e-3])
 def test_nonpositive_eps(name: str, eps: float) -> None:
-    with pytest.raises(ValueError, match="^eps:"):
+    with pytest.raises(ValueError, match=r"^eps:"):
         zojax.METHODS[name].transform(eps=eps)
-    with pytest.raises(ValueError, match="^eps:"):
+    with pytest.raises(ValueError, match=r"^eps:"):
         zojax.METHODS[name].optimizer(1e-2, eps=eps)
 
 
 @pytest.mark.parametrize("name", sorted(zojax.METHODS))
 def test_bad_distribution(name: str) -> None:
-    with pytest.raises(ValueError, match="^distribution:.*gaussian"):
+    with pytest.raises(ValueError, match=r"^distribution:.*gaussian"):
         zojax.METHODS[name].transform(distribution="uniform")
 
 
 @pytest.mark.parametrize("m", [0, 1])
 def test_guided_needs_two_candidates(m: int) -> None:
-    with pytest.raises(ValueError, match="^num_candidates:.*M >= 2"):
+    with pytest.raises(ValueError, match=r"^num_candidates:.*M >= 2"):
         zojax.guided(num_candidates=m)
-    with pytest.raises(ValueError, match="^num_candidates:"):
+    with pytest.raises(ValueError, match=r"^num_candidates:"):
         zojax.mezo_gv(1e-2, num_candidates=m)
 
 
 @pytest.mark.parametrize(("m", "alpha"), [(4, 0.1), (4, 0.0), (4, 1.0), (3, 0.2), (2, 0.4)])
 def test_elite_ratio_leaving_a_group_empty(m: int, alpha: float) -> None:
-    with pytest.raises(ValueError, match="^elite_ratio:"):
+    with pytest.raises(ValueError, match=r"^elite_ratio:"):
         zojax.guided(num_candidates=m, elite_ratio=alpha)
 
 
 def test_other_option_errors() -> None:
-    with pytest.raises(ValueError, match="^weighting:"):
+    with pytest.raises(ValueError, match=r"^weighting:"):
         zojax.guided(weighting="softmax")
-    with pytest.raises(ValueError, match="^num_queries:"):
+    with pytest.raises(ValueError, match=r"^num_queries:"):
         zojax.nspsa(num_queries=0)
-    with pytest.raises(ValueError, match="^num_candidates:"):
+    with pytest.raises(ValueError, match=r"^num_candidates:"):
         zojax.greedy(num_candidates=0)
-    with pytest.raises(ValueError, match="^method:.*mezo-gv"):
+    with pytest.raises(ValueError, match=r"^method:.*mezo-gv"):
         zojax.registry.get("mezo-gb")
-    with pytest.raises(ValueError, match="^key:"):
+    with pytest.raises(ValueError, match=r"^key:"):
         zojax.mezo(1e-2, key=jnp.zeros((3,), jnp.float32))
 
 
@@ -63,13 +63,13 @@ def test_other_option_errors() -> None:
 def test_update_argument_errors(name: str) -> None:
     tx = zojax.METHODS[name].optimizer(1e-2)
     state = tx.init(PARAMS)
-    with pytest.raises(ValueError, match="^value_fn:"):
+    with pytest.raises(ValueError, match=r"^value_fn:"):
         tx.update(PARAMS, state, PARAMS)
-    with pytest.raises(ValueError, match="^params:"):
+    with pytest.raises(ValueError, match=r"^params:"):
         tx.update(PARAMS, state, None, value_fn=quad)
-    with pytest.raises(ValueError, match="^value_fn: the loss must be a scalar"):
+    with pytest.raises(ValueError, match=r"^value_fn: the loss must be a scalar"):
         tx.update(PARAMS, state, PARAMS, value_fn=lambda p: p["w"] ** 2)
-    with pytest.raises(ValueError, match="^updates: must have the structure of params"):
+    with pytest.raises(ValueError, match=r"^updates: must have the structure of params"):
         tx.update({"w": PARAMS["w"]}, state, PARAMS, value_fn=quad)
-    with pytest.raises(ValueError, match="^updates: leaf shape"):
+    with pytest.raises(ValueError, match=r"^updates: leaf shape"):
         tx.update({"w": jnp.ones((4,)), "b": PARAMS["b"]}, state, PARAMS, value_fn=quad)

@@ -61,7 +61,9 @@ def sample_grads(estimate_fn: Any, params: Any, loss: Any, n: int, seed: int = 0
         est = estimate_fn(loss, params, perturb.fold_in(base, i))
         return ravel_pytree(perturb.direction_tree(est.grad, params))[0]
 
-    return np.asarray(jax.jit(lambda: jax.lax.map(one, jnp.arange(n, dtype=jnp.uint32)))(), np.float64)
+    return np.asarray(
+        jax.jit(lambda: jax.lax.map(one, jnp.arange(n, dtype=jnp.uint32)))(), np.float64
+    )
 
 
 def estimate_fn_for(name: str, **overrides: Any) -> Any:
@@ -124,12 +126,19 @@ def test_biased_estimators_are_descent_directions(name: str) -> None:
 # --- references -------------------------------------------------------------------------------------
 
 
-def _numpy_reference(kind: str, params: Any, loss: Any, key: jax.Array, eps: float, m: int, **kw: Any) -> np.ndarray:
+def _numpy_reference(
+    kind: str, params: Any, loss: Any, key: jax.Array, eps: float, m: int, **kw: Any
+) -> np.ndarray:
     """The algorithm in numpy on materialised noise: candidates, ranking, v, two-point, ĝ."""
     flat0, _ = ravel_pytree(params)
     theta = np.asarray(flat0, np.float64)
     zs = [
-        np.asarray(ravel_pytree(perturb.direction_tree(Direction.single(perturb.fold_in(key, i)), params))[0], np.float64)
+        np.asarray(
+            ravel_pytree(perturb.direction_tree(Direction.single(perturb.fold_in(key, i)), params))[
+                0
+            ],
+            np.float64,
+        )
         for i in range(m)
     ]
     _, unravel = ravel_pytree(params)
@@ -141,7 +150,9 @@ def _numpy_reference(kind: str, params: Any, loss: Any, key: jax.Array, eps: flo
     order = np.argsort(cand, kind="stable")
     if kind == "guided":
         top = int(kw["elite_ratio"] * m)
-        v = np.mean([zs[i] for i in order[:top]], axis=0) - np.mean([zs[i] for i in order[top:]], axis=0)
+        v = np.mean([zs[i] for i in order[:top]], axis=0) - np.mean(
+            [zs[i] for i in order[top:]], axis=0
+        )
     else:
         v = zs[order[0]]
     g = (f(theta + eps * v) - f(theta - eps * v)) / (2 * eps)
@@ -152,7 +163,9 @@ def _numpy_reference(kind: str, params: Any, loss: Any, key: jax.Array, eps: flo
 def test_guided_matches_numpy_reference(m: int, alpha: float) -> None:
     params, loss, _ = quadratic_problem()
     key = perturb.key_data(7)
-    est = estimators.estimate_guided(loss, params, key, eps=1e-2, num_candidates=m, elite_ratio=alpha)
+    est = estimators.estimate_guided(
+        loss, params, key, eps=1e-2, num_candidates=m, elite_ratio=alpha
+    )
     got = np.asarray(ravel_pytree(perturb.direction_tree(est.grad, params))[0])
     ref = _numpy_reference("guided", params, loss, key, 1e-2, m, elite_ratio=alpha)
     np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
@@ -172,10 +185,14 @@ def test_greedy_reuse_best_loss_saves_one_forward() -> None:
     params, loss, _ = quadratic_problem()
     key = perturb.key_data(3)
     a = estimators.estimate_greedy(loss, params, key, eps=1e-2, num_candidates=4)
-    b = estimators.estimate_greedy(loss, params, key, eps=1e-2, num_candidates=4, reuse_best_loss=True)
+    b = estimators.estimate_greedy(
+        loss, params, key, eps=1e-2, num_candidates=4, reuse_best_loss=True
+    )
     assert a.losses.shape == (6,) and b.losses.shape == (5,)
     np.testing.assert_allclose(b.projected_grad, a.projected_grad, rtol=1e-3)
-    assert zojax.METHODS["mezo-greedy"].forwards_per_step(num_candidates=4, reuse_best_loss=True) == 5
+    assert (
+        zojax.METHODS["mezo-greedy"].forwards_per_step(num_candidates=4, reuse_best_loss=True) == 5
+    )
 
 
 def test_guided_normalize_and_rank_weights() -> None:
@@ -192,8 +209,12 @@ def test_guided_normalize_and_rank_weights() -> None:
 # --- optax API, determinism, dtypes ------------------------------------------------------------------
 
 
-def make_tx(name: str, learning_rate: float = 1e-2, **overrides: Any) -> optax.GradientTransformationExtraArgs:
-    return zojax.METHODS[name].optimizer(learning_rate, **{"eps": 1e-2, **TEST_OPTIONS[name], **overrides})
+def make_tx(
+    name: str, learning_rate: float = 1e-2, **overrides: Any
+) -> optax.GradientTransformationExtraArgs:
+    return zojax.METHODS[name].optimizer(
+        learning_rate, **{"eps": 1e-2, **TEST_OPTIONS[name], **overrides}
+    )
 
 
 def run_steps(tx: Any, params: Any, loss: Any, steps: int) -> tuple[Any, Any]:
@@ -230,7 +251,10 @@ def test_deterministic_given_key(name: str) -> None:
     c, _ = run_steps(make_tx(name, key=6), params, loss, 3)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
-    assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(c), strict=True))
+    assert any(
+        not np.array_equal(x, y)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(c), strict=True)
+    )
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
@@ -320,7 +344,9 @@ def test_composes_with_adam_sign_and_multisteps(name: str) -> None:
     # Gradient accumulation: MultiSteps goes *after* the estimator (an estimator inside MultiSteps
     # would only run every k-th step, on the accumulated updates it ignores). Two accumulated
     # estimates equal one SGD step on their mean.
-    acc = optax.chain(est, optax.MultiSteps(optax.sgd(0.1), every_k_schedule=2).gradient_transformation())
+    acc = optax.chain(
+        est, optax.MultiSteps(optax.sgd(0.1), every_k_schedule=2).gradient_transformation()
+    )
     state = acc.init(params)
     p = params
     for _ in range(2):
@@ -336,7 +362,10 @@ def test_composes_with_adam_sign_and_multisteps(name: str) -> None:
 
 def test_weight_decay_masks_biases_and_norms() -> None:
     params = {
-        "layers": {"attn_norm": jnp.ones((2, 3)), "q": {"kernel": jnp.ones((2, 3, 3)), "bias": jnp.ones((2, 3))}},
+        "layers": {
+            "attn_norm": jnp.ones((2, 3)),
+            "q": {"kernel": jnp.ones((2, 3, 3)), "bias": jnp.ones((2, 3))},
+        },
         "embed": jnp.ones((5, 3)),
         "final_layernorm": {"scale": jnp.ones(3)},
         "ln_f": jnp.ones(3),

@@ -38,7 +38,9 @@ def temp_bytes(name: str, **options: Any) -> int:
         return optax.apply_updates(p, u), s
 
     lowered = jax.jit(step, donate_argnums=0).lower(PARAMS, state)
-    return lowered.compile(compiler_options=ZO_COMPILER_OPTIONS).memory_analysis().temp_size_in_bytes
+    return (
+        lowered.compile(compiler_options=ZO_COMPILER_OPTIONS).memory_analysis().temp_size_in_bytes
+    )
 
 
 @pytest.mark.parametrize(
@@ -52,4 +54,5 @@ def test_plain_loss_step_holds_at_most_two_parameter_copies(name: str, options: 
 def test_guided_step_memory_is_constant_in_num_candidates() -> None:
     temps = {m: temp_bytes("mezo-gv", num_candidates=m) for m in (2, 8, 16)}
     assert max(temps.values()) <= 2 * PARAM_BYTES + 64 * 1024, temps
-    assert temps[8] == temps[16], temps
+    # Doubling M adds only O(M) scalars (losses, keys, sort scratch), no parameter-sized buffer.
+    assert abs(temps[16] - temps[8]) <= 16 * 1024, temps

@@ -33,7 +33,10 @@ def params_and_specs() -> tuple[dict, dict]:
     params = {
         "embed": jnp.asarray(rng.normal(size=(32, 16)), jnp.float32),
         "layers": {"w": jnp.asarray(rng.normal(size=(3, 16, 8)), jnp.float32)},
-        "head": {"kernel": jnp.asarray(0.3 * rng.normal(size=(16, 4)), jnp.float32), "bias": jnp.zeros((4,))},
+        "head": {
+            "kernel": jnp.asarray(0.3 * rng.normal(size=(16, 4)), jnp.float32),
+            "bias": jnp.zeros((4,)),
+        },
     }
     specs = {
         "embed": P("model", None),  # vocab-parallel
@@ -56,9 +59,13 @@ def test_draws_are_bitwise_equal_under_any_sharding() -> None:
     out_sh = jax.tree.map(lambda s: NamedSharding(m, s), specs)
     single = jax.jit(lambda p: perturb.perturb(p, direction, 1e-3))(params)
     sharded_params = shard(params, specs, m)
-    sharded = jax.jit(lambda p: perturb.perturb(p, direction, 1e-3), out_shardings=out_sh)(sharded_params)
+    sharded = jax.jit(lambda p: perturb.perturb(p, direction, 1e-3), out_shardings=out_sh)(
+        sharded_params
+    )
     for path, a, b in zip(
-        jax.tree_util.tree_leaves_with_path(single), jax.tree.leaves(single), jax.tree.leaves(sharded),
+        jax.tree_util.tree_leaves_with_path(single),
+        jax.tree.leaves(single),
+        jax.tree.leaves(sharded),
         strict=True,
     ):
         assert len(b.sharding.device_set) > 1 or b.shape == (4,), path[0]
@@ -66,7 +73,9 @@ def test_draws_are_bitwise_equal_under_any_sharding() -> None:
     # The per-layer draw a model makes inside its scan equals the slice of the full draw.
     key = perturb.key_data(3)
     path = next(
-        k for k, _ in jax.tree_util.tree_leaves_with_path(params) if jax.tree_util.keystr(k) == "['layers']['w']"
+        k
+        for k, _ in jax.tree_util.tree_leaves_with_path(params)
+        if jax.tree_util.keystr(k) == "['layers']['w']"
     )
     full = jax.jit(lambda k: perturb.leaf_noise(k, path, (3, 16, 8)))(key)
     layer1 = jax.jit(lambda k: perturb.leaf_noise(k, path, (16, 8), layer=1))(key)

@@ -92,7 +92,7 @@ def test_shared_data_label_conversion(default_lookup: Path) -> None:
     assert {r["label"] for r in sst.validation} == {0, 1}
 
 
-def test_missing_tasks_error_names_task_folder_and_files(default_lookup: Path) -> None:
+def test_missing_tasks_error_names_task_folder_and_files(default_lookup: Path, tmp_path: Path) -> None:
     with pytest.raises(TaskDataMissingError) as ei:
         get_task("drop").splits()
     msg = str(ei.value)
@@ -100,7 +100,7 @@ def test_missing_tasks_error_names_task_folder_and_files(default_lookup: Path) -
               "allenai.org", "ucinlp/drop"):
         assert s in msg
     with pytest.raises(TaskDataMissingError, match=r"ReCoRD.*val\.jsonl"):
-        get_task("record").splits()
+        get_task("record").splits(data_dir=tmp_path)
 
 
 def test_listing_shows_every_task(default_lookup: Path, capsys: pytest.CaptureFixture) -> None:
@@ -108,7 +108,7 @@ def test_listing_shows_every_task(default_lookup: Path, capsys: pytest.CaptureFi
     out = capsys.readouterr().out
     for name in TASKS:
         assert f"\n{name} " in out
-    assert "9/11 tasks available" in out and "MISSING" in out and "carved" in out
+    assert "10/11 tasks available" in out and "MISSING" in out and "carved" in out
 
 
 # ------------------------------------------------------------------ official-format fixtures
@@ -288,3 +288,11 @@ def test_task_splits_deterministic_and_seeded(default_lookup: Path) -> None:
     assert a.train.indices == mezo_subset(2490, 0, 1500)[:1000]
     assert a.dev.indices == mezo_subset(2490, 0, 1500)[1000:]
     assert a.test.indices == mezo_subset(277, 0, 1000)
+
+
+def test_record_falls_back_to_fewglue_sample_and_says_so() -> None:
+    sp = get_task("record").splits(seed=0, num_test=1000, data_dir=SHARED)
+    assert sp.meta["carved_from_validation"]
+    assert any("FewGLUE_32dev" in n for n in sp.meta["notes"])
+    ids = [id(e) for part in (sp.dev.examples, sp.test.examples) for e in part]
+    assert len(ids) == len(set(ids)) and 0 < len(sp.test.examples) <= 32

@@ -149,7 +149,7 @@ def measured_ratios(
     g_tree = unravel(g)
 
     def loss(p: object) -> jax.Array:
-        return sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(g_tree)))
+        return sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(g_tree), strict=True))
 
     base = perturb.key_data(seed)
 

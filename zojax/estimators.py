@@ -57,13 +57,17 @@ def check_eps(eps: Any) -> None:
 
 def check_distribution(distribution: str) -> None:
     if distribution not in perturb.DISTRIBUTIONS:
-        raise ValueError(f"distribution: expected one of {perturb.DISTRIBUTIONS}, got {distribution!r}")
+        raise ValueError(
+            f"distribution: expected one of {perturb.DISTRIBUTIONS}, got {distribution!r}"
+        )
 
 
 def num_elite(num_candidates: int, elite_ratio: float) -> int:
     """``⌊α·M⌋``, the size of the low-loss group; raises if a group would be empty."""
     if num_candidates < 2:
-        raise ValueError(f"num_candidates: guided directions need M >= 2 candidates, got {num_candidates}")
+        raise ValueError(
+            f"num_candidates: guided directions need M >= 2 candidates, got {num_candidates}"
+        )
     if not 0.0 < elite_ratio < 1.0:
         raise ValueError(f"elite_ratio: expected 0 < alpha < 1, got {elite_ratio}")
     top = int(elite_ratio * num_candidates)
@@ -76,7 +80,9 @@ def num_elite(num_candidates: int, elite_ratio: float) -> int:
     return top
 
 
-def two_point_losses(value_fn: ValueFn, params: PyTree, direction: Direction, eps: Any) -> jax.Array:
+def two_point_losses(
+    value_fn: ValueFn, params: PyTree, direction: Direction, eps: Any
+) -> jax.Array:
     """``[L(θ + εv), L(θ − εv)]``, run one after the other (``lax.map``) so one forward is live at a time."""
     signs = jnp.array([1.0, -1.0], jnp.float32)
     return jax.lax.map(lambda s: perturb.evaluate(value_fn, params, direction, s * eps), signs)
@@ -198,7 +204,10 @@ def estimate_nspsa(
 
 
 def guiding_weights(
-    losses: jax.Array, elite_ratio: float = 0.5, weighting: str = "mean_diff", normalize: bool = False
+    losses: jax.Array,
+    elite_ratio: float = 0.5,
+    weighting: str = "mean_diff",
+    normalize: bool = False,
 ) -> jax.Array:
     """Weights ``w`` that turn M ranked candidates into a guiding vector ``v = Σ_i w_i z_i``.
 
@@ -274,7 +283,9 @@ def estimate_guided(
     if weighting == "mean_diff":
         num_elite(num_candidates, elite_ratio)
     elif num_candidates < 2:
-        raise ValueError(f"num_candidates: guided directions need M >= 2 candidates, got {num_candidates}")
+        raise ValueError(
+            f"num_candidates: guided directions need M >= 2 candidates, got {num_candidates}"
+        )
     cand = candidate_losses(value_fn, params, key, num_candidates, eps, distribution)
     keys = perturb.candidate_keys(key, num_candidates)
     v = Direction(keys, guiding_weights(cand, elite_ratio, weighting, normalize), distribution)

@@ -159,7 +159,9 @@ def leaf_noise(
     leaf_key = fold_in(key, path_id(path))
     if not is_stacked(path):
         if layer is not None:
-            raise ValueError(f"layer= given for a leaf that is not stacked: {jax.tree_util.keystr(tuple(path))}")
+            raise ValueError(
+                f"layer= given for a leaf that is not stacked: {jax.tree_util.keystr(tuple(path))}"
+            )
         return _draw(leaf_key, shape, distribution)
     if layer is not None:
         return _draw(fold_in(leaf_key, layer), shape, distribution)
@@ -183,7 +185,9 @@ class Direction:
     distribution: str = dataclasses.field(default="gaussian", metadata={"static": True})
 
     @classmethod
-    def single(cls, key: jax.Array, weight: float | jax.Array = 1.0, distribution: str = "gaussian") -> Direction:
+    def single(
+        cls, key: jax.Array, weight: float | jax.Array = 1.0, distribution: str = "gaussian"
+    ) -> Direction:
         """The direction ``weight · z(key)``."""
         return cls(key[None], jnp.reshape(jnp.asarray(weight, jnp.float32), (1,)), distribution)
 
@@ -191,7 +195,9 @@ class Direction:
         """The direction ``factor · v`` (only the weights change)."""
         return dataclasses.replace(self, weights=self.weights * jnp.asarray(factor, jnp.float32))
 
-    def leaf(self, path: KeyPath, shape: Sequence[int], layer: int | jax.Array | None = None) -> jax.Array:
+    def leaf(
+        self, path: KeyPath, shape: Sequence[int], layer: int | jax.Array | None = None
+    ) -> jax.Array:
         """float32 ``v`` for one leaf (or one layer slice of a stacked leaf).
 
         Up to :data:`UNROLL_MAX` terms the sum is unrolled (XLA fuses the draws and the axpys into
@@ -200,13 +206,19 @@ class Direction:
         """
         num = self.keys.shape[0]
         if num <= UNROLL_MAX:
-            total = self.weights[0] * leaf_noise(self.keys[0], path, shape, self.distribution, layer)
+            total = self.weights[0] * leaf_noise(
+                self.keys[0], path, shape, self.distribution, layer
+            )
             for i in range(1, num):
-                total = total + self.weights[i] * leaf_noise(self.keys[i], path, shape, self.distribution, layer)
+                total = total + self.weights[i] * leaf_noise(
+                    self.keys[i], path, shape, self.distribution, layer
+                )
             return total
 
         def body(i: jax.Array, acc: jax.Array) -> jax.Array:
-            return acc + self.weights[i] * leaf_noise(self.keys[i], path, shape, self.distribution, layer)
+            return acc + self.weights[i] * leaf_noise(
+                self.keys[i], path, shape, self.distribution, layer
+            )
 
         return jax.lax.fori_loop(0, num, body, jnp.zeros(tuple(int(s) for s in shape), jnp.float32))
 
@@ -236,7 +248,9 @@ def perturb(params: PyTree, direction: Direction, scale: float | jax.Array) -> P
     def body(i: jax.Array, acc: PyTree) -> PyTree:
         c = scale * direction.weights[i]
         return jax.tree_util.tree_map_with_path(
-            lambda path, x: x + c * leaf_noise(direction.keys[i], path, x.shape, direction.distribution),
+            lambda path, x: (
+                x + c * leaf_noise(direction.keys[i], path, x.shape, direction.distribution)
+            ),
             acc,
         )
 

@@ -74,8 +74,9 @@ METHODS: dict[str, Method] = {
             transform=transforms.greedy,
             optimizer=transforms.mezo_greedy,
             estimate=estimators.estimate_greedy,
-            forwards_per_step=lambda num_candidates=4, reuse_best_loss=False, **_: num_candidates
-            + (1 if reuse_best_loss else 2),
+            forwards_per_step=lambda num_candidates=4, reuse_best_loss=False, **_: (
+                num_candidates + (1 if reuse_best_loss else 2)
+            ),
             unbiased=False,
             options=("num_candidates", "reuse_best_loss", "distribution"),
             description="MeZO-Greedy: SPSA along the best of M candidates (M+2 forwards/step)",
@@ -89,7 +90,9 @@ def get(name: str) -> Method:
     try:
         return METHODS[name]
     except KeyError:
-        raise ValueError(f"method: unknown method {name!r}; choose from {sorted(METHODS)}") from None
+        raise ValueError(
+            f"method: unknown method {name!r}; choose from {sorted(METHODS)}"
+        ) from None
 
 
 def select_options(method: Method, options: Mapping[str, Any]) -> dict[str, Any]:

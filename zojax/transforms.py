@@ -60,7 +60,9 @@ def _check_same_structure(updates: PyTree, params: PyTree) -> None:
         )
     for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=True):
         if jnp.shape(a) != jnp.shape(b):
-            raise ValueError(f"updates: leaf shape {jnp.shape(a)} does not match params leaf shape {jnp.shape(b)}")
+            raise ValueError(
+                f"updates: leaf shape {jnp.shape(a)} does not match params leaf shape {jnp.shape(b)}"
+            )
 
 
 def zeroth_order(
@@ -102,7 +104,9 @@ def zeroth_order(
     ) -> tuple[PyTree, ZOState]:
         del extra_args
         if params is None:
-            raise ValueError("params: zeroth-order transforms perturb the parameters; pass them to update()")
+            raise ValueError(
+                "params: zeroth-order transforms perturb the parameters; pass them to update()"
+            )
         if value_fn is None:
             raise ValueError(
                 "value_fn: pass the loss as update(updates, state, params, value_fn=lambda p: loss(p, batch))"
@@ -113,7 +117,9 @@ def zeroth_order(
         est = estimate_fn(value_fn, params, step_key)
         finite = jnp.all(jnp.isfinite(est.losses))
         grad_dir = est.grad
-        grad_dir = type(grad_dir)(grad_dir.keys, jnp.where(finite, grad_dir.weights, 0.0), grad_dir.distribution)
+        grad_dir = type(grad_dir)(
+            grad_dir.keys, jnp.where(finite, grad_dir.weights, 0.0), grad_dir.distribution
+        )
         grad = perturb.scaled_direction_tree(grad_dir, params, 1.0)
         new_state = ZOState(
             key=state.key,
@@ -147,7 +153,9 @@ def spsa(
     """
     estimators.check_eps(eps)
     estimators.check_distribution(distribution)
-    fn = functools.partial(estimators.estimate_spsa, eps=eps, one_sided=one_sided, distribution=distribution)
+    fn = functools.partial(
+        estimators.estimate_spsa, eps=eps, one_sided=one_sided, distribution=distribution
+    )
     return zeroth_order(fn, 2, key)
 
 
@@ -194,7 +202,9 @@ def guided(
     elif weighting not in estimators.WEIGHTINGS:
         raise ValueError(f"weighting: expected one of {estimators.WEIGHTINGS}, got {weighting!r}")
     elif num_candidates < 2:
-        raise ValueError(f"num_candidates: guided directions need M >= 2 candidates, got {num_candidates}")
+        raise ValueError(
+            f"num_candidates: guided directions need M >= 2 candidates, got {num_candidates}"
+        )
     fn = functools.partial(
         estimators.estimate_guided,
         eps=eps,
@@ -283,7 +293,11 @@ def mezo(
       >>> updates, state = tx.update(params, state, params, value_fn=lambda p: jnp.sum(p["w"] ** 2))
       >>> params = optax.apply_updates(params, updates)
     """
-    return _with_sgd(spsa(eps, one_sided=one_sided, distribution=distribution, key=key), learning_rate, weight_decay)
+    return _with_sgd(
+        spsa(eps, one_sided=one_sided, distribution=distribution, key=key),
+        learning_rate,
+        weight_decay,
+    )
 
 
 def mezo_nspsa(
@@ -296,7 +310,9 @@ def mezo_nspsa(
     key: int | jax.Array = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """n-SPSA with SGD (the paper's Table X baseline), ``2q`` forwards per step."""
-    return _with_sgd(nspsa(eps, num_queries, distribution=distribution, key=key), learning_rate, weight_decay)
+    return _with_sgd(
+        nspsa(eps, num_queries, distribution=distribution, key=key), learning_rate, weight_decay
+    )
 
 
 def mezo_gv(
@@ -335,13 +351,19 @@ def mezo_greedy(
     key: int | jax.Array = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """MeZO-Greedy: step along the best of ``M`` candidates with SGD (see :func:`greedy`)."""
-    est = greedy(eps, num_candidates, reuse_best_loss=reuse_best_loss, distribution=distribution, key=key)
+    est = greedy(
+        eps, num_candidates, reuse_best_loss=reuse_best_loss, distribution=distribution, key=key
+    )
     return _with_sgd(est, learning_rate, weight_decay)
 
 
 def zo_state(state: Any) -> ZOState:
     """Finds the :class:`ZOState` inside a (possibly chained, wrapped) optimizer state."""
-    found = [s for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, ZOState)) if isinstance(s, ZOState)]
+    found = [
+        s
+        for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, ZOState))
+        if isinstance(s, ZOState)
+    ]
     if not found:
         raise ValueError("state: no ZOState found; is a zojax estimator part of this optimizer?")
     return found[0]

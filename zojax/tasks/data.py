@@ -265,6 +265,18 @@ def superglue_local(folder: str, task: str) -> LocalSource:
         tr, va = d / "train.jsonl", d / "val.jsonl"
         train = superglue_rows(task, read_jsonl(tr)) if tr.is_file() else None
         val = superglue_rows(task, read_jsonl(va)) if va.is_file() else None
+        few = d / "FewGLUE_32dev"
+        if val is None and train is None and few.is_dir():
+            # FewGLUE's 32 train + 32 "dev32" examples (both from the official train split): too
+            # few to split as MeZO does, so they stand in for validation and get carved.
+            files = [few / "train.jsonl", few / "dev32.jsonl"]
+            rows = [r for f in files if f.is_file() for r in read_jsonl(f)]
+            if rows:
+                note = (
+                    f"{task}: only FewGLUE_32dev found ({len(rows)} official train passages); "
+                    "train/dev/test are carved from them, so results are not comparable to MeZO's"
+                )
+                return None, superglue_rows(task, rows), [note]
         return train, val, []
 
     return LocalSource(folder, ("train.jsonl", "val.jsonl"), read)
