@@ -31,6 +31,7 @@ def test_every_registered_method_is_covered() -> None:
     assert sorted(TEST_OPTIONS) == METHOD_NAMES
 
 
+@functools.cache  # shared problems and transformations reuse compiled steps
 def quadratic_problem(dtype: Any = jnp.float32) -> tuple[dict, Any, np.ndarray]:
     """``f(θ) = ½ (θ−c)ᵀ A (θ−c)`` over a nested pytree with 7 coordinates, and its gradient at θ."""
     rng = np.random.default_rng(0)
@@ -209,6 +210,7 @@ def test_guided_normalize_and_rank_weights() -> None:
 # --- optax API, determinism, dtypes ------------------------------------------------------------------
 
 
+@functools.cache  # shared problems and transformations reuse compiled steps
 def make_tx(
     name: str, learning_rate: float = 1e-2, **overrides: Any
 ) -> optax.GradientTransformationExtraArgs:
@@ -217,14 +219,21 @@ def make_tx(
     )
 
 
-def run_steps(tx: Any, params: Any, loss: Any, steps: int) -> tuple[Any, Any]:
-    state = tx.init(params)
+@functools.cache
+def jitted_step(tx: Any, loss: Any) -> Any:
+    """One compiled step per (transformation, loss) pair: compiling dominates the suite's time."""
 
     @jax.jit
     def step(p: Any, s: Any) -> tuple[Any, Any]:
         updates, s = tx.update(p, s, p, value_fn=loss)
         return optax.apply_updates(p, updates), s
 
+    return step
+
+
+def run_steps(tx: Any, params: Any, loss: Any, steps: int) -> tuple[Any, Any]:
+    state = tx.init(params)
+    step = jitted_step(tx, loss)
     for _ in range(steps):
         params, state = step(params, state)
     return params, state
@@ -246,8 +255,9 @@ def test_forward_count_and_state(name: str) -> None:
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_deterministic_given_key(name: str) -> None:
     params, loss, _ = quadratic_problem()
-    a, _ = run_steps(make_tx(name, key=5), params, loss, 3)
-    b, _ = run_steps(make_tx(name, key=5), params, loss, 3)
+    tx = make_tx(name, key=5)
+    a, _ = run_steps(tx, params, loss, 3)
+    b, _ = run_steps(tx, params, loss, 3)  # same compiled step, fresh state from the same key
     c, _ = run_steps(make_tx(name, key=6), params, loss, 3)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
@@ -309,6 +319,7 @@ def test_nonfinite_loss_gives_zero_update(name: str) -> None:
     assert int(zojax.zo_state(state).count) == 1
 
 
+@functools.cache  # shared problems and transformations reuse compiled steps
 def logistic_problem() -> tuple[dict, Any]:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(256, 10)).astype(np.float32)
@@ -349,12 +360,13 @@ def test_composes_with_adam_sign_and_multisteps(name: str) -> None:
     )
     state = acc.init(params)
     p = params
+    acc_update = jax.jit(lambda p, s: acc.update(p, s, p, value_fn=loss))
     for _ in range(2):
-        updates, state = acc.update(p, state, p, value_fn=loss)
+        updates, state = acc_update(p, state)
         p = optax.apply_updates(p, updates)
-    s0 = est.init(params)
-    g1, s1 = est.update(params, s0, params, value_fn=loss)
-    g2, _ = est.update(params, s1, params, value_fn=loss)
+    est_update = jax.jit(lambda s: est.update(params, s, params, value_fn=loss))
+    g1, s1 = est_update(est.init(params))
+    g2, _ = est_update(s1)
     expected = jax.tree.map(lambda x, a, b: x - 0.1 * (a + b) / 2, params, g1, g2)
     for x, y in zip(jax.tree.leaves(p), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)

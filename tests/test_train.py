@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 from zojax.cli import finetune_main, main
+from zojax.tasks.templates import SST2Template
 from zojax.train import (
     Checkpoints,
     CheckpointWarning,
@@ -203,9 +204,7 @@ def test_logs_and_results(baseline: Path) -> None:
     assert ck.best_steps() == [res["best"]["step"]]
 
 
-def test_sigterm_then_resume_through_the_cli(
-    baseline: Path, data_dir: Path, xla_cache: str, tmp_path: Path
-) -> None:
+def test_sigterm_then_resume_through_the_cli(baseline: Path, data_dir: Path, xla_cache: str, tmp_path: Path) -> None:
     out = tmp_path / "killed"
     args = [
         "--model", "random:tiny", "--data-dir", str(data_dir), "--num-train", "16",
@@ -215,7 +214,8 @@ def test_sigterm_then_resume_through_the_cli(
     ]  # fmt: skip
     cmd = [sys.executable, "-m", "zojax.cli", "finetune", *args]
     env = dict(os.environ)  # same XLA_FLAGS as this process: the cached executables apply
-    proc = subprocess.Popen([*cmd, "--steps", "100000"], env=env, stdout=subprocess.PIPE,
+    log = open(tmp_path / "killed.log", "w")  # noqa: SIM115 (a file, not a pipe that could fill)
+    proc = subprocess.Popen([*cmd, "--steps", "100000"], env=env, stdout=log,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 120
@@ -224,7 +224,9 @@ def test_sigterm_then_resume_through_the_cli(
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    output, _ = proc.communicate(timeout=60)
+    proc.wait(timeout=120)
+    log.close()
+    output = (tmp_path / "killed.log").read_text()
     assert proc.returncode == 128 + signal.SIGTERM, output
     assert "SIGTERM" in output and "--resume" in output
     killed_at = Checkpoints(out / "checkpoints").steps()[-1]
@@ -247,9 +249,7 @@ def test_sigterm_then_resume_through_the_cli(
     assert strip_timing(ma) == strip_timing(mb)
 
 
-def test_corrupt_latest_checkpoint_falls_back(
-    baseline: Path, data_dir: Path, tmp_path: Path
-) -> None:
+def test_corrupt_latest_checkpoint_falls_back(baseline: Path, data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "corrupt"
     shutil.copytree(baseline, out)
     ck = Checkpoints(out / "checkpoints")
@@ -266,9 +266,7 @@ def test_corrupt_latest_checkpoint_falls_back(
     # steps 16..20 were recomputed: same params and logs as the uninterrupted run
     ref = make_config(data_dir, None)
     assert_trees_equal(final_state(baseline, ref)["params"], final_state(out, ref)["params"])
-    assert strip_timing(read_metrics(baseline / "metrics.jsonl")) == strip_timing(
-        read_metrics(out / "metrics.jsonl")
-    )
+    assert strip_timing(read_metrics(baseline / "metrics.jsonl")) == strip_timing(read_metrics(out / "metrics.jsonl"))
 
 
 def test_partial_checkpoint_is_ignored(baseline: Path, data_dir: Path, tmp_path: Path) -> None:
@@ -335,6 +333,46 @@ def test_objective_matches_the_task_code(data_dir: Path) -> None:
     np.testing.assert_allclose(fly, mat, rtol=1e-4)
 
 
+class ColonTemplate(SST2Template):
+    """SST-2 with one-byte options ("...It was:+" / "...It was:-"), so that the byte tokenizer
+    gives single-token candidates, as SmolLM2's does for " great" / " terrible"."""
+
+    def encode(self, ex):
+        return f"{ex.data['sentence'].strip()} It was:"
+
+    def verbalize(self, ex, candidate):
+        return f"{ex.data['sentence'].strip()} It was:{'+' if candidate else '-'}"
+
+
+@pytest.mark.parametrize("tuning", ["full", "lora", "prefix"])
+def test_shared_prompt_batches_give_the_same_loss(tuning: str, data_dir: Path) -> None:
+    from zojax.perturb import Direction, key_data
+    from zojax.tasks import get_task
+
+    task = get_task("sst2").with_template(ColonTemplate())
+    model = build_model("random:tiny")
+    sp = task.splits(seed=0, num_train=16, num_dev=8, num_test=8, data_dir=data_dir)
+    shared = TrainBatches(task, sp.train.examples, model.tokenizer, 6, 0)
+    general = TrainBatches(task, sp.train.examples, model.tokenizer, 6, 0, share_prompts=False)
+    assert shared.shared_prompt and not general.shared_prompt
+    a, b = shared.batch(2), general.batch(2)
+    assert a["input_ids"].shape == (6, shared.seq_len) and b["input_ids"].shape[:2] == (6, 2)
+    cfg = make_config(data_dir, None, model__tuning=tuning).resolve()
+    tuned = prepare_tuning(model, cfg)
+    lm = tuned.bind(tuned.frozen)
+    la, lb = task_loss(lm, "classification", a), task_loss(lm, "classification", b)
+    np.testing.assert_allclose(float(la(tuned.params)), float(lb(tuned.params)), rtol=1e-5)
+    d = Direction.single(key_data(3))
+    np.testing.assert_allclose(
+        float(la.perturbed(tuned.params, d, 0.05)),
+        float(lb.perturbed(tuned.params, d, 0.05)),
+        rtol=1e-5,
+    )
+    # the byte tokenizer's " great" / " terrible" are several tokens: the general layout is used
+    plain = TrainBatches(get_task("sst2"), sp.train.examples, model.tokenizer, 6, 0)
+    assert not plain.shared_prompt
+
+
 def test_data_order_is_a_pure_function_of_seed_and_step() -> None:
     a = np.concatenate([step_indices(3, t, 5, 12) for t in range(12)])
     b = np.concatenate([step_indices(3, t, 5, 12) for t in reversed(range(12))][::-1])
@@ -364,9 +402,7 @@ def test_event_file_format(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("tuning", ["lora", "prefix"])
-def test_parameter_efficient_tuning_runs(
-    tuning: str, data_dir: Path, xla_cache, tmp_path: Path
-) -> None:
+def test_parameter_efficient_tuning_runs(tuning: str, data_dir: Path, xla_cache, tmp_path: Path) -> None:
     cfg = make_config(
         data_dir,
         tmp_path / tuning,

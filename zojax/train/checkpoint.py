@@ -206,9 +206,7 @@ class Checkpoints:
                 return self._load(folder, target)
             except Exception as e:
                 fallback = (
-                    f"falling back to step {steps[i - 1]}"
-                    if i > 0
-                    else "no older checkpoint; starting from scratch"
+                    f"falling back to step {steps[i - 1]}" if i > 0 else "no older checkpoint; starting from scratch"
                 )
                 self._quarantine(folder, f"{type(e).__name__}: {e}", fallback)
         return None
@@ -218,9 +216,7 @@ class Checkpoints:
         missing or corrupt)."""
         folder = self.directory / f"best_{step:08d}"
         if not folder.exists():
-            warnings.warn(
-                f"best-by-dev checkpoint {folder} is missing", CheckpointWarning, stacklevel=2
-            )
+            warnings.warn(f"best-by-dev checkpoint {folder} is missing", CheckpointWarning, stacklevel=2)
             return None
         try:
             state, meta = self._load(folder, {"params": target_params})

@@ -126,10 +126,7 @@ class TrainBatches:
             self.num_candidates: int | None = max(len(e) for e in enc)
             self.shared_prompt = share_prompts and all(_single_token_options(e) for e in enc)
         else:
-            lengths = [
-                len(encode_gold(task, ex, tokenizer, 10**9, max_new_tokens).ids)
-                for ex in self.examples
-            ]
+            lengths = [len(encode_gold(task, ex, tokenizer, 10**9, max_new_tokens).ids) for ex in self.examples]
             self.num_candidates = None
         self.truncated = sum(n > self.max_length for n in lengths)
         self.seq_len = min(padded_length(max(lengths), 8), self.max_length)
@@ -187,7 +184,4 @@ class TrainBatches:
 def _single_token_options(candidates: Sequence[Encoded]) -> bool:
     """Whether the candidates are one prompt followed by one distinct option token each."""
     first = candidates[0].ids
-    return all(
-        e.option_len == 1 and len(e.ids) == len(first) and e.ids[:-1] == first[:-1]
-        for e in candidates
-    )
+    return all(e.option_len == 1 and len(e.ids) == len(first) and e.ids[:-1] == first[:-1] for e in candidates)

@@ -100,12 +100,7 @@ def encode_event(
 def frame_record(data: bytes) -> bytes:
     """TFRecord framing: ``len u64 | masked_crc(len) u32 | data | masked_crc(data) u32``."""
     header = struct.pack("<Q", len(data))
-    return (
-        header
-        + struct.pack("<I", masked_crc32c(header))
-        + data
-        + struct.pack("<I", masked_crc32c(data))
-    )
+    return header + struct.pack("<I", masked_crc32c(header)) + data + struct.pack("<I", masked_crc32c(data))
 
 
 class EventFileWriter:
@@ -124,9 +119,7 @@ class EventFileWriter:
         self.path = Path(logdir) / path
         self._f = open(self.path, "ab")  # noqa: SIM115 (kept open for the run)
         if new:
-            self._f.write(
-                frame_record(encode_event(time.time(), 0, file_version="brain.Event:2", scalars={}))
-            )
+            self._f.write(frame_record(encode_event(time.time(), 0, file_version="brain.Event:2", scalars={})))
 
     def add_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         """Writes one event holding ``scalars`` (tag -> value) at ``step``."""
@@ -255,11 +248,13 @@ class MetricsLogger:
         self._f.write(json.dumps(rec, sort_keys=False) + "\n")
         event, step, fwd = rec["event"], int(rec["step"]), int(rec["forwards"])
         skip = {"step", "forwards", "event"} | {"time"}
-        scalars = {
-            f"{event}/{k}": float(v) for k, v in rec.items() if k not in skip and _numeric(v)
-        }
+        scalars = {f"{event}/{k}": float(v) for k, v in rec.items() if k not in skip and _numeric(v)}
         self.tb.add_scalars(step, scalars)
-        by_fwd = {k.replace(f"{event}/", f"{event}_by_forwards/", 1): v for k, v in scalars.items()}
+        by_fwd = {
+            f"{event}_by_forwards/{k}": float(v)
+            for k, v in rec.items()
+            if k not in skip and k not in TIMING_KEYS and _numeric(v)
+        }
         self.tb.add_scalars(fwd, by_fwd)
         self.flush()  # a line at a time: `tail -f` works and a crash loses nothing logged
 

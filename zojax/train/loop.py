@@ -165,9 +165,7 @@ def prepare_tuning(model: Model, config: TrainConfig) -> Tuned:
             targets=tuple(m.lora_targets),
         )
     else:
-        trainable, adapted = prefix.init(
-            model, config.run.seed, num_virtual_tokens=m.num_virtual_tokens
-        )
+        trainable, adapted = prefix.init(model, config.run.seed, num_virtual_tokens=m.num_virtual_tokens)
     template = dataclasses.replace(adapted, model=model.replace(params=None))
     return Tuned(template, trainable, model.params)
 
@@ -190,9 +188,7 @@ def build_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 StepFn = Callable[[PyTree, PyTree, PyTree, Mapping[str, Any]], tuple[PyTree, PyTree, dict]]
 
 
-def build_step(
-    tuned: Tuned, objective: str, tx: optax.GradientTransformation, zeroth_order: bool
-) -> StepFn:
+def build_step(tuned: Tuned, objective: str, tx: optax.GradientTransformation, zeroth_order: bool) -> StepFn:
     """One jitted step ``(params, opt_state, frozen, batch) -> (params, opt_state, stats)``.
 
     Zeroth-order: ``tx.update(params, state, params, value_fn=loss)`` with the perturbable task
@@ -227,9 +223,7 @@ def build_step(
     return jax.jit(step, donate_argnums=(0, 1), compiler_options=options)
 
 
-def _adapted_logits(
-    template: Any, p: Mapping[str, PyTree], input_ids: Array, attention_mask: Array
-) -> Array:
+def _adapted_logits(template: Any, p: Mapping[str, PyTree], input_ids: Array, attention_mask: Array) -> Array:
     """``logits_fn`` of an adapter for evaluation: ``p = {"frozen", "trainable"}``."""
     lm = dataclasses.replace(template, model=template.model.replace(params=p["frozen"]))
     return lm.logits(p["trainable"], input_ids, attention_mask)
@@ -324,8 +318,7 @@ class Trainer:
             return saved
         if cfg_path.exists() or (self.run_dir / "checkpoints").exists():
             raise ValueError(
-                f"--out: {self.run_dir} already holds a run; pass --resume to continue it or "
-                "choose another --out"
+                f"--out: {self.run_dir} already holds a run; pass --resume to continue it or choose another --out"
             )
         return None
 
@@ -370,9 +363,7 @@ class Trainer:
                 c.data.max_new_tokens,
             )
             self.tx = build_optimizer(c)
-            self.step_fn = build_step(
-                self.tuned, self.task.objective, self.tx, is_zo(c.optim.method)
-            )
+            self.step_fn = build_step(self.tuned, self.task.objective, self.tx, is_zo(c.optim.method))
         if c.model.tuning == "full":
             self._eval_logits = self.tuned.template.logits
         else:
@@ -497,9 +488,7 @@ class Trainer:
 
     def _checkpoint(self, step: int, params: PyTree, opt_state: PyTree) -> None:
         t0 = time.perf_counter()
-        path = self.ckpts.save(
-            step, {"params": params, "opt_state": opt_state}, self._state_meta(step)
-        )
+        path = self.ckpts.save(step, {"params": params, "opt_state": opt_state}, self._state_meta(step))
         self.ckpts.prune_best(None if self.best is None else self.best["step"])
         self.say(f"[zojax] checkpoint step {step} -> {path} ({time.perf_counter() - t0:.1f}s)")
 
@@ -546,9 +535,7 @@ class Trainer:
         self._done, self._last_saved = 0, -1
         offsets = None
         if c.run.resume and c.training:
-            restored = self.ckpts.restore_latest(
-                ckpt_lib.abstract({"params": params, "opt_state": opt_state})
-            )
+            restored = self.ckpts.restore_latest(ckpt_lib.abstract({"params": params, "opt_state": opt_state}))
             if restored is not None:
                 state, meta = restored
                 params, opt_state = state["params"], state["opt_state"]
@@ -707,9 +694,7 @@ class Trainer:
                 params, _ = restored
                 chosen_step = self.best["step"]
             else:
-                warnings.warn(
-                    "best-by-dev parameters unavailable; testing the final ones", stacklevel=2
-                )
+                warnings.warn("best-by-dev parameters unavailable; testing the final ones", stacklevel=2)
         test = None
         if len(self.splits.test) > 0:
             test = self.evaluate(params, "test")
@@ -758,14 +743,9 @@ class Trainer:
             f"{r['forwards']} forward passes, {r['wall_time']:.0f}s ====="
         ]
         if self.config.training:
-            lines.append(
-                f"[zojax] dev {metric} before: {pct(r['dev_before'])}   "
-                f"after: {pct(r['dev_after'])}"
-            )
+            lines.append(f"[zojax] dev {metric} before: {pct(r['dev_before'])}   after: {pct(r['dev_after'])}")
             if r["best"] is not None:
-                lines.append(
-                    f"[zojax] best dev ({r['best']['select_by']}) at step {r['best']['step']}"
-                )
+                lines.append(f"[zojax] best dev ({r['best']['select_by']}) at step {r['best']['step']}")
         elif r["dev_after"]:
             lines.append(f"[zojax] dev {metric}: {pct(r['dev_after'])}")
         if r["test"] is not None:

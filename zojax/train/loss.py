@@ -164,9 +164,7 @@ def task_loss(lm: Any, objective: str, batch: Batch) -> PerturbableModelLoss:
             input_ids=jnp.asarray(batch["input_ids"], jnp.int32),
             attention_mask=jnp.asarray(batch["attention_mask"], jnp.int32),
         )
-        return PerturbableModelLoss(
-            fn, functools.partial(shared_classification_from_logits, batch=batch)
-        )
+        return PerturbableModelLoss(fn, functools.partial(shared_classification_from_logits, batch=batch))
     fn = functools.partial(
         lm.token_logprobs,
         input_ids=_flat(batch["input_ids"]),
