@@ -405,7 +405,9 @@ class Model:
         if max_new_tokens <= 0:
             return "" if return_text else []
         n_prompt = len(ids)
-        tp = -(-n_prompt // 32) * 32
+        # Power-of-two prompt buckets: each distinct length compiles a prefill and a decode
+        # program, and SQuAD-like prompts would otherwise hit a dozen shapes (~20 s each on CPU).
+        tp = max(32, 1 << (n_prompt - 1).bit_length())
         steps = -(-max(max_new_tokens - 1, 0) // chunk) * chunk
         cache_len = tp + steps
         prompt_arr = np.zeros((1, tp), np.int32)

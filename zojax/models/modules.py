@@ -99,10 +99,7 @@ def attention_mask(
     s = key_valid.shape[1]
     qi = jnp.arange(t)[:, None]
     kj = jnp.arange(s)[None, :]
-    if cache_index is None:
-        causal = (kj < num_fixed) | (kj - num_fixed <= qi)
-    else:
-        causal = kj <= cache_index + qi
+    causal = (kj < num_fixed) | (kj - num_fixed <= qi) if cache_index is None else kj <= cache_index + qi
     return causal[None] & (key_valid[:, None, :] > 0)
 
 

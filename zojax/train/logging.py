@@ -7,7 +7,8 @@
   TFRecord framing with masked CRC-32C and hand-encoded ``Event``/``Summary`` protobufs; no
   TensorFlow, ``tensorboardX`` or protobuf dependency). Numeric fields are written as scalars under
   ``<event>/<field>`` with the step as x-axis and again under ``<event>_by_forwards/<field>`` with
-  the cumulative forward passes as x-axis, so TensorBoard can compare methods at equal compute.
+  the cumulative forward passes as x-axis (timing fields excepted), so TensorBoard can compare
+  methods at equal compute.
 
 Both files are append-only; :meth:`MetricsLogger.offsets` records their sizes in a checkpoint and a
 resumed run truncates them back to those sizes, so the logs continue exactly where the checkpoint

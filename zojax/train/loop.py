@@ -81,10 +81,8 @@ def build_model(name: str, dtype: str = "float32") -> Model:
             "pad_id": tok.pad_id,
         }
         try:
-            if preset.startswith("opt-"):
-                cfg = zm.opt_config(preset[4:], **ids)
-            else:
-                cfg = zm.llama_config(preset, **ids)
+            opt = preset.startswith("opt-")
+            cfg = zm.opt_config(preset[4:], **ids) if opt else zm.llama_config(preset, **ids)
         except ValueError as e:
             raise ValueError(f"--model: {e}") from None
         return zm.init_model(cfg, 0, dtype).replace(tokenizer=tok)
@@ -382,10 +380,8 @@ class Trainer:
         examples = getattr(self.splits, split).examples
         num_demos = c.eval.num_demos if c.optim.method == "icl" else 0
         tuned = self.tuned
-        if c.model.tuning == "full":
-            eval_params = params
-        else:
-            eval_params = {"frozen": tuned.frozen, "trainable": params}
+        full = c.model.tuning == "full"
+        eval_params = params if full else {"frozen": tuned.frozen, "trainable": params}
 
         def generate_fn(prompt_ids: list[int]) -> list[int]:
             out = tuned.bind(tuned.frozen).generate(
