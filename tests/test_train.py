@@ -472,7 +472,7 @@ def test_dry_run(capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: P
     assert code == 0, out
     assert "dry run OK: mezo-gv on sst2, 20 steps x 5 forwards = 100 forward passes" in out
     plan = json.loads(out[: out.rindex("}") + 1])
-    assert plan["config"]["optim"]["lr"] == 1e-6 and plan["config"]["optim"]["eps"] == 1e-3
+    assert plan["config"]["optim"]["lr"] == 3e-5 and plan["config"]["optim"]["eps"] == 1e-3
     assert not out_dir.exists()
 
 
@@ -510,13 +510,13 @@ def test_existing_run_needs_resume(
                            str(data_dir), "--out", str(baseline))  # fmt: skip
     assert code == 2 and "already holds a run; pass --resume" in err
     code, _, err = run_cli(capsys, "finetune", "--out", str(baseline), "--resume", "--lr", "0.5")
-    assert code == 2 and "--lr: the run being resumed used 0.002" in err
+    assert code == 2 and f"--lr: the run being resumed used {LR['mezo']!r}, got 0.5" in err
     code, _, err = run_cli(capsys, "finetune", "--out", str(tmp_path), "--resume")
     assert code == 2 and "no run to resume" in err
 
 
 def test_tasks_subcommand(capsys: pytest.CaptureFixture[str], data_dir: Path) -> None:
-    code, out, _ = run_cli(capsys, "tasks", "--data-dir", str(data_dir))
+    code, out, _ = run_cli(capsys, "tasks", "--data-dir", str(data_dir), "--source", "local")
     assert code == 0 and "sst2" in out and "MISSING" in out
 
 

@@ -2,7 +2,7 @@
 
 ``zojax finetune`` (also ``python experiments/finetune.py``) runs one fine-tuning job; with no
 options it is the short default job: SmolLM2-135M-Instruct (embedded), SST-2, MeZO-GV (M = 4),
-full tuning, a budget of 240 forward passes, dev accuracy printed before and after training.
+full tuning, a budget of 150 forward passes, dev accuracy printed before and after training.
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ def add_finetune_arguments(p: argparse.ArgumentParser, suppress_defaults: bool =
         "optim.lr",
         d.optim.lr,
         type=float,
-        help="learning rate (default by method and tuning: ZO full 1e-6 / lora 1e-4 / prefix "
+        help="learning rate (default by method and tuning: ZO full 3e-5 / lora 1e-4 / prefix "
         "1e-2; ft full 1e-5 / lora 1e-4 / prefix 1e-3)",
     )
     add(
@@ -389,7 +389,7 @@ def finetune_parser(prog: str = "zojax finetune") -> argparse.ArgumentParser:
         prog=prog,
         description="Fine-tune a causal LM on a MeZO task with a zeroth-order method (or ft).",
         epilog="methods (--method):\n" + methods_table() + "\n\nThe default job: SmolLM2-135M-"
-        "Instruct, SST-2, mezo-gv, full tuning, 240 forward passes; prints dev accuracy before "
+        "Instruct, SST-2, mezo-gv, full tuning, 150 forward passes (25 steps); prints dev accuracy before "
         "and after. MeZO's protocol: --num-dev 500 --num-test 1000 --forward-budget 40000 "
         "--eval-every 1000.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -499,9 +499,11 @@ def finetune_main(argv: Sequence[str] | None = None, prog: str = "zojax finetune
         cache.add_argument("--compile-cache", default=None)
         enable_compile_cache(cache.parse_known_args(argv)[0].compile_cache)
         trainer = Trainer(cfg)
-        report = trainer.run()
-    except ValueError as e:
+        trainer.check_run_dir()
+    except ValueError as e:  # bad options (errors while running propagate with a traceback)
         parser.error(str(e))
+    try:
+        report = trainer.run()
     except KeyboardInterrupt:
         print("\n[zojax] aborted", file=sys.stderr)
         return 128 + signal.SIGINT

@@ -3,7 +3,7 @@
 Quick use::
 
     from zojax.train import TrainConfig, Trainer
-    cfg = TrainConfig()                        # SmolLM2-135M, SST-2, MeZO-GV, 240 forward passes
+    cfg = TrainConfig()                        # SmolLM2-135M, SST-2, MeZO-GV, 150 forward passes
     cfg.optim.method, cfg.run.out = "mezo", "runs/sst2_mezo"
     report = Trainer(cfg).run()                # dev before/after, best-by-dev, test
 

@@ -98,7 +98,7 @@ class Checkpoints:
     """
 
     def __init__(self, directory: str | os.PathLike[str], keep: int = 2) -> None:
-        self.directory = Path(directory)
+        self.directory = Path(directory).absolute()  # orbax wants absolute paths
         self.keep = int(keep)
         self._ckpt = ocp.Checkpointer(ocp.StandardCheckpointHandler())
 

@@ -305,6 +305,11 @@ class Trainer:
         return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
 
     # ------------------------------------------------------------------ set-up
+    def check_run_dir(self) -> None:
+        """Raises ``ValueError`` when ``--out`` / ``--resume`` do not fit the run directory (a new
+        run in a directory that holds one, a resume without a run, or changed options)."""
+        self._prepare_run_dir()
+
     def _prepare_run_dir(self) -> TrainConfig | None:
         """Checks ``out`` against ``resume``; returns the saved config when resuming."""
         cfg_path = self.run_dir / "config.json"
