@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_tasks_fakes import BOS, PAD, CharTokenizer
+from tests.test_tasks_fakes import BOS, PAD, CharTokenizer
 
 from zojax.tasks import (
     Encoded,

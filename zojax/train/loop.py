@@ -660,12 +660,13 @@ class Trainer:
             )
             self.logger.log(rec)
             if self._pbar is not None:
-                self._pbar.update(1)
                 self._pbar.set_postfix(
                     loss=f"{stats['loss']:.4f}",
                     fwd=done * fps,
                     fwd_s=f"{fps / dt:.2f}" if dt > 0 else "-",
+                    refresh=False,
                 )
+                self._pbar.update(1)
             if has_dev and (done == total or (c.eval.eval_every and done % c.eval.eval_every == 0)):
                 self._dev(params, done)
                 t_prev = time.perf_counter()
