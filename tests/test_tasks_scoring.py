@@ -7,8 +7,8 @@ import functools
 import jax
 import numpy as np
 import pytest
-from tests.test_tasks_fakes import CharTokenizer, brute_force_option_score, tiny_logits_fn, tiny_params
 
+from tests.test_tasks_fakes import CharTokenizer, brute_force_option_score, tiny_logits_fn, tiny_params
 from zojax.tasks import (
     GenerationBatch,
     classification_batch,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.test_tasks_fakes import BOS, PAD, CharTokenizer
 
+from tests.test_tasks_fakes import BOS, PAD, CharTokenizer
 from zojax.tasks import (
     Encoded,
     Example,
