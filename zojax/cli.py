@@ -31,8 +31,7 @@ def methods_table() -> str:
         (
             C.FO_METHOD,
             1,
-            "first-order fine-tuning: Adam on jax.grad of the same objective "
-            "(1 forward + 1 backward/step)",
+            "first-order fine-tuning: Adam on jax.grad of the same objective (1 forward + 1 backward/step)",
         )
     )
     rows.append(("zero-shot", 0, "no training: evaluate the model as it is"))
@@ -537,9 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         + methods_table(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "command", choices=tuple(commands), metavar="command", help="one of: " + ", ".join(commands)
-    )
+    p.add_argument("command", choices=tuple(commands), metavar="command", help="one of: " + ", ".join(commands))
     if not argv or argv[0] in ("-h", "--help"):
         p.print_help()
         return 0 if argv else 2

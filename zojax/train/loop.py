@@ -214,7 +214,7 @@ def build_step(tuned: Tuned, objective: str, tx: optax.GradientTransformation, z
         else:
             value, grads = jax.value_and_grad(loss)(params)
             updates, opt_state = tx.update(grads, opt_state, params)
-            stats = {"loss": value, "grad_norm": optax.global_norm(grads)}
+            stats = {"loss": value, "grad_norm": optax.tree.norm(grads)}
         return optax.apply_updates(params, updates), opt_state, stats
 
     options = ZO_COMPILER_OPTIONS if zeroth_order else None
@@ -318,6 +318,12 @@ class Trainer:
                 raise ValueError(f"--resume: no run to resume in {self.run_dir} (no config.json)")
             saved = from_dict(json.loads(cfg_path.read_text())["config"])
             check_resume_compatible(saved, self.config)
+            present = ckpt_lib.Checkpoints(self.run_dir / "checkpoints").steps()
+            if present and self.config.training and present[-1] > self.config.optim.steps:
+                raise ValueError(
+                    f"--steps: the run in {self.run_dir} is at step {present[-1]} already; resume with "
+                    f"--steps >= {present[-1]} (or a larger --forward-budget)"
+                )
             return saved
         if cfg_path.exists() or (self.run_dir / "checkpoints").exists():
             raise ValueError(
@@ -545,6 +551,11 @@ class Trainer:
                 self.last_dev = meta.get("last_dev")
                 self._wall_offset = float(meta.get("wall_time", 0.0))
                 offsets = meta["log_offsets"]
+                if start > c.optim.steps:
+                    raise ValueError(
+                        f"--steps: the run in {self.run_dir} is at step {start} already; resume with "
+                        f"--steps >= {start} (or --forward-budget >= {start * self.fps})"
+                    )
                 self.say(f"[zojax] resumed {self.run_dir} at step {start}")
             else:
                 self.say(f"[zojax] no usable checkpoint in {self.run_dir}; starting from scratch")
@@ -591,6 +602,13 @@ class Trainer:
                 self._dev(params, 0)
             if self._stop_signal is None:
                 params, opt_state, status = self._train(params, opt_state, frozen, start, total)
+                if self._pbar is not None:
+                    self._pbar.close()
+                    self._pbar = None
+                if status == "done" and has_dev and (self.last_dev or {}).get("step") != total:
+                    # resumed with --steps equal to the checkpoint's step: the final dev evaluation
+                    self._dev(params, total)
+                    self._checkpoint(total, params, opt_state)
             else:
                 status = "interrupted"
             if status != "done":
