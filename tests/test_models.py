@@ -469,7 +469,10 @@ def _greedy_reference(model, ids, n, width=32):
         mask = np.zeros((1, width), np.int32)
         arr[0, width - len(ids) :] = ids
         mask[0, width - len(ids) :] = 1
-        nxt = int(jnp.argmax(fwd(model.params, arr, mask)[0, -1]))
+        logits = np.asarray(fwd(model.params, arr, mask)[0, -1])
+        top2 = np.sort(logits)[-2:]
+        assert top2[1] - top2[0] > 1e-3  # no near-tie: float-level differences cannot flip it
+        nxt = int(np.argmax(logits))
         out.append(nxt)
         ids.append(nxt)
     return out
@@ -477,14 +480,10 @@ def _greedy_reference(model, ids, n, width=32):
 
 @pytest.mark.parametrize("arch", ["llama", "opt"])
 def test_generate_matches_full_forwards(arch):
-    cfg = zm.llama_config("tiny") if arch == "llama" else zm.opt_config("tiny")
-    model = zm.init_model(cfg, 3)
-    # sharpen the random model so greedy tokens are not near-ties
-    params = jax.tree.map(lambda x: x, model.params)
-    params["embed"]["embedding"] = params["embed"]["embedding"] * 50
-    model = model.replace(params=params)
+    model = _varied_model(arch)  # a varied continuation without near-ties (checked below)
     prompt = [5, 9, 33, 2 + 1, 77]
     ref = _greedy_reference(model, prompt, 20)
+    assert len(set(ref)) >= 5
     got = model.generate(
         model.params, prompt, max_new_tokens=20, stop_ids=[], stop_strings=(), chunk=8
     )
@@ -571,6 +570,65 @@ def test_prefix_tuning_from_real_activations(arch):
         rtol=1e-5,
         atol=1e-5,
     )
+
+
+def _varied_model(arch: str) -> zm.Model:
+    """A tiny random model whose greedy continuations vary with the context: the embedding and
+    the layer kernels scaled up 20x (at normal(0, 0.02) a random model repeats one token, which
+    would not notice wrong positions or a dropped prefix)."""
+    cfg = zm.llama_config("tiny") if arch == "llama" else zm.opt_config("tiny")
+    model = zm.init_model(cfg, 3)
+    params = dict(model.params, embed={"embedding": model.params["embed"]["embedding"] * 20})
+    params["layers"] = {
+        name: {k: x * 20 if k == "kernel" else x for k, x in mod.items()}
+        for name, mod in model.params["layers"].items()
+    }
+    return model.replace(params=params)
+
+
+def _prefix_greedy_reference(adapted, trainable, ids, n, width=32):
+    """Greedy decoding of a prefix-tuned model by full forwards of ``adapted.logits`` (the prefix
+    model's own positions and masks), left-padded to a fixed width (one compile). Checks that no
+    step is a near-tie, so float-level differences of the cached path cannot flip a token."""
+    fwd = jax.jit(adapted.logits)
+    ids = list(ids)
+    out = []
+    for _ in range(n):
+        arr = np.zeros((1, width), np.int32)
+        mask = np.zeros((1, width), np.int32)
+        arr[0, width - len(ids) :] = ids
+        mask[0, width - len(ids) :] = 1
+        logits = np.asarray(fwd(trainable, arr, mask)[0, -1])
+        top2 = np.sort(logits)[-2:]
+        assert top2[1] - top2[0] > 1e-3
+        nxt = int(np.argmax(logits))
+        out.append(nxt)
+        ids.append(nxt)
+    return out
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt"])
+def test_prefix_generate_matches_full_forwards(arch):
+    """Prefix-tuned greedy generation with a KV cache (prefix in the first cache slots) equals
+    step-by-step full forwards of the prefix model, and the prefix changes the tokens."""
+    model = _varied_model(arch)
+    # N(0, 1) prefix keys/values: far from any real token's, so they visibly steer the model
+    trainable, adapted = zm.prefix.init(model, 5, num_virtual_tokens=7, init_by_real_act=False)
+    prompt = [5, 9, 33, 3, 77]
+    n = 20
+    kw = {"max_new_tokens": n, "stop_strings": (), "chunk": 8}
+    ref = _prefix_greedy_reference(adapted, trainable, prompt, n)
+    assert len(set(ref)) >= 5  # a varied continuation: wrong positions or masks would show
+    assert adapted.generate(trainable, prompt, stop_ids=[], **kw) == ref
+    assert model.generate(model.params, prompt, stop_ids=[], **kw) != ref  # the prefix is used
+    # another prefix (e.g. after an update) gives that prefix's reference: nothing is cached stale
+    moved = jax.tree.map(lambda x: x * 1.5, trainable)
+    assert adapted.generate(moved, prompt, stop_ids=[], **kw) == _prefix_greedy_reference(
+        adapted, moved, prompt, n
+    )
+    stop = ref[6]
+    got = adapted.generate(trainable, prompt, stop_ids=[stop], **kw)
+    assert got == ref[: ref.index(stop)]
 
 
 def test_bfloat16_policy():

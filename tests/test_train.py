@@ -431,6 +431,35 @@ def test_parameter_efficient_tuning_runs(tuning: str, data_dir: Path, xla_cache,
     assert saved["optim"]["lr"] == {"lora": 1e-4, "prefix": 1e-2}[tuning]
 
 
+def test_prefix_tuning_on_a_generation_task(
+    capsys: pytest.CaptureFixture[str], xla_cache, tmp_path: Path
+) -> None:
+    """--tuning prefix on SQuAD: a dry run, then 2 steps with dev/test F1 by prefix-tuned greedy
+    generation (KV cache holding the prefix)."""
+    paras = [
+        {"context": f"Ctx {i} is here.", "qas": [{"id": f"id{i}", "question": f"What is {i}?",
+         "answers": [{"text": f"Ctx {i}", "answer_start": 0}]}]}
+        for i in range(24)
+    ]  # fmt: skip
+    (tmp_path / "SQuAD").mkdir()
+    data = {"version": "1.1", "data": [{"title": "Art", "paragraphs": paras}]}
+    (tmp_path / "SQuAD" / "dev-v1.1.json").write_text(json.dumps(data))
+    argv = ["finetune", "--model", "random:tiny", "--tuning", "prefix", "--task", "squad",
+            "--data-dir", str(tmp_path), "--num-train", "8", "--num-dev", "4", "--num-test", "4",
+            "--method", "mezo", "--steps", "2", "--batch-size", "4", "--max-new-tokens", "4",
+            "--out", str(tmp_path / "run"), "--no-progress"]  # fmt: skip
+    code, out, err = run_cli(capsys, *argv, "--dry-run")
+    assert code == 0 and "dry run OK: mezo on squad, 2 steps x 2 forwards" in out, err
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    report = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert report["status"] == "done" and report["tuning"] == "prefix"
+    assert report["test"]["metric"] == "f1" and report["test"]["n"] == 4
+    assert report["dev_after"]["step"] == 2 and 0 <= report["dev_after"]["value"] <= 1
+    train = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["event"] == "train"]
+    assert len(train) == 2 and all(np.isfinite(r["loss"]) for r in train)
+
+
 @pytest.mark.parametrize("method", ["zero-shot", "icl"])
 def test_evaluation_only_methods(method: str, data_dir: Path, tmp_path: Path) -> None:
     cfg = make_config(data_dir, tmp_path / method, optim__method=method, eval__num_demos=2)
@@ -500,7 +529,6 @@ def test_dry_run(capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: P
         (["--num-candidates", "1"], "--num-candidates"),
         (["--elite-ratio", "0.1"], "--elite-ratio"),
         (["--task", "imdb"], "--task: unknown task 'imdb'"),
-        (["--task", "squad", "--tuning", "prefix"], "--tuning: prefix-tuned generation"),
         (["--resume"], "--resume: give the run directory with --out"),
         (["--model", "/no/such/model", "--dry-run"], "--model"),
         (["--lr", "fast"], "argument --lr: invalid float value"),

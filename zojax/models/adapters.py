@@ -149,13 +149,21 @@ class Adapted:
         return {**self.base, "layers": layers}
 
     def generate(self, trainable: PyTree, prompt: Any, **kw: Any) -> Any:
-        """Greedy generation (LoRA: with the merged weights; see
-        :meth:`zojax.models.Model.generate`)."""
-        if self.kind != "lora":
-            raise NotImplementedError(
-                "generate: prefix-tuned generation is not implemented; use logits"
+        """Greedy generation with a KV cache (see :meth:`zojax.models.Model.generate`).
+
+        LoRA: with the merged weights ``W + (α/r)·A B``. Prefix tuning: the ``P`` trained
+        keys/values of every layer fill the first ``P`` cache slots (always visible) and the
+        prompt's positions start at ``P``, so each greedy step equals the argmax of
+        :meth:`logits` on the prompt plus the tokens generated so far.
+        """
+        if self.kind == "lora":
+            return self.model.generate(self.merged_params(trainable), prompt, **kw)
+        if self.kind == "prefix":
+            layers = trainable["layers"]
+            return self.model.generate(
+                self.base, prompt, prefix_kv=(layers["keys"], layers["values"]), **kw
             )
-        return self.model.generate(self.merged_params(trainable), prompt, **kw)
+        raise NotImplementedError(f"generate: not implemented for {self.kind!r} adapters")
 
 
 LORA_TARGETS = {

@@ -367,6 +367,7 @@ class Model:
         stop_ids: Sequence[int] | None = None,
         return_text: bool | None = None,
         chunk: int = 16,
+        prefix_kv: tuple[Array, Array] | None = None,
     ) -> list[int] | str:
         """Greedy decoding with a KV cache (jitted prefill + jitted decode chunks).
 
@@ -385,6 +386,10 @@ class Model:
           return_text: return the decoded continuation, cut before the stop string; default: True
             when ``prompt`` is a string.
           chunk: decode steps per jitted call.
+          prefix_kv: prefix tuning's virtual tokens, ``(keys, values)`` of shape ``[L, P, Hkv, D]``
+            (keys post-RoPE): they occupy cache slots ``0..P−1`` (always visible) and the prompt's
+            positions start at ``P``, exactly as in the prefix model's forward
+            (:meth:`zojax.models.Adapted.logits`).
 
         Returns:
           the new token ids, or the decoded text.
@@ -405,20 +410,24 @@ class Model:
         if max_new_tokens <= 0:
             return "" if return_text else []
         n_prompt = len(ids)
+        num_prefix = 0 if prefix_kv is None else int(prefix_kv[0].shape[1])
         # Power-of-two prompt buckets: each distinct length compiles a prefill and a decode
         # program, and SQuAD-like prompts would otherwise hit a dozen shapes (~20 s each on CPU).
         tp = max(32, 1 << (n_prompt - 1).bit_length())
         steps = -(-max(max_new_tokens - 1, 0) // chunk) * chunk
-        cache_len = tp + steps
+        cache_len = num_prefix + tp + steps
         prompt_arr = np.zeros((1, tp), np.int32)
         mask = np.zeros((1, tp), np.int32)
         prompt_arr[0, tp - n_prompt :] = ids
         mask[0, tp - n_prompt :] = 1
-        first, cache, valid = _prefill(self.config, self.dtype, params, prompt_arr, mask, cache_len)
+        first, cache, valid = _prefill(
+            self.config, self.dtype, params, prompt_arr, mask, cache_len, prefix_kv
+        )
         out = [int(first[0])]
         token = first
-        index = jnp.asarray(tp, jnp.int32)
-        pos = jnp.asarray([n_prompt], jnp.int32)
+        # cache layout: [prefix slots | left-padded prompt | generated tokens]
+        index = jnp.asarray(num_prefix + tp, jnp.int32)
+        pos = jnp.asarray([num_prefix + n_prompt], jnp.int32)
 
         def finished(out: list[int]) -> tuple[bool, list[int]]:
             for j, t in enumerate(out):
@@ -450,15 +459,56 @@ class Model:
         return result
 
 
+def _prefix_layer(layer: PyTree, prefix: tuple[Array, Array], li: Array) -> tuple[PyTree, Any]:
+    """``layer_fn`` that hands layer ``l``'s prefix keys/values ``[P, Hkv, D]`` to the block."""
+    del li
+    return layer, prefix
+
+
 @functools.partial(jax.jit, static_argnames=("config", "dtype", "cache_len"))
 def _prefill(
-    config: ModelConfig, dtype: str, params: PyTree, ids: Array, mask: Array, cache_len: int
+    config: ModelConfig,
+    dtype: str,
+    params: PyTree,
+    ids: Array,
+    mask: Array,
+    cache_len: int,
+    prefix_kv: tuple[Array, Array] | None = None,
 ) -> tuple[Array, tuple[Array, Array], Array]:
-    h, (k, v) = decoder(config, dtype, params, ids, mask, return_kv=True)
+    """The prompt's forward: first greedy token, the KV cache ``[L, B, cache_len, Hkv, D]`` and
+    the key validity ``[B, cache_len]``.
+
+    With ``prefix_kv`` (``[L, P, Hkv, D]`` each) the forward is the prefix model's (prompt
+    positions start at ``P``, prefix slots always visible) and the cache starts with the ``P``
+    prefix slots, valid for every row, followed by the prompt's keys/values.
+    """
+    b = ids.shape[0]
+    if prefix_kv is None:
+        h, (k, v) = decoder(config, dtype, params, ids, mask, return_kv=True)
+    else:
+        num_prefix = prefix_kv[0].shape[1]
+        h, (k, v) = decoder(
+            config,
+            dtype,
+            params,
+            ids,
+            mask,
+            extra_layers=prefix_kv,
+            layer_fn=_prefix_layer,
+            num_prefix=num_prefix,
+            return_kv=True,
+        )
+
+        def lead(p: Array, x: Array) -> Array:
+            p = jnp.broadcast_to(p[:, None].astype(x.dtype), (p.shape[0], b, *p.shape[1:]))
+            return jnp.concatenate([p, x], axis=2)
+
+        k, v = lead(prefix_kv[0], k), lead(prefix_kv[1], v)
+        mask = jnp.concatenate([jnp.ones((b, num_prefix), mask.dtype), mask], axis=1)
     logits = project(config, params, h[:, -1])
-    t = ids.shape[1]
-    pad = ((0, 0), (0, 0), (0, cache_len - t), (0, 0), (0, 0))
-    valid = jnp.pad(mask, ((0, 0), (0, cache_len - t)))
+    filled = k.shape[2]
+    pad = ((0, 0), (0, 0), (0, cache_len - filled), (0, 0), (0, 0))
+    valid = jnp.pad(mask, ((0, 0), (0, cache_len - filled)))
     return jnp.argmax(logits, -1).astype(jnp.int32), (jnp.pad(k, pad), jnp.pad(v, pad)), valid
 
 

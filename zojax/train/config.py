@@ -304,14 +304,6 @@ class TrainConfig:
         elif o.steps is None:
             o.steps = default_steps(o.method, fps)
         _positive("--steps", o.steps, minimum=0 if not c.training else 1)
-        if m.tuning == "prefix":
-            from zojax.tasks import get_task
-
-            if get_task(d.task).generation:
-                raise ValueError(
-                    f"--tuning: prefix-tuned generation is not implemented, so {d.task} "
-                    "(a generation task) cannot be evaluated with --tuning prefix"
-                )
         if o.method == "icl" and e.num_demos < 1:
             raise ValueError("--num-demos: icl needs at least one demonstration")
         return c
