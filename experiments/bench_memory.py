@@ -4,7 +4,9 @@ Two measurements (random weights of the real shape; the numbers do not depend on
 
 1. XLA temp bytes (``jit(...).lower(...).compile(compiler_options=ZO_COMPILER_OPTIONS)
    .memory_analysis()``) of the loss forward, a MeZO step and MeZO-GV steps (M = 2, 4, 8), all with
-   the parameters donated. Bar: ``(temp_step − temp_fwd) / param_bytes ≤ 0.10``.
+   the parameters donated. Bar: ``(temp_step − temp_fwd) / param_bytes ≤ 0.10``. Directions of
+   up to ``zojax.perturb.UNROLL_MAX`` keys are unrolled, larger ones (M = 8) are one vmapped draw
+   reduced over the keys; both fuse into the layer scan and the in-place update.
 2. Peak RSS (``VmHWM`` in ``/proc/self/status``) of a process running only forwards vs. one running
    MeZO steps at the same batch, each in its own subprocess. Bar: ``rss_mezo / rss_fwd ≤ 1.15``.
    Reported twice: "workload" resets the peak (``/proc/self/clear_refs``) once the parameters exist,

@@ -1,8 +1,9 @@
 """Memory bounds of compiled steps, exact via ``compile().memory_analysis()``.
 
 For a plain ``loss(params)`` the estimators may hold one perturbed copy of the parameters besides
-the update tree that every optax transformation returns, whatever ``M`` is. (Models perturb on the
-fly inside their layer scan and avoid the copy: see ``test_models.py``.)
+the update tree that every optax transformation returns, whatever ``M`` is. Models perturb on the
+fly inside their layer scan and need no memory beyond the forward's, also for MeZO-GV with
+``M > UNROLL_MAX`` candidates (below, and ``test_models.py`` for M = 2).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import optax
 import pytest
 
 import zojax
+import zojax.models as zm
+from zojax import perturb
 from zojax.models import ZO_COMPILER_OPTIONS
 
 PARAMS = {
@@ -56,3 +59,62 @@ def test_guided_step_memory_is_constant_in_num_candidates() -> None:
     assert max(temps.values()) <= 2 * PARAM_BYTES + 64 * 1024, temps
     # Doubling M adds only O(M) scalars (losses, keys, sort scratch), no parameter-sized buffer.
     assert abs(temps[16] - temps[8]) <= 16 * 1024, temps
+
+
+def test_many_key_direction_equals_the_sum_of_its_draws() -> None:
+    """``Direction.leaf`` beyond ``UNROLL_MAX`` keys (one vmap, reduced) is ``Σ_i w_i z_i``."""
+    k = 2 * perturb.UNROLL_MAX
+    d = perturb.Direction(
+        perturb.candidate_keys(perturb.key_data(3), k), jnp.linspace(1.0, -1.0, k, dtype=jnp.float32)
+    )
+    stacked = (jax.tree_util.DictKey("layers"), jax.tree_util.DictKey("w"))
+    for path, shape, layer in [((jax.tree_util.DictKey("embed"),), (64, 8), None),
+                               (stacked, (3, 16, 8), None), (stacked, (16, 8), 2)]:  # fmt: skip
+        got = jax.jit(lambda d, p=path, s=shape, i=layer: d.leaf(p, s, i))(d)
+        ref = sum(d.weights[i] * perturb.leaf_noise(d.keys[i], path, shape, layer=layer) for i in range(k))
+        assert float(jnp.max(jnp.abs(got - ref))) <= 1e-5
+        assert float(jnp.std(got)) > 0.5  # not degenerate
+
+
+def _model_case() -> tuple[Any, jax.Array, jax.Array]:
+    cfg = zm.llama_config("tiny", vocab_size=4096, hidden_size=128, intermediate_size=256, num_layers=4)
+    model = zm.init_model(cfg, 0)
+    ids = jax.random.randint(jax.random.key(3), (4, 32), 0, cfg.vocab_size)
+    return model, ids, jnp.ones_like(ids)
+
+
+def _compiled_temp(fn: Any, *args: Any, donate: tuple[int, ...] = ()) -> int:
+    lowered = jax.jit(fn, donate_argnums=donate).lower(*args)
+    return lowered.compile(compiler_options=ZO_COMPILER_OPTIONS).memory_analysis().temp_size_in_bytes
+
+
+@pytest.mark.parametrize("num_candidates", [8, 16])
+def test_guided_step_on_the_fly_beyond_unroll_max(num_candidates: int) -> None:
+    """The bar for MeZO-GV with M > UNROLL_MAX on a model, parameters donated:
+    ``(temp(step) − temp(forward)) / parameter bytes ≤ 0.10``.
+
+    The largest leaf (the embedding) is 47% of the parameters, so materialising any full leaf of
+    the update (or a [M, *leaf] stack of draws) would fail the bar.
+    """
+    assert num_candidates > perturb.UNROLL_MAX
+    model, ids, mask = _model_case()
+    params = jax.eval_shape(lambda: model.params)
+    model = model.replace(params=None)  # no constants closed over
+    param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    largest = max(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    assert largest > 0.10 * param_bytes
+
+    def fwd(p: Any) -> jax.Array:
+        return zm.next_token_loss(model, ids, mask)(p)
+
+    tx = zojax.mezo_gv(1e-3, num_candidates=num_candidates, weight_decay=1e-2)
+    state = jax.eval_shape(tx.init, params)
+
+    def step(p: Any, s: Any) -> tuple[Any, Any]:
+        u, s = tx.update(p, s, p, value_fn=zm.next_token_loss(model, ids, mask))
+        return optax.apply_updates(p, u), s
+
+    base = _compiled_temp(fwd, params)
+    temp = _compiled_temp(step, params, state, donate=(0,))
+    excess = (temp - base) / param_bytes
+    assert excess <= 0.10, (temp, base, param_bytes, excess)

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 KEY_IMPL = "threefry4x32"
-UNROLL_MAX = 4  # directions with more keys are summed in a loop (see Direction.leaf)
+UNROLL_MAX = 4  # directions with more keys are drawn as one vmap and reduced (see Direction.leaf)
 STACKED_ENTRY = "layers"
 Distribution = Literal["gaussian", "rademacher"]
 DISTRIBUTIONS: tuple[str, ...] = ("gaussian", "rademacher")
@@ -198,11 +198,16 @@ class Direction:
     def leaf(
         self, path: KeyPath, shape: Sequence[int], layer: int | jax.Array | None = None
     ) -> jax.Array:
-        """float32 ``v`` for one leaf (or one layer slice of a stacked leaf).
+        """float32 ``v = Σ_i w_i z_i`` for one leaf (or one layer slice of a stacked leaf).
 
-        Up to :data:`UNROLL_MAX` terms the sum is unrolled (XLA fuses the draws and the axpys into
-        one pass); beyond, a ``fori_loop`` accumulates one draw at a time, so memory and compile
-        time stay constant in ``K`` (one slice-sized float32 accumulator).
+        Up to :data:`UNROLL_MAX` terms the sum is unrolled: XLA fuses the draws and the axpys into
+        whatever consumes ``v`` (the perturbed layer, the parameter update). Beyond, the ``K``
+        draws are one ``vmap`` over the keys reduced over the key axis,
+        ``v = reduce_add_k(w_k · z_k)``: the threefry code is emitted once instead of ``K`` times
+        (compile time stays flat in ``K``) and, compiled with
+        :data:`zojax.models.ZO_COMPILER_OPTIONS`, the reduction fuses with the draws and with the
+        consumer, so neither the ``[K, *shape]`` draws nor ``v`` itself is materialised (the
+        update is applied in place into donated parameters, as in the unrolled case).
         """
         num = self.keys.shape[0]
         if num <= UNROLL_MAX:
@@ -214,13 +219,11 @@ class Direction:
                     self.keys[i], path, shape, self.distribution, layer
                 )
             return total
-
-        def body(i: jax.Array, acc: jax.Array) -> jax.Array:
-            return acc + self.weights[i] * leaf_noise(
-                self.keys[i], path, shape, self.distribution, layer
-            )
-
-        return jax.lax.fori_loop(0, num, body, jnp.zeros(tuple(int(s) for s in shape), jnp.float32))
+        shape = tuple(int(s) for s in shape)
+        draws = jax.vmap(lambda k: leaf_noise(k, path, shape, self.distribution, layer))(self.keys)
+        # a multiply + reduce, not a dot: XLA fuses a reduce into its producers and consumers, a
+        # dot it would hand to a library kernel that needs the [K, *shape] draws in memory
+        return jnp.sum(self.weights.reshape((num,) + (1,) * len(shape)) * draws, axis=0)
 
 
 def direction_tree(direction: Direction, like: PyTree) -> PyTree:

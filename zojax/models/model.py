@@ -44,7 +44,17 @@ PyTree = Any
 Perturbation = tuple[perturb.Direction, Any] | None
 LayerFn = Callable[[PyTree, PyTree, Array], tuple[PyTree, tuple[Array, Array] | None]]
 
-ZO_COMPILER_OPTIONS: dict[str, str] = {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
+ZO_COMPILER_OPTIONS: dict[str, str] = {
+    # loop-invariant code motion would hoist the noise of loop-invariant leaves out of the layer
+    # and vocabulary loops and keep it alive
+    "xla_disable_hlo_passes": "while-loop-invariant-code-motion",
+    # XLA:CPU library (YNNPACK) fusions: only single dots (LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT = 4).
+    # The default also hands reductions and a dot's elementwise producers to the library, which
+    # then needs its inputs in memory: a direction of K > UNROLL_MAX keys, summed as a reduce over
+    # its K draws (zojax.perturb.Direction.leaf), would materialise [K, *leaf] noise instead of
+    # fusing it into the perturbed layer and the in-place update. Ignored by other backends.
+    "xla_cpu_experimental_ynn_fusion_type": "4",
+}
 """XLA options for jitted zeroth-order steps that perturb on the fly (pass to ``.compile(...)`` or
 ``jax.jit(..., compiler_options=...)``)."""
 
