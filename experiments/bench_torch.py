@@ -71,7 +71,9 @@ def torch_child(args: argparse.Namespace) -> dict[str, Any]:
         model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
     else:
         model = AutoModelForCausalLM.from_pretrained(args.model)
-    model = model.float().eval()
+    model = model.eval()  # (GGUF loads dequantised to float32; .float() refuses a GGUF-sourced model)
+    if model.dtype != torch.float32:
+        raise SystemExit(f"expected float32 weights, got {model.dtype}")
     load_s = time.time() - t0
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     ids = torch.from_numpy(token_batch(model.config.vocab_size, args.batch_size, args.seq_len, args.seed)).long()
