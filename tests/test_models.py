@@ -459,9 +459,12 @@ def test_memory_bars_on_the_fly():
     assert base < param_bytes
 
 
-def _greedy_reference(model, ids, n, width=32):
-    """Greedy decoding by full forwards (left-padded to a fixed width: one compile)."""
-    fwd = jax.jit(model.logits)
+def _greedy_reference(logits_fn, params, ids, n, width=32):
+    """Greedy decoding by full forwards of ``logits_fn(params, ids, mask)`` (a model's, or a
+    prefix-tuned model's own positions and masks), left-padded to a fixed width (one compile).
+    Checks that no step is a near-tie, so float-level differences of the cached path cannot flip a
+    token."""
+    fwd = jax.jit(logits_fn)
     ids = list(ids)
     out = []
     for _ in range(n):
@@ -469,9 +472,9 @@ def _greedy_reference(model, ids, n, width=32):
         mask = np.zeros((1, width), np.int32)
         arr[0, width - len(ids) :] = ids
         mask[0, width - len(ids) :] = 1
-        logits = np.asarray(fwd(model.params, arr, mask)[0, -1])
+        logits = np.asarray(fwd(params, arr, mask)[0, -1])
         top2 = np.sort(logits)[-2:]
-        assert top2[1] - top2[0] > 1e-3  # no near-tie: float-level differences cannot flip it
+        assert top2[1] - top2[0] > 1e-3
         nxt = int(np.argmax(logits))
         out.append(nxt)
         ids.append(nxt)
@@ -482,7 +485,7 @@ def _greedy_reference(model, ids, n, width=32):
 def test_generate_matches_full_forwards(arch):
     model = _varied_model(arch)  # a varied continuation without near-ties (checked below)
     prompt = [5, 9, 33, 2 + 1, 77]
-    ref = _greedy_reference(model, prompt, 20)
+    ref = _greedy_reference(model.logits, model.params, prompt, 20)
     assert len(set(ref)) >= 5
     got = model.generate(
         model.params, prompt, max_new_tokens=20, stop_ids=[], stop_strings=(), chunk=8
@@ -510,7 +513,7 @@ def test_generate_stop_strings_and_text():
     model = zm.init_model(zm.llama_config("tiny"), 4)
     params = dict(model.params, embed={"embedding": model.params["embed"]["embedding"] * 50})
     model = model.replace(params=params, tokenizer=_CharTokenizer())
-    ref = _greedy_reference(model, [1, 2, 3], 12)
+    ref = _greedy_reference(model.logits, model.params, [1, 2, 3], 12)
     text = _CharTokenizer().decode(ref)
     stop = text[4:6]
     first = text.index(stop)
@@ -586,27 +589,6 @@ def _varied_model(arch: str) -> zm.Model:
     return model.replace(params=params)
 
 
-def _prefix_greedy_reference(adapted, trainable, ids, n, width=32):
-    """Greedy decoding of a prefix-tuned model by full forwards of ``adapted.logits`` (the prefix
-    model's own positions and masks), left-padded to a fixed width (one compile). Checks that no
-    step is a near-tie, so float-level differences of the cached path cannot flip a token."""
-    fwd = jax.jit(adapted.logits)
-    ids = list(ids)
-    out = []
-    for _ in range(n):
-        arr = np.zeros((1, width), np.int32)
-        mask = np.zeros((1, width), np.int32)
-        arr[0, width - len(ids) :] = ids
-        mask[0, width - len(ids) :] = 1
-        logits = np.asarray(fwd(trainable, arr, mask)[0, -1])
-        top2 = np.sort(logits)[-2:]
-        assert top2[1] - top2[0] > 1e-3
-        nxt = int(np.argmax(logits))
-        out.append(nxt)
-        ids.append(nxt)
-    return out
-
-
 @pytest.mark.parametrize("arch", ["llama", "opt"])
 def test_prefix_generate_matches_full_forwards(arch):
     """Prefix-tuned greedy generation with a KV cache (prefix in the first cache slots) equals
@@ -617,15 +599,13 @@ def test_prefix_generate_matches_full_forwards(arch):
     prompt = [5, 9, 33, 3, 77]
     n = 20
     kw = {"max_new_tokens": n, "stop_strings": (), "chunk": 8}
-    ref = _prefix_greedy_reference(adapted, trainable, prompt, n)
+    ref = _greedy_reference(adapted.logits, trainable, prompt, n)
     assert len(set(ref)) >= 5  # a varied continuation: wrong positions or masks would show
     assert adapted.generate(trainable, prompt, stop_ids=[], **kw) == ref
     assert model.generate(model.params, prompt, stop_ids=[], **kw) != ref  # the prefix is used
     # another prefix (e.g. after an update) gives that prefix's reference: nothing is cached stale
     moved = jax.tree.map(lambda x: x * 1.5, trainable)
-    assert adapted.generate(moved, prompt, stop_ids=[], **kw) == _prefix_greedy_reference(
-        adapted, moved, prompt, n
-    )
+    assert adapted.generate(moved, prompt, stop_ids=[], **kw) == _greedy_reference(adapted.logits, moved, prompt, n)
     stop = ref[6]
     got = adapted.generate(trainable, prompt, stop_ids=[stop], **kw)
     assert got == ref[: ref.index(stop)]
