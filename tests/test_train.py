@@ -549,6 +549,8 @@ def test_existing_run_needs_resume(
     assert code == 2 and "already holds a run; pass --resume" in err
     code, _, err = run_cli(capsys, "finetune", "--out", str(baseline), "--resume", "--lr", "0.5")
     assert code == 2 and f"--lr: the run being resumed used {LR['mezo']!r}, got 0.5" in err
+    code, _, err = run_cli(capsys, "finetune", "--out", str(baseline), "--resume", "--steps", "10")
+    assert code == 2 and "--steps: the run in" in err and "is at step 20 already; resume with --steps >= 20" in err
     code, _, err = run_cli(capsys, "finetune", "--out", str(tmp_path), "--resume")
     assert code == 2 and "no run to resume" in err
 

@@ -551,11 +551,6 @@ class Trainer:
                 self.last_dev = meta.get("last_dev")
                 self._wall_offset = float(meta.get("wall_time", 0.0))
                 offsets = meta["log_offsets"]
-                if start > c.optim.steps:
-                    raise ValueError(
-                        f"--steps: the run in {self.run_dir} is at step {start} already; resume with "
-                        f"--steps >= {start} (or --forward-budget >= {start * self.fps})"
-                    )
                 self.say(f"[zojax] resumed {self.run_dir} at step {start}")
             else:
                 self.say(f"[zojax] no usable checkpoint in {self.run_dir}; starting from scratch")
