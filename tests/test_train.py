@@ -152,6 +152,22 @@ def baseline(data_dir: Path, xla_cache, tmp_path_factory: pytest.TempPathFactory
 
 
 # ---------------------------------------------------------------------- resume
+def test_resume_at_the_final_step_evaluates_and_reports(data_dir: Path, tmp_path: Path) -> None:
+    """Stopped between evaluations, then resumed with ``--steps`` equal to the checkpoint's step:
+    no training is left, but the final dev evaluation, checkpoint and report still happen."""
+    out = tmp_path / "run"
+    first = Trainer(make_config(data_dir, out, run__stop_after=12), log=quiet).run()
+    assert first["status"] == "stopped" and first["step"] == 12
+    assert all(r.get("step") != 12 for r in read_metrics(out / "metrics.jsonl") if r.get("event") == "eval")
+    second = Trainer(make_config(data_dir, out, run__resume=True, optim__steps=12), log=quiet).run()
+    assert second["status"] == "done"
+    dev_steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if r.get("event") == "eval"]
+    assert dev_steps[-1] == 12
+    res = json.loads((out / "results.json").read_text())
+    assert res["dev_after"]["step"] == 12 and res["test"]["n"] == 8
+    assert 12 in Checkpoints(out / "checkpoints").steps()
+
+
 def test_resume_is_bitwise_identical(baseline: Path, data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "resumed"
     first = Trainer(make_config(data_dir, out, run__stop_after=10), log=quiet).run()
