@@ -215,7 +215,9 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         base, options = parse_method(name)
         zeroth_order = base != FO_ADAM
         if zeroth_order:
-            tx = registry.get(base).optimizer(LEARNING_RATE, eps=EPS, key=args.seed, **options)
+            tx = registry.get(base).optimizer(
+                LEARNING_RATE, eps=EPS, key=args.seed, distribution=args.distribution, **options
+            )
         else:
             tx = optax.adam(LEARNING_RATE)
         step = build_step(Tuned(template, params, None), OBJECTIVE, tx, zeroth_order)
@@ -288,7 +290,7 @@ def run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
         name,
         *("--model", args.model, "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len)),
         *("--steps", str(args.steps), "--repeats", str(args.repeats), "--warmup", str(args.warmup)),
-        *("--dtype", args.dtype, "--seed", str(args.seed)),
+        *("--dtype", args.dtype, "--seed", str(args.seed), "--distribution", args.distribution),
     ]
     try:
         p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=args.child_timeout, check=False)
@@ -335,6 +337,7 @@ def summarize(fwd: dict[str, Any], results: list[dict[str, Any]], args: argparse
         "batch_size": args.batch_size,
         "seq_len": args.seq_len,
         "dtype": args.dtype,
+        "distribution": args.distribution,
         "device": device_description(),
         "jax": jax.__version__,
         "zojax_source": zojax_source(),
@@ -418,6 +421,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats (the median is reported)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed calls after compiling")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    ap.add_argument(
+        "--distribution",
+        default="gaussian",
+        choices=("gaussian", "rademacher"),
+        help="perturbation noise of the zeroth-order methods (rademacher: 32 signs per random word)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default="", help="write the JSON list of per-method results here")
     ap.add_argument("--child-timeout", type=float, default=7200, help="seconds per method")
@@ -437,7 +446,8 @@ def main(argv: list[str] | None = None) -> None:
 
     n = len(methods) + 1
     print(
-        f"bench: {args.model} batch {args.batch_size} x {args.seq_len} tokens, {args.dtype}, on "
+        f"bench: {args.model} batch {args.batch_size} x {args.seq_len} tokens, {args.dtype}, "
+        f"{args.distribution} noise, on "
         f"{device_description()}; {n} processes (forward + {len(methods)} methods), one at a time",
         file=sys.stderr,
         flush=True,

@@ -50,11 +50,12 @@ def shard(tree: Any, specs: Any, m: Mesh) -> Any:
     return jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(m, s)), tree, specs)
 
 
-def test_draws_are_bitwise_equal_under_any_sharding() -> None:
+@pytest.mark.parametrize("distribution", perturb.DISTRIBUTIONS)
+def test_draws_are_bitwise_equal_under_any_sharding(distribution: str) -> None:
     params, specs = params_and_specs()
     m = mesh()
     direction = Direction(
-        jnp.stack([perturb.key_data(3), perturb.key_data(4)]), jnp.array([0.5, -1.5]), "gaussian"
+        jnp.stack([perturb.key_data(3), perturb.key_data(4)]), jnp.array([0.5, -1.5]), distribution
     )
     out_sh = jax.tree.map(lambda s: NamedSharding(m, s), specs)
     single = jax.jit(lambda p: perturb.perturb(p, direction, 1e-3))(params)
@@ -77,8 +78,8 @@ def test_draws_are_bitwise_equal_under_any_sharding() -> None:
         for k, _ in jax.tree_util.tree_leaves_with_path(params)
         if jax.tree_util.keystr(k) == "['layers']['w']"
     )
-    full = jax.jit(lambda k: perturb.leaf_noise(k, path, (3, 16, 8)))(key)
-    layer1 = jax.jit(lambda k: perturb.leaf_noise(k, path, (16, 8), layer=1))(key)
+    full = jax.jit(lambda k: perturb.leaf_noise(k, path, (3, 16, 8), distribution))(key)
+    layer1 = jax.jit(lambda k: perturb.leaf_noise(k, path, (16, 8), distribution, layer=1))(key)
     np.testing.assert_array_equal(np.asarray(full[1]), np.asarray(layer1))
 
 

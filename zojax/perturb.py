@@ -19,7 +19,9 @@ per-layer draw inside ``lax.scan`` and a sharded draw give bitwise the same valu
 * leaves under a top-level ``"layers"`` entry carry a leading layer axis (models stack their layers and
   run them under ``lax.scan``); slice ``l`` of such a leaf is drawn from ``fold_in(leaf_key, l)`` with the
   slice's shape, so a model can regenerate one layer's noise inside its scan body;
-* values are drawn in float32 and cast to the leaf dtype at the end.
+* values are drawn in float32 and cast to the leaf dtype at the end; Gaussian noise is
+  ``jax.random.normal``, Rademacher noise unpacks 32 signs from each random 32-bit word along the
+  leaf's last axis (:func:`_packed_signs`).
 """
 
 from __future__ import annotations
@@ -131,8 +133,24 @@ def _draw(key: jax.Array, shape: tuple[int, ...], distribution: str) -> jax.Arra
     if distribution == "gaussian":
         return jax.random.normal(key, shape, jnp.float32)
     if distribution == "rademacher":
-        return jax.random.rademacher(key, shape, jnp.float32)
+        return _packed_signs(key, shape)
     raise ValueError(f"distribution: expected one of {DISTRIBUTIONS}, got {distribution!r}")
+
+
+def _packed_signs(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Rademacher ``±1`` as float32, 32 signs unpacked from each random 32-bit word.
+
+    Element ``[..., j]`` is bit ``j mod 32`` of word ``[..., j // 32]`` of ``bits(key, shape[:-1] +
+    (⌈n/32⌉,))`` (``n = shape[-1]``): one 32-bit draw per 32 elements instead of one per element
+    (``jax.random.rademacher``), so the noise costs about what reading the parameters costs.
+    """
+    if not shape:
+        return _packed_signs(key, (1,))[0]
+    n = shape[-1]
+    words = jax.random.bits(key, (*shape[:-1], -(-n // 32)), jnp.uint32)
+    bits = (words[..., None] >> jnp.arange(32, dtype=jnp.uint32)) & jnp.uint32(1)
+    bits = bits.reshape((*shape[:-1], -1))[..., :n]
+    return 1.0 - 2.0 * bits.astype(jnp.float32)
 
 
 def leaf_noise(
