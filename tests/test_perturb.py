@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from zojax import perturb
 from tests import _stats
+from zojax import perturb
 
 PATH = (jax.tree_util.DictKey("w"),)
 
