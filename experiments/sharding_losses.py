@@ -59,7 +59,7 @@ def main() -> None:
 
         def losses(gather, method=method, options=options):
             def fn(p, x, y, step_key):
-                value_fn = lambda q: loss(q, x, y, gather)  # noqa: E731
+                value_fn = lambda q: loss(q, x, y, gather)
                 return method.estimate(value_fn, p, step_key, eps=1e-2, **options).losses
 
             return jax.jit(fn)
