@@ -60,7 +60,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_memory import malloc_trim, reset_peak_rss, vm_hwm_bytes, vm_rss_bytes
 
 import zojax.models as zm
-from zojax import registry
+from zojax import perturb, registry
 from zojax.train.loop import Tuned, build_step
 from zojax.train.loss import task_loss
 
@@ -410,6 +410,14 @@ def table(fwd: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def write_json(path: str, rows: list[dict[str, Any]]) -> None:
+    """Writes ``rows`` to ``path`` (parent folders created) and says so."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(rows, f, indent=1)
+    print(f"\nwrote {path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parses arguments; a parent runs the forward and every method as children and reports."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -424,7 +432,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--distribution",
         default="gaussian",
-        choices=("gaussian", "rademacher"),
+        choices=perturb.DISTRIBUTIONS,
         help="perturbation noise of the zeroth-order methods (rademacher: 32 signs per random word)",
     )
     ap.add_argument("--seed", type=int, default=0)
@@ -475,10 +483,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(table(fwd, rows), flush=True)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
-        print(f"\nwrote {args.json}")
+        write_json(args.json, rows)
 
 
 if __name__ == "__main__":

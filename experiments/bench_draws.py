@@ -22,7 +22,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -37,7 +36,7 @@ from zojax import perturb
 from zojax.models import ZO_COMPILER_OPTIONS
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import make_batch, model_config
+from bench import device_description, make_batch, model_config, write_json
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -110,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
             "update_s": up,
             "predicted_mezo_step_over_forwards": (2 * pf + up) / (2 * fwd),
             "repeat_seconds": {k: v for k, v in times.items() if k == "forward" or k.endswith(d)},
-            "device": jax.devices()[0].device_kind,
+            "device": device_description(),
             "jax": jax.__version__,
         }
         rows.append(row)
@@ -119,10 +118,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{row['predicted_mezo_step_over_forwards']:.3f} |"
         )
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
-        print(f"\nwrote {args.json}")
+        write_json(args.json, rows)
 
 
 if __name__ == "__main__":
