@@ -61,6 +61,7 @@ from bench_memory import malloc_trim, reset_peak_rss, vm_hwm_bytes, vm_rss_bytes
 
 import zojax.models as zm
 from zojax import perturb, registry
+from zojax.train.heap import returning_freed_memory
 from zojax.train.loop import Tuned, build_step
 from zojax.train.loss import task_loss
 
@@ -205,7 +206,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     forward = jax.jit(lambda p, b: task_loss(template, OBJECTIVE, b)(p))
     t = time.perf_counter()
     if name == FORWARD:
-        compiled = forward.lower(params, batch).compile()
+        with returning_freed_memory():
+            compiled = forward.lower(params, batch).compile()
 
         def call() -> Any:
             return jax.block_until_ready(compiled(params, batch))
@@ -222,7 +224,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             tx = optax.adam(LEARNING_RATE)
         step = build_step(Tuned(template, params, None), OBJECTIVE, tx, zeroth_order)
         state = {"params": params, "opt": tx.init(params)}
-        compiled = step.lower(state["params"], state["opt"], None, batch).compile()
+        with returning_freed_memory():  # as the trainer compiles its step
+            compiled = step.lower(state["params"], state["opt"], None, batch).compile()
         last: dict[str, Any] = {}
 
         def call() -> Any:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import os
 import subprocess
@@ -41,6 +40,7 @@ import optax
 import zojax
 import zojax.models as zm
 from zojax.train.cache import enable_compile_cache
+from zojax.train.heap import malloc_trim, returning_freed_memory
 
 
 def vm_hwm_bytes() -> int:
@@ -71,13 +71,6 @@ def vm_rss_bytes() -> int:
     raise RuntimeError("VmRSS not found in /proc/self/status")
 
 
-def malloc_trim() -> None:
-    """Returns freed heap pages to the OS (glibc), so compile-time garbage does not count as
-    data."""
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def setup(preset: str, batch: int, seq: int, seed: int = 0):
     model = zm.init_model(zm.llama_config(preset), seed)
     ids = jax.random.randint(jax.random.key(seed + 1), (batch, seq), 0, model.config.vocab_size)
@@ -100,13 +93,17 @@ def make_step(model, ids, mask, tx):
     return step
 
 
-def compiled(fn, *args, donate=()):
+def compiled(fn, *args, donate=(), trim: bool = False):
+    """``fn`` compiled for ``args`` (with ``ZO_COMPILER_OPTIONS``) and the seconds it took; with
+    ``trim``, freed memory is returned to the OS while compiling, as the trainer does
+    (``zojax.train.heap.returning_freed_memory``)."""
     t = time.time()
-    c = (
-        jax.jit(fn, donate_argnums=donate)
-        .lower(*args)
-        .compile(compiler_options=zm.ZO_COMPILER_OPTIONS)
-    )
+    with returning_freed_memory() if trim else contextlib.nullcontext():
+        c = (
+            jax.jit(fn, donate_argnums=donate)
+            .lower(*args)
+            .compile(compiler_options=zm.ZO_COMPILER_OPTIONS)
+        )
     return c, time.time() - t
 
 
@@ -167,7 +164,9 @@ def child(args) -> None:
     reset = reset_peak_rss()
     phases["rss_setup"] = vm_rss_bytes()
     if args.child == "fwd":
-        c, _ = compiled(make_fwd(zm.Model(zm.llama_config(args.preset), None), ids, mask), params)
+        c, _ = compiled(
+            make_fwd(zm.Model(zm.llama_config(args.preset), None), ids, mask), params, trim=args.trim
+        )
         phases["hwm_compile"] = vm_hwm_bytes()
         malloc_trim()
         phases["rss_after_compile"] = vm_rss_bytes()
@@ -183,6 +182,7 @@ def child(args) -> None:
             params,
             state,
             donate=(0,),
+            trim=args.trim,
         )
         phases["hwm_compile"] = vm_hwm_bytes()
         malloc_trim()
@@ -210,27 +210,30 @@ def child(args) -> None:
     )
 
 
-def run_child(args, mode: str, compile_cache: str = "") -> dict:
+def run_child(args, mode: str, compile_cache: str = "", trim: bool = True) -> dict:
     cmd = [
         sys.executable,
         os.path.abspath(__file__),
         *("--child", mode, "--preset", args.preset, "--batch", str(args.batch)),
         *("--seq", str(args.seq), "--steps", str(args.steps)),
         *(("--compile-cache", compile_cache) if compile_cache else ()),
+        *(() if trim else ("--untrimmed-child",)),
     ]
     p = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def rss(args, compile_cache: str = "") -> dict:
+def rss(args, compile_cache: str = "", trim: bool = True) -> dict:
     """Peak RSS of the forward-only and the MeZO process. With ``compile_cache``, each process is
     run twice and the second run measured: both programs then load from the persistent compilation
-    cache (as for a resumed or repeated run) instead of being compiled."""
+    cache (as for a resumed or repeated run) instead of being compiled. ``trim``: both processes
+    return freed memory to the OS while compiling, as the trainer does; without it the compile's
+    garbage stays resident until it ends."""
     res = {}
     for mode in ("fwd", "mezo"):
         if compile_cache:
-            run_child(args, mode, compile_cache)  # fills the cache
-        res[mode] = run_child(args, mode, compile_cache)
+            run_child(args, mode, compile_cache, trim)  # fills the cache
+        res[mode] = run_child(args, mode, compile_cache, trim)
         print(
             f"{mode:5s} process: peak RSS {res[mode]['vm_hwm'] / 2**20:.0f} MiB, "
             f"{res[mode]['s_per_call']:.2f} s per call",
@@ -240,7 +243,8 @@ def rss(args, compile_cache: str = "") -> dict:
     whole = res["mezo"]["vm_hwm_process"] / res["fwd"]["vm_hwm_process"]
     print(
         f"peak RSS MeZO / forward, workload only (peak reset after the parameters exist)"
-        f"{', warm compilation cache' if compile_cache else ''} = "
+        f"{', warm compilation cache' if compile_cache else ''}"
+        f"{'' if trim else ', no trimming while compiling'} = "
         f"{ratio:.3f} {'PASS' if ratio <= 1.15 else 'FAIL'} (≤ 1.15)"
     )
     print(
@@ -276,10 +280,17 @@ def main() -> None:
         action="store_true",
         help="also measure RSS with a warm persistent compilation cache (each process run twice)",
     )
+    ap.add_argument(
+        "--untrimmed",
+        action="store_true",
+        help="also measure RSS without returning freed memory to the OS while compiling",
+    )
     ap.add_argument("--compile-cache", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--untrimmed-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--child", choices=("fwd", "mezo"), default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.gv = [int(m) for m in args.gv.split(",") if m.strip()]
+    args.trim = not args.untrimmed_child
     if args.child:
         child(args)
         return
@@ -289,6 +300,8 @@ def main() -> None:
         if args.warm_cache:
             with tempfile.TemporaryDirectory() as cache:
                 results["rss_warm_cache"] = rss(args, cache)
+        if args.untrimmed:
+            results["rss_untrimmed"] = rss(args, trim=False)
     if not args.skip_temp:
         results["temp"] = temp_bytes(args)
     print(json.dumps(results, indent=1))

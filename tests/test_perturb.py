@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from scipy import stats
 
 from tests import _stats
 from zojax import perturb
@@ -53,3 +54,60 @@ def test_scalar_and_vector_leaves(distribution: str) -> None:
     v = _draw((5,), distribution)
     assert s.shape == () and v.shape == (5,)
     assert np.all(np.isfinite(v)) and np.isfinite(s)
+
+
+def test_gaussian_noise_is_standard_normal() -> None:
+    """~10⁶ draws of one leaf: E[z] = 0, E[z²] = 1, E[z⁴] = 3 within Bonferroni z-bounds, and a
+    Kolmogorov–Smirnov test against N(0, 1) at level 1e-4."""
+    z = _draw((1024, 1024), "gaussian").astype(np.float64)
+    moments = np.stack([z, z**2 - 1.0, z**4 - 3.0], axis=-1).reshape(-1, 3)
+    ok, zs = _stats.mean_within_bound(moments, np.zeros(3))
+    assert ok, f"moments: {np.round(zs, 2)}"
+    assert stats.kstest(z.ravel(), "norm").pvalue > 1e-4
+
+
+def test_gaussian_noise_is_uncorrelated_across_neighbours_keys_layers_and_leaves() -> None:
+    """E[z_a z_b] = 0 for neighbouring elements (same row, next row), for the same element under
+    another key, another layer of a stacked leaf and another leaf, each within its Bonferroni
+    z-bound (the sample is the products over ~2.6·10⁵ elements)."""
+    shape = (512, 512)
+    a, b = _draw(shape, "gaussian", 0), _draw(shape, "gaussian", 1)
+    stacked = (jax.tree_util.DictKey("layers"), jax.tree_util.DictKey("w"))
+    layers = np.asarray(
+        jax.jit(lambda k: perturb.leaf_noise(k, stacked, (2, *shape)))(perturb.key_data(0))
+    )
+    other = np.asarray(
+        jax.jit(lambda k: perturb.leaf_noise(k, (jax.tree_util.DictKey("v"),), shape))(
+            perturb.key_data(0)
+        )
+    )
+    products = np.stack(
+        [
+            (a[:, :-1] * a[:, 1:])[:-1].ravel(),
+            (a[:-1] * a[1:])[:, :-1].ravel(),
+            (a * b)[:-1, :-1].ravel(),
+            (layers[0] * layers[1])[:-1, :-1].ravel(),
+            (a * other)[:-1, :-1].ravel(),
+        ],
+        axis=1,
+    ).astype(np.float64)
+    ok, zs = _stats.mean_within_bound(products, np.zeros(products.shape[1]))
+    assert ok, f"products: {np.round(zs, 2)}"
+
+
+def test_counter_bits_are_fair_and_independent_of_the_next_counter() -> None:
+    """Every bit of ``counter_bits`` is 1 with probability 1/2, and bit j of word i is uncorrelated
+    with bit k of word i + 1 for all 32 × 32 pairs (Bonferroni z-bounds over 2¹⁸ counters): the
+    hash scatters consecutive counters."""
+    words = np.asarray(jax.jit(lambda k: perturb.counter_bits(k, (1 << 18,)))(perturb.key_data(3)))
+    bits = ((words[:, None] >> np.arange(32, dtype=np.uint32)) & 1).astype(np.float64) - 0.5
+    ok, zs = _stats.mean_within_bound(bits, np.zeros(32))
+    assert ok, f"bit means: {np.round(zs, 2)}"
+    pairs = (bits[:-1, :, None] * bits[1:, None, :]).reshape(bits.shape[0] - 1, -1)
+    ok, zs = _stats.mean_within_bound(pairs, np.zeros(pairs.shape[1]))
+    assert ok, f"largest |z| of a bit pair: {np.abs(zs).max():.2f}"
+
+
+def test_counter_bits_refuse_more_than_2_to_the_32_elements() -> None:
+    with pytest.raises(ValueError, match="2\\*\\*32"):
+        jax.eval_shape(lambda k: perturb.counter_bits(k, (1 << 16, (1 << 16) + 1)), perturb.key_data(0))

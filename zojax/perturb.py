@@ -124,14 +124,68 @@ def is_stacked(path: KeyPath) -> bool:
     return name == STACKED_ENTRY
 
 
+_MIX = ((17, 0xED5AD4BB), (11, 0xAC4C1B51), (15, 0x31848BAB), (14, None))
+
+
+def _mix32(x: jax.Array) -> jax.Array:
+    """Wellons' ``triple32``: a bijective 32-bit integer hash with avalanche bias 0.021."""
+    for shift, mult in _MIX:
+        x = x ^ (x >> jnp.uint32(shift))
+        if mult is not None:
+            x = x * jnp.uint32(mult)
+    return x
+
+
+def counter_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """``uint32`` words ``h_k(i)`` for the row-major element indices ``i`` of ``shape``.
+
+    .. math::
+
+       h_k(i) = \\mathrm{mix}(\\mathrm{mix}(\\mathrm{mix}(i \\oplus k_0) \\oplus k_1) \\oplus k_2)
+
+    with ``mix`` the ``triple32`` hash and ``k`` the ``uint32[4]`` key data (``k_3`` unused: the
+    key already comes out of a ``threefry`` ``fold_in``). A counter-based generator: every element
+    is a pure function of its index, so XLA fuses the draw into its consumer and partitions it
+    like any elementwise op (values do not depend on the sharding). ~25 integer ops per word
+    against ~250 for ``jax.random.bits`` with ``threefry4x32``: a MeZO step's draws and its
+    compiled program shrink accordingly (``experiments/bench_draws.py``). Statistical checks:
+    ``tests/test_perturb.py``.
+
+    Args:
+      key: ``uint32[4]`` key data.
+      shape: the output shape; at most ``2**32`` elements.
+
+    Returns:
+      ``uint32[shape]``.
+    """
+    size = int(np.prod(shape, dtype=np.int64))
+    if size > 2**32:
+        raise ValueError(f"counter_bits: {shape} has {size} elements, more than 2**32 counters")
+    index = jnp.zeros(shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(len(shape))):
+        index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride % 2**32)
+        stride *= shape[axis]
+    x = _mix32(index ^ key[0])
+    x = _mix32(x ^ key[1])
+    return _mix32(x ^ key[2])
+
+
+def _gaussian(words: jax.Array) -> jax.Array:
+    """Standard normal float32 from uint32 words: ``√2 · erfinv(u)``, ``u`` uniform in (−1, 1) from
+    the top 23 bits (the transform of ``jax.random.normal``)."""
+    one_to_two = jax.lax.bitcast_convert_type((words >> jnp.uint32(9)) | jnp.uint32(0x3F800000), jnp.float32)
+    u = jnp.maximum(one_to_two * 2.0 - 3.0, jnp.nextafter(jnp.float32(-1.0), jnp.float32(1.0)))
+    return jnp.float32(np.sqrt(2.0)) * jax.lax.erf_inv(u)
+
+
 def _draw(key: jax.Array, shape: tuple[int, ...], distribution: str) -> jax.Array:
-    """Draws float32 noise from ``uint32[4]`` key data with ``threefry4x32``."""
+    """Draws float32 noise from ``uint32[4]`` key data with :func:`counter_bits`."""
     # The barrier keeps XLA from fusing the scalar key derivation (fold_in hashes) into the bulk
-    # draw: fused, threefry4x32 compile time grows superlinearly with the number of draws in a
-    # program (4 draws: 7.8 s vs 1.4 s with the barrier, jax 0.10.2 CPU); values are unchanged.
-    key = wrap(jax.lax.optimization_barrier(key))
+    # draw, where it would be recomputed per element and slow compiling; values are unchanged.
+    key = jax.lax.optimization_barrier(key)
     if distribution == "gaussian":
-        return jax.random.normal(key, shape, jnp.float32)
+        return _gaussian(counter_bits(key, shape))
     if distribution == "rademacher":
         return _packed_signs(key, shape)
     raise ValueError(f"distribution: expected one of {DISTRIBUTIONS}, got {distribution!r}")
@@ -140,15 +194,14 @@ def _draw(key: jax.Array, shape: tuple[int, ...], distribution: str) -> jax.Arra
 def _packed_signs(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """Rademacher ``±1`` as float32, 32 signs unpacked from each random 32-bit word.
 
-    Element ``[..., j]`` is bit ``j mod 32`` of word ``[..., j // 32]`` of ``bits(key, shape[:-1] +
-    (⌈n/32⌉,))`` (``n = shape[-1]``): one 32-bit draw per 32 elements instead of one per element
-    (``jax.random.rademacher``). A MeZO update of SmolLM2-135M costs 0.18 s with it against 0.42 s
-    with Gaussian noise (``experiments/bench_draws.py``).
+    Element ``[..., j]`` is bit ``j mod 32`` of word ``[..., j // 32]`` of
+    ``counter_bits(key, shape[:-1] + (⌈n/32⌉,))`` (``n = shape[-1]``): one 32-bit word per 32
+    elements instead of one per element.
     """
     if not shape:
         return _packed_signs(key, (1,))[0]
     n = shape[-1]
-    words = jax.random.bits(key, (*shape[:-1], -(-n // 32)), jnp.uint32)
+    words = counter_bits(key, (*shape[:-1], -(-n // 32)))
     bits = (words[..., None] >> jnp.arange(32, dtype=jnp.uint32)) & jnp.uint32(1)
     bits = bits.reshape((*shape[:-1], -1))[..., :n]
     return 1.0 - 2.0 * bits.astype(jnp.float32)
