@@ -11,9 +11,11 @@ Two measurements (random weights of the real shape; the numbers do not depend on
    MeZO steps at the same batch, each in its own subprocess. Bar: ``rss_mezo / rss_fwd ≤ 1.15``.
    Reported twice: "workload" resets the peak (``/proc/self/clear_refs``) once the parameters exist,
    so it covers compiling and running with the parameters resident; "whole process" also includes
-   the random initialisation (whose transient peak is ~2x the parameters). At 135M the workload
-   ratio is dominated by the MeZO step's larger compiled code (many unrolled threefry4x32 fusions)
-   and its compile-time transient, not by data: the running increments are similar.
+   the random initialisation (whose transient peak is ~2x the parameters). Both processes compile
+   as the trainer does, returning freed memory to the OS meanwhile
+   (``zojax.train.heap.returning_freed_memory``); ``--untrimmed`` also measures without. At 135M
+   the workload ratio is set by the MeZO step's larger program (its compile transient and the
+   loaded executable), not by data: the running increments are similar.
 
 Usage::
 

@@ -7,8 +7,8 @@
 * the CLI: ``--help``, ``--dry-run``, clear errors for bad arguments; logs, TensorBoard events and
   the plot script.
 
-Compiling a zeroth-order step is the slow part on CPU (every perturbed leaf carries an unrolled
-threefry draw), so the module shares one persistent compilation cache: runs with identical shapes
+Compiling a zeroth-order step is the slow part on CPU (every perturbed leaf carries its own draw
+and key derivations), so the module shares one persistent compilation cache: runs with identical shapes
 and hyper-parameters compile once.
 """
 

@@ -12,16 +12,19 @@ the noise it needs from that description, one leaf (or one layer of a leaf) at a
 Definition of the noise (the contract every code path follows, so that a materialised copy, a
 per-layer draw inside ``lax.scan`` and a sharded draw give bitwise the same values):
 
-* keys use the ``threefry4x32`` implementation (fused and cheap on CPU, partitionable, so the values do
-  not depend on the sharding or the device count);
+* keys are ``uint32[4]`` data of ``threefry4x32`` JAX keys, derived with a ``threefry`` ``fold_in``
+  (:func:`fold_in`); the bulk noise of a leaf is a counter-based hash of (leaf key, element index)
+  (:func:`counter_bits`): cheap, fused into whatever consumes it and partitioned like any
+  elementwise op, so the values do not depend on the sharding or the device count;
 * leaf key = ``fold_in(candidate_key, crc32(keystr(path)))``, so a leaf's noise depends on its path only
   and is stable when unrelated leaves are added, removed or reordered;
 * leaves under a top-level ``"layers"`` entry carry a leading layer axis (models stack their layers and
   run them under ``lax.scan``); slice ``l`` of such a leaf is drawn from ``fold_in(leaf_key, l)`` with the
   slice's shape, so a model can regenerate one layer's noise inside its scan body;
 * values are drawn in float32 and cast to the leaf dtype at the end; Gaussian noise is
-  ``jax.random.normal``, Rademacher noise unpacks 32 signs from each random 32-bit word along the
-  leaf's last axis (:func:`_packed_signs`).
+  ``√2 · erfinv(u)`` of a uniform ``u`` from the word's top 23 bits (``jax.random.normal``'s
+  transform), Rademacher noise unpacks 32 signs from each 32-bit word along the leaf's last axis
+  (:func:`_packed_signs`).
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ def fold_in(data: jax.Array, value: int | jax.Array) -> jax.Array:
     Each 64-bit half is folded with ``threefry2x32`` (the high half domain-separated by a constant
     XOR). Not ``fold_in`` on a ``threefry4x32`` key: XLA's CPU compile time of that hash grows
     superlinearly with the number of derivations in a program (16 derivations: 13.5 s vs 0.7 s in
-    jax 0.10.2); the bulk draws still use ``threefry4x32``, which is the fast one to *run*.
+    jax 0.10.2). The bulk draws use :func:`counter_bits`.
     """
     data = jnp.asarray(data, jnp.uint32)
     value = jnp.asarray(value).astype(jnp.uint32)
@@ -275,7 +278,7 @@ class Direction:
         Up to :data:`UNROLL_MAX` terms the sum is unrolled: XLA fuses the draws and the axpys into
         whatever consumes ``v`` (the perturbed layer, the parameter update). Beyond, the ``K``
         draws are one ``vmap`` over the keys reduced over the key axis,
-        ``v = reduce_add_k(w_k · z_k)``: the threefry code is emitted once instead of ``K`` times
+        ``v = reduce_add_k(w_k · z_k)``: the draw's code is emitted once instead of ``K`` times
         (compile time stays flat in ``K``) and, compiled with
         :data:`zojax.models.ZO_COMPILER_OPTIONS`, the reduction fuses with the draws and with the
         consumer, so neither the ``[K, *shape]`` draws nor ``v`` itself is materialised (the

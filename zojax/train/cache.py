@@ -1,7 +1,7 @@
 """JAX's persistent compilation cache, so that resumed and repeated runs skip compiling.
 
-A zeroth-order step compiles slowly on CPU (every perturbed leaf carries its own unrolled
-``threefry4x32`` draw): a MeZO-GV step of SmolLM2-135M takes about a minute. With the cache on, a
+A zeroth-order step compiles slowly on CPU (every perturbed leaf carries its own fused draw and
+``threefry`` key derivations, in each of the perturbed forwards and the update). With the cache on, a
 resumed run or a rerun with the same shapes and hyper-parameters loads the executable instead.
 """
 

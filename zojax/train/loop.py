@@ -8,6 +8,8 @@
    methods call the estimator with a :class:`~zojax.models.PerturbableModelLoss` whose perturbed
    evaluations perturb the model on the fly (compiled with
    :data:`zojax.models.ZO_COMPILER_OPTIONS`); ``ft`` is Adam on ``jax.grad`` of the same objective;
+   the compile (the first call) returns the memory it frees to the OS as it goes
+   (:func:`zojax.train.heap.returning_freed_memory`), so its garbage does not set the peak RSS;
 3. logs every step (loss, projected gradient, cumulative forward passes, time), evaluates on dev
    before training, every ``eval_every`` steps and at the end, keeps the best-by-dev parameters as
    a checkpoint (not in memory), checkpoints every ``checkpoint_every`` steps, at the end and on
@@ -17,6 +19,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -49,6 +52,7 @@ from zojax.train.config import (
     to_dict,
 )
 from zojax.train.data import ByteTokenizer, TrainBatches
+from zojax.train.heap import returning_freed_memory
 from zojax.train.logging import MetricsLogger
 from zojax.train.loss import task_loss
 from zojax.transforms import decay_mask, zo_state
@@ -649,7 +653,10 @@ class Trainer:
                 return params, opt_state, "interrupted" if self._stop_signal else "stopped"
             step = self._done
             batch = self.data.batch(step)
-            params, opt_state, stats = self.step_fn(params, opt_state, frozen, batch)
+            # the first call compiles: give the compiler's garbage back as it goes (zojax.train.heap)
+            first = self._steps_this_process == 0
+            with returning_freed_memory() if first else contextlib.nullcontext():
+                params, opt_state, stats = self.step_fn(params, opt_state, frozen, batch)
             stats = {k: v.item() for k, v in jax.device_get(stats).items()}
             now = time.perf_counter()
             dt, t_prev = now - t_prev, now
