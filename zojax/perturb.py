@@ -160,6 +160,11 @@ def counter_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
     Returns:
       ``uint32[shape]``.
+
+    Example:
+      >>> words = counter_bits(key_data(0), (2, 3))
+      >>> bool(words[1, 0] == counter_bits(key_data(0), (6,))[3])  # the row-major index counts
+      True
     """
     size = int(np.prod(shape, dtype=np.int64))
     if size > 2**32:
