@@ -42,16 +42,12 @@ import optax
 import zojax
 import zojax.models as zm
 from zojax.train.cache import enable_compile_cache
-from zojax.train.heap import malloc_trim, returning_freed_memory
+from zojax.train.heap import malloc_trim, proc_status_bytes, returning_freed_memory
 
 
 def vm_hwm_bytes() -> int:
     """Peak resident set size of this process (``VmHWM``)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("VmHWM not found in /proc/self/status")
+    return proc_status_bytes("VmHWM")
 
 
 def reset_peak_rss() -> bool:
@@ -66,11 +62,7 @@ def reset_peak_rss() -> bool:
 
 def vm_rss_bytes() -> int:
     """Current resident set size (``VmRSS``)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("VmRSS not found in /proc/self/status")
+    return proc_status_bytes("VmRSS")
 
 
 def setup(preset: str, batch: int, seq: int, seed: int = 0):

@@ -12,14 +12,6 @@ import pytest
 from zojax.train import heap
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
-
-
 def _trim_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "zojax-malloc-trim"]
 
@@ -57,9 +49,16 @@ def test_malloc_trim_returns_freed_holes_of_the_heap() -> None:
     buffers = [np.ones(96 * 1024, np.uint8) for _ in range(2000)]
     keep = buffers[::2]
     del buffers
-    before = _rss_bytes()
+    before = heap.proc_status_bytes("VmRSS")
     heap.malloc_trim()
-    released = before - _rss_bytes()
+    released = before - heap.proc_status_bytes("VmRSS")
     freed = 1000 * 96 * 1024
     assert released >= freed // 2, (released, freed)
     del keep
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
+def test_proc_status_bytes_reads_sizes_and_names_a_missing_field() -> None:
+    assert 0 < heap.proc_status_bytes("VmRSS") <= heap.proc_status_bytes("VmHWM")
+    with pytest.raises(RuntimeError, match="VmNope not found"):
+        heap.proc_status_bytes("VmNope")

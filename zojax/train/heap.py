@@ -31,6 +31,22 @@ def _libc_trim() -> Callable[[int], int] | None:
         return None
 
 
+def proc_status_bytes(field: str) -> int:
+    """A memory size of this process from ``/proc/self/status`` (Linux), in bytes.
+
+    Args:
+      field: e.g. ``"VmRSS"`` (resident now) or ``"VmHWM"`` (peak resident).
+
+    Returns:
+      the size in bytes; raises ``RuntimeError`` when the field is missing.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
 def malloc_trim() -> bool:
     """Returns the free pages of every malloc arena to the OS (glibc ``malloc_trim(0)``).
 
