@@ -5,8 +5,9 @@ Example::
     python experiments/zero_shot.py --tasks sst2,rte,cb --num-test 200 --out results/zero_shot.json
 
 For each task: MeZO's seeded test sample (``--num-test`` of the validation split, all of it when
-smaller; carved from validation for BoolQ/SQuAD offline, which the output records), candidate
-scoring by mean option log-prob (accuracy) or greedy generation (F1, SQuAD/DROP). Tasks whose data
+smaller; carved from validation for SQuAD and ReCoRD offline, which the output records, as it
+records the notes of partial files such as the DROP and BoolQ subsets), candidate scoring by mean
+option log-prob (accuracy) or greedy generation (F1, SQuAD/DROP; ``--stop-rule``). Tasks whose data
 is missing are reported as skipped with the reason. ``--num-demos 32`` gives MeZO's ICL baseline.
 """
 
@@ -35,6 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0, help="MeZO train_set_seed")
     ap.add_argument("--max-length", type=int, default=2048)
     ap.add_argument("--max-new-tokens", type=int, default=50)
+    ap.add_argument("--stop-rule", default="text", choices=["text", "mezo"],
+                    help="generation stop: text = first decoded newline (default); mezo = MeZO's exact "
+                    "newline token id or EOS, text kept whole")
     ap.add_argument("--token-budget", type=int, default=4096, help="tokens per scoring forward")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", default="results/zero_shot.json")
@@ -53,7 +57,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def generate_fn(prompt_ids: list[int]) -> list[int]:
         out = model.generate(model.params, prompt_ids, max_new_tokens=args.max_new_tokens,
-                             stop_strings=("\n",), return_text=False)
+                             stop_strings=("\n",), return_text=False, stop_rule=args.stop_rule)
         return list(out)
 
     report: dict[str, Any] = {
@@ -62,9 +66,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "num_test_requested": args.num_test,
         "seed": args.seed,
         "max_length": args.max_length,
+        "stop_rule": args.stop_rule,
         "protocol": "MeZO: test = RandomState(seed).permutation(validation)[:num_test]; candidate "
         "score = mean option-token log-prob (no calibration); generation = greedy, <=50 tokens, "
-        "stop at newline, SQuAD F1",
+        "stop at newline (stop_rule), SQuAD F1 (max over the acceptable answers)",
         "machine": {"platform": platform.platform(),
                     "jax_devices": [str(d) for d in jax.devices()]},
         "model_load_seconds": round(load_s, 1),
@@ -82,7 +87,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         res = evaluate(
             task, test, tok, logits_fn=model.logits, params=model.params, generate_fn=generate_fn,
             num_demos=args.num_demos, demo_pool=splits.train_pool, max_length=args.max_length,
-            progress=not args.no_progress,
+            progress=not args.no_progress, stop_rule=args.stop_rule,
             **({"max_new_tokens": args.max_new_tokens} if task.generation else
                {"token_budget": args.token_budget}),
         )

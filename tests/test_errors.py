@@ -6,6 +6,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import zojax
@@ -73,3 +74,63 @@ def test_update_argument_errors(name: str) -> None:
         tx.update({"w": PARAMS["w"]}, state, PARAMS, value_fn=quad)
     with pytest.raises(ValueError, match=r"^updates: leaf shape"):
         tx.update({"w": jnp.ones((4,)), "b": PARAMS["b"]}, state, PARAMS, value_fn=quad)
+
+
+# Integer options must be integers and flags booleans when the transformation is built (before,
+# num_candidates=2.5 reached update() and failed there with a TypeError).
+INTEGER_OPTIONS = [
+    (name, option)
+    for name in sorted(zojax.METHODS)
+    for option in zojax.METHODS[name].options
+    if option in ("num_candidates", "num_queries")
+]
+FLAG_OPTIONS = [
+    (name, option)
+    for name in sorted(zojax.METHODS)
+    for option in zojax.METHODS[name].options
+    if option in ("one_sided", "normalize", "reuse_best_loss")
+]
+
+
+def test_every_count_and_flag_option_is_covered() -> None:
+    names = {o for m in zojax.METHODS.values() for o in m.options}
+    assert names == {o for _, o in INTEGER_OPTIONS + FLAG_OPTIONS} | {
+        "distribution",
+        "elite_ratio",
+        "weighting",
+    }
+
+
+@pytest.mark.parametrize(("name", "option"), INTEGER_OPTIONS)
+@pytest.mark.parametrize("value", [2.5, 4.0, True, "4", None, jnp.asarray(4.0)], ids=repr)
+def test_non_integer_count_is_rejected_at_construction(name: str, option: str, value: Any) -> None:
+    method = zojax.METHODS[name]
+    err = rf"^{option}: expected an integer, got "
+    with pytest.raises(ValueError, match=err):
+        method.transform(**{option: value})
+    with pytest.raises(ValueError, match=err):
+        method.optimizer(1e-2, **{option: value})
+    with pytest.raises(ValueError, match=err):
+        method.estimate(quad, PARAMS, zojax.perturb.key_data(0), **{option: value})
+
+
+@pytest.mark.parametrize(("name", "option"), INTEGER_OPTIONS)
+def test_numpy_and_array_integer_counts_are_accepted(name: str, option: str) -> None:
+    for value in (np.int64(3), jnp.asarray(3)):
+        tx = zojax.METHODS[name].transform(**{option: value})
+        assert int(zojax.zo_state(tx.init(PARAMS)).count) == 0
+
+
+@pytest.mark.parametrize(("name", "option"), FLAG_OPTIONS)
+@pytest.mark.parametrize("value", [1, "yes", None, 0.0], ids=repr)
+def test_non_boolean_flag_is_rejected_at_construction(name: str, option: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=rf"^{option}: expected True or False"):
+        zojax.METHODS[name].transform(**{option: value})
+    with pytest.raises(ValueError, match=rf"^{option}: expected True or False"):
+        zojax.METHODS[name].optimizer(1e-2, **{option: value})
+
+
+@pytest.mark.parametrize("alpha", ["0.5", None, True])
+def test_non_numeric_elite_ratio(alpha: Any) -> None:
+    with pytest.raises(ValueError, match=r"^elite_ratio:"):
+        zojax.guided(num_candidates=4, elite_ratio=alpha)

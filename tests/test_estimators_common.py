@@ -415,3 +415,162 @@ def test_state_roundtrips_through_orbax(tmp_path: Any) -> None:
         restored = ckpt.restore(path, jax.tree.map(ocp.utils.to_shape_dtype_struct, state))
     for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+# --- non-float leaves (the rule in zojax.perturb: a ValueError naming the leaf) ---------------------
+
+NONFLOAT_LEAVES = {
+    "int32": jnp.array([5, 100, -7, 1000], jnp.int32),
+    "bool": jnp.array([True, False]),
+    "complex64": jnp.array([1.0 + 2.0j], jnp.complex64),
+}
+
+
+def _with_nonfloat_leaf(kind: str) -> dict:
+    params, _, _ = quadratic_problem()
+    return {**params, "nested": {**params["nested"], "extra": NONFLOAT_LEAVES[kind]}}
+
+
+def _loss_ignoring_extra(p: Any) -> jax.Array:
+    _, loss, _ = quadratic_problem()
+    return loss({"a": p["a"], "nested": {"w": p["nested"]["w"]}})
+
+
+NONFLOAT_ERROR = r"^params: leaf \['nested'\]\['extra'\] has dtype (int32|bool|complex64); zojax"
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+@pytest.mark.parametrize("kind", sorted(NONFLOAT_LEAVES))
+def test_nonfloat_leaf_is_rejected_at_init_and_update(name: str, kind: str) -> None:
+    """Every method, alone, with SGD and chained with Adam, refuses a non-float leaf (naming its
+    path) at ``init``; the update and the pure estimator refuse it too. Before the rule, 3 MeZO
+    steps turned [5, 100, -7, 1000] into [2, 99, -4, 1000]."""
+    method = zojax.METHODS[name]
+    bad = _with_nonfloat_leaf(kind)
+    est = method.transform(**{"eps": 1e-2, **TEST_OPTIONS[name]})
+    for tx in (est, make_tx(name), optax.chain(est, optax.adam(1e-2))):
+        with pytest.raises(ValueError, match=NONFLOAT_ERROR):
+            tx.init(bad)
+    # a state built for the float parameters does not let the bad tree through update()
+    state = est.init(quadratic_problem()[0])
+    with pytest.raises(ValueError, match=NONFLOAT_ERROR):
+        est.update(bad, state, bad, value_fn=_loss_ignoring_extra)
+    with pytest.raises(ValueError, match=NONFLOAT_ERROR):
+        jax.jit(lambda p, s: est.update(p, s, p, value_fn=_loss_ignoring_extra))(bad, state)
+    with pytest.raises(ValueError, match=NONFLOAT_ERROR):
+        estimate_fn_for(name)(_loss_ignoring_extra, bad, perturb.key_data(0))
+
+
+# --- skip_nonfinite: a non-finite step leaves the whole chain untouched --------------------------
+
+
+@functools.cache
+def _skip_step(tx: Any) -> Any:
+    _, loss, _ = quadratic_problem()
+
+    @jax.jit
+    def step(p: Any, s: Any, poisoned: jax.Array) -> tuple[Any, Any]:
+        def value_fn(q: Any) -> jax.Array:
+            return jnp.where(poisoned, jnp.nan, loss(q))
+
+        updates, s = tx.update(p, s, p, value_fn=value_fn)
+        return optax.apply_updates(p, updates), s
+
+    return step
+
+
+def _run_with_nan_at(tx: Any, steps: int, nan_step: int) -> list[tuple[Any, Any]]:
+    """(params, state) after each of ``steps`` steps; the loss is NaN on step ``nan_step`` (1-based)."""
+    params, _, _ = quadratic_problem()
+    step = _skip_step(tx)
+    out = [(params, tx.init(params))]
+    for t in range(1, steps + 1):
+        out.append(step(*out[-1], jnp.asarray(t == nan_step)))
+    return out
+
+
+def _without_zo_state(state: Any) -> list[Any]:
+    return [
+        x
+        for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, zojax.ZOState))
+        if not isinstance(x, zojax.ZOState)
+    ]
+
+
+def _assert_bitwise_equal(a: Any, b: Any) -> None:
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@functools.cache
+def skip_chain(name: str) -> Any:
+    est = zojax.METHODS[name].transform(**{"eps": 1e-2, **TEST_OPTIONS[name]})
+    return zojax.skip_nonfinite(optax.chain(est, optax.adam(1e-2)))
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_skip_nonfinite_keeps_params_and_optimizer_state_on_a_nan_step(name: str) -> None:
+    """ZO-Adam wrapped in ``skip_nonfinite``: with the loss NaN on step 3, the parameters and the
+    Adam state after step 3 are bitwise those after step 2; the estimator's counters advance; the
+    next steps train again."""
+    run = _run_with_nan_at(skip_chain(name), steps=5, nan_step=3)
+    (p2, s2), (p3, s3), (p4, s4) = run[2], run[3], run[4]
+    _assert_bitwise_equal(p3, p2)
+    _assert_bitwise_equal(_without_zo_state(s3.inner_state), _without_zo_state(s2.inner_state))
+    zs = zojax.zo_state(s3)
+    assert (int(zs.count), int(zs.nonfinite_count), int(s3.skipped)) == (3, 1, 1)
+    # training continues: step 4 moves the parameters and the Adam state
+    assert any(
+        not np.array_equal(x, y)
+        for x, y in zip(jax.tree.leaves(p4), jax.tree.leaves(p3), strict=True)
+    )
+    adam = s4.inner_state[1][0]
+    assert int(adam.count) == 3  # steps 1, 2 and 4
+    assert int(run[5][1].skipped) == 1
+    _, loss, _ = quadratic_problem()
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(run[5][0]))
+    assert float(loss(run[5][0])) < float(loss(run[0][0]))
+
+
+def test_without_skip_nonfinite_adam_moves_on_a_nan_step() -> None:
+    """Why the wrapper exists: the estimator's zero update still moves Adam (momentum), and
+    ``optax.apply_if_finite`` around or after the estimator does not help (it only sees finite
+    updates: the params passed in, or the estimator's zero)."""
+    est = zojax.METHODS["mezo"].transform(eps=1e-2)
+    for tx in (
+        optax.chain(est, optax.adam(1e-2)),
+        optax.apply_if_finite(optax.chain(est, optax.adam(1e-2)), max_consecutive_errors=5),
+        optax.chain(est, optax.apply_if_finite(optax.adam(1e-2), max_consecutive_errors=5)),
+    ):
+        run = _run_with_nan_at(tx, steps=3, nan_step=3)
+        before, after = jax.tree.leaves(run[2][0]), jax.tree.leaves(run[3][0])
+        assert any(not np.array_equal(x, y) for x, y in zip(after, before, strict=True))
+
+
+def test_skip_nonfinite_needs_an_estimator_inside() -> None:
+    params, _, _ = quadratic_problem()
+    with pytest.raises(ValueError, match=r"^skip_nonfinite: .*wrap the whole chain"):
+        zojax.skip_nonfinite(optax.adam(1e-2)).init(params)
+
+
+# --- the elite count ⌊αM⌋ ------------------------------------------------------------------------
+
+
+def test_num_elite_is_exact_for_decimal_and_rational_alpha() -> None:
+    """⌊αM⌋ as meant, not as float rounding has it: int(0.29 * 100) == 28, but α = 0.29 with
+    M = 100 is 29 candidates; every α = k/M (float64 and float32) gives exactly k, and so does
+    every two-decimal α with M = 100 (0.29, 0.57 and 0.58 fall one short with int())."""
+    assert estimators.num_elite(100, 0.29) == 29
+    for m in range(2, 201):
+        for k in range(1, m):
+            assert estimators.num_elite(m, k / m) == k, (k, m)
+            assert estimators.num_elite(m, np.float32(k / m)) == k, (k, m, "float32")
+    for k in range(1, 100):
+        assert estimators.num_elite(100, float(f"0.{k:02d}")) == k, k
+    # values that are not multiples of 1/M are still floored
+    assert estimators.num_elite(100, 0.289) == 28
+    assert estimators.num_elite(100, 0.2899999) == 28
+    assert estimators.num_elite(3, 0.66) == 1
+    # the guided estimate's weights use the same count
+    w = estimators.guiding_weights(jnp.arange(100, dtype=jnp.float32), 0.29)
+    assert int(jnp.sum(w > 0)) == 29

@@ -118,20 +118,60 @@ def write_checkpoint(
     return folder
 
 
+def write_opt_tokenizer(folder: str) -> dict[str, int]:
+    """A tiny OPT-style byte-level BPE tokenizer (``GPT2Tokenizer``, ``<s>`` 0, ``<pad>`` 1, ``</s>`` 2
+    as BOS and EOS, ``add_bos_token``) in ``folder``; returns its vocabulary (262 tokens)."""
+    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    cs = bs + [256 + n for n in range(256) if n not in bs]
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for c in cs:
+        vocab[chr(c)] = len(vocab)
+    vocab["\u0120a"] = len(vocab)  # "Ġa": " a"
+    with open(os.path.join(folder, "vocab.json"), "w") as f:
+        json.dump(vocab, f)
+    with open(os.path.join(folder, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n\u0120 a\n")
+    special = {"bos_token": "</s>", "eos_token": "</s>", "unk_token": "</s>", "pad_token": "<pad>"}
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "GPT2Tokenizer", "add_bos_token": True, **special}, f)
+    return vocab
+
+
 def _softmax(x: np.ndarray) -> np.ndarray:
     x = x - x.max(-1, keepdims=True)
     e = np.exp(x)
     return e / e.sum(-1, keepdims=True)
 
 
-def numpy_logits(cfg: dict, w: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
-    """An independent float64 forward of one unpadded sequence: ``[T, V]`` logits."""
+def numpy_logits(
+    cfg: dict,
+    w: dict[str, np.ndarray],
+    ids: list[int],
+    prefix: tuple[np.ndarray, np.ndarray] | None = None,
+    offset: int = 0,
+    kv_out: list | None = None,
+) -> np.ndarray:
+    """An independent float64 forward of one unpadded sequence: ``[T, V]`` logits.
+
+    ``prefix``: per-layer ``(keys, values)`` ``[L, P, Hkv, D]`` (keys post-RoPE) prepended to every
+    attention and always visible (prefix tuning, MeZO's ``attn_forward_hook``); the tokens sit at
+    positions ``offset + 0…T−1``. ``kv_out``: receives each layer's ``(k [T, Hkv, D], v)``."""
     w = {k: v.astype(np.float64) for k, v in w.items()}
     ids = np.asarray(ids)
     t = len(ids)
     h = cfg["hidden_size"]
     nh = cfg["num_attention_heads"]
-    causal = np.tril(np.ones((t, t), bool))
+    n_pre = 0 if prefix is None else prefix[0].shape[1]
+    causal = np.concatenate([np.ones((t, n_pre), bool), np.tril(np.ones((t, t), bool))], 1)
+
+    def with_prefix(i: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``[heads, T, d]`` keys/values -> ``[heads, P + T, d]`` (and records them)."""
+        if kv_out is not None:
+            kv_out.append((k.transpose(1, 0, 2), v.transpose(1, 0, 2)))
+        if prefix is None:
+            return k, v
+        pk, pv = (np.asarray(x[i], np.float64).transpose(1, 0, 2) for x in prefix)
+        return np.concatenate([pk, k], 1), np.concatenate([pv, v], 1)
     if cfg["model_type"] == "llama":
         nkv = cfg["num_key_value_heads"]
         d = h // nh
@@ -141,7 +181,7 @@ def numpy_logits(cfg: dict, w: dict[str, np.ndarray], ids: list[int]) -> np.ndar
             return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * g
 
         inv = 1.0 / cfg["rope_theta"] ** (np.arange(0, d, 2) / d)
-        ang = np.arange(t)[:, None] * inv[None]
+        ang = (offset + np.arange(t))[:, None] * inv[None]
         cos, sin = np.cos(np.concatenate([ang, ang], -1)), np.sin(np.concatenate([ang, ang], -1))
 
         def rope(x: np.ndarray) -> np.ndarray:  # [heads, T, d]
@@ -156,6 +196,7 @@ def numpy_logits(cfg: dict, w: dict[str, np.ndarray], ids: list[int]) -> np.ndar
             k = (a @ w[p + "self_attn.k_proj.weight"].T).reshape(t, nkv, d).transpose(1, 0, 2)
             v = (a @ w[p + "self_attn.v_proj.weight"].T).reshape(t, nkv, d).transpose(1, 0, 2)
             q, k = rope(q), rope(k)
+            k, v = with_prefix(i, k, v)
             k = np.repeat(k, nh // nkv, 0)
             v = np.repeat(v, nh // nkv, 0)
             s = np.where(causal, q @ k.transpose(0, 2, 1) / np.sqrt(d), -np.inf)
@@ -176,7 +217,7 @@ def numpy_logits(cfg: dict, w: dict[str, np.ndarray], ids: list[int]) -> np.ndar
         return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + 1e-5) * g + b
 
     pre = "model.decoder."
-    x = w[pre + "embed_tokens.weight"][ids] + w[pre + "embed_positions.weight"][np.arange(t) + 2]
+    x = w[pre + "embed_tokens.weight"][ids] + w[pre + "embed_positions.weight"][offset + np.arange(t) + 2]
     for i in range(cfg["num_hidden_layers"]):
         p = f"{pre}layers.{i}."
         lin = lambda y, n, p=p: y @ w[p + n + ".weight"].T + w[p + n + ".bias"]
@@ -184,6 +225,7 @@ def numpy_logits(cfg: dict, w: dict[str, np.ndarray], ids: list[int]) -> np.ndar
         q = (lin(a, "self_attn.q_proj") * d**-0.5).reshape(t, nh, d).transpose(1, 0, 2)
         k = lin(a, "self_attn.k_proj").reshape(t, nh, d).transpose(1, 0, 2)
         v = lin(a, "self_attn.v_proj").reshape(t, nh, d).transpose(1, 0, 2)
+        k, v = with_prefix(i, k, v)
         s = np.where(causal, q @ k.transpose(0, 2, 1), -np.inf)
         o = (_softmax(s) @ v).transpose(1, 0, 2).reshape(t, h)
         x = x + lin(o, "self_attn.out_proj")
@@ -525,6 +567,70 @@ def test_generate_stop_strings_and_text():
     assert out == text[:first]
 
 
+class _MergedNewlineTokenizer:
+    """A fake tokenizer with a merged ``".\\n"`` token (like byte-level BPE's ``"ĊĊ"``) and a bare
+    ``"\\n"`` token; every other id decodes to a letter."""
+
+    eos_id, bos_id, pad_id, vocab_size = 0, None, 0, 256
+
+    def __init__(self, merged: int, newline: int) -> None:
+        self.merged, self.newline = merged, newline
+
+    def encode(self, text, add_bos=None):
+        return [self.newline if c == "\n" else ord(c) % 256 for c in text]
+
+    def decode(self, ids, skip_special_tokens=False):
+        names = {self.merged: ".\n", self.newline: "\n"}
+        return "".join(names.get(int(i), chr(ord("a") + int(i) % 26)) for i in ids)
+
+
+def test_generate_stop_rule_mezo_exact_newline_id():
+    """``stop_rule="text"`` stops after a token whose text contains "\\n" (a merged ".\\n");
+    ``"mezo"`` stops only at the exact newline id (``encode("\\n")[-1]``) and keeps the text."""
+    model = _varied_model("llama")
+    prompt = [5, 9, 33, 3, 77]
+    ref = _greedy_reference(model.logits, model.params, prompt, 16)
+    fresh = [i for i in range(1, len(ref)) if ref[i] not in ref[:i]]  # first occurrences
+    i, j = fresh[0], fresh[2]
+    tok = _MergedNewlineTokenizer(merged=ref[i], newline=ref[j])
+    model = model.replace(tokenizer=tok)
+    kw = {"max_new_tokens": 16, "stop_ids": [], "chunk": 4}
+    assert model.generate(model.params, prompt, **kw) == ref[: i + 1]  # "text": after ".\n"
+    assert model.generate(model.params, prompt, stop_rule="mezo", **kw) == ref[:j]
+    text = model.generate(model.params, prompt, stop_rule="mezo", return_text=True, **kw)
+    assert text == tok.decode(ref[:j]) and ".\n" in text  # not cut at the newline
+    assert model.generate(model.params, prompt, return_text=True, **kw) == tok.decode(ref[:i]) + "."
+    # EOS / stop_ids still stop under "mezo" (MeZO: [newline id, eos])
+    k = fresh[1]
+    got = model.generate(model.params, prompt, max_new_tokens=16, stop_ids=[ref[k]], stop_rule="mezo")
+    assert got == ref[:k]
+    with pytest.raises(ValueError, match="stop_rule"):
+        model.generate(model.params, prompt, stop_rule="newline")
+
+
+def test_opt_bos_as_mezo(tmp_path):
+    """OPT's tokenizer prepends ``</s>`` (2); MeZO sets ``tokenizer.bos_token_id = 0`` for OPT, so
+    zojax prepends ``<s>`` (0) by default and keeps 2 with ``opt_bos="checkpoint"``."""
+    cfg = dict(OPT_CFG, vocab_size=262)
+    folder = write_checkpoint(str(tmp_path / "opt"), cfg, random_hf_weights(cfg, seed=0))
+    vocab = write_opt_tokenizer(folder)
+    a, space_a = vocab["a"], vocab["\u0120a"]
+    tok = zm.load_model(folder).tokenizer
+    assert tok.encode("a a") == [0, a, space_a]  # MeZO: <s> a Ġa
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (0, 2, 1)
+    assert tok.encode("a a", add_bos=False) == [a, space_a]
+    assert zm.load_model(folder, opt_bos="checkpoint").tokenizer.encode("a a") == [2, a, space_a]
+    # MeZO's left truncation keeps this BOS
+    from zojax.tasks import truncate_keep_bos
+
+    assert truncate_keep_bos(tok.encode("a a a"), 3, tok.bos_id) == [0, space_a, space_a]
+    # only OPT: a Llama checkpoint with the same files keeps its tokenizer's BOS
+    llama = loading.tokenizer_from_folder(folder, zm.llama_config("tiny"))
+    assert llama.encode("a") == [2, a]
+    with pytest.raises(ValueError, match="opt_bos"):
+        zm.load_model(folder, opt_bos="zero")
+
+
 def test_lora():
     model = zm.init_model(zm.llama_config("tiny"), 0)
     ids = jax.random.randint(jax.random.key(5), (2, 8), 0, 256)
@@ -554,18 +660,43 @@ def test_lora():
         zm.lora.init(model, 0, targets=("fc1",))
 
 
+def test_prefix_keeps_real_token_positions(hf_model):
+    """MeZO's prefix tuning: the prefix keys/values are prepended inside attention and take no
+    positions, so the real tokens keep positions 0…T−1 (OPT's learned positions, Llama's RoPE),
+    checked against the independent numpy forward; a shift by P would be visible."""
+    cfg, weights, model = hf_model
+    trainable, adapted = zm.prefix.init(model, 3, num_virtual_tokens=4, init_by_real_act=False)
+    prefix = tuple(np.asarray(trainable["layers"][n]) for n in ("keys", "values"))
+    ids = [3, 17, 45, 200, 9, 9, 101, 7]
+    ours = np.asarray(adapted.logits(trainable, jnp.asarray([ids])))[0]
+    assert rel_err(ours, numpy_logits(cfg, weights, ids, prefix)) <= 1e-4
+    assert rel_err(ours, numpy_logits(cfg, weights, ids, prefix, offset=4)) > 1e-2
+    # left padding does not move them either
+    padded = np.asarray(adapted.logits(trainable, jnp.asarray([[0, 0, *ids]]), jnp.asarray([[0, 0] + [1] * 8])))
+    assert rel_err(padded[0, 2:], ours) <= 1e-4
+
+
 @pytest.mark.parametrize("arch", ["llama", "opt"])
-def test_prefix_tuning_from_real_activations(arch):
-    cfg = zm.llama_config("tiny") if arch == "llama" else zm.opt_config("tiny")
-    model = zm.init_model(cfg, 0)
+def test_prefix_tuning_from_real_activations(arch, tmp_path):
+    cfg = dict(OPT_CFG if arch == "opt" else LLAMA_CFG)
+    weights = random_hf_weights(cfg, seed=4)
+    model = zm.load_model(write_checkpoint(str(tmp_path), cfg, weights))
     key = jax.random.key(11)
     trainable, adapted = zm.prefix.init(model, key, num_virtual_tokens=5)
-    assert trainable["layers"]["keys"].shape == (2, 5, cfg.num_kv_heads, cfg.head_dim)
-    # the prefix is the KV cache of 5 random tokens: logits equal those of [random tokens, x]
-    rand = jax.random.randint(key, (1, 5), 0, cfg.vocab_size, jnp.int32)
-    x = jnp.asarray([[7, 8, 9, 10]], jnp.int32)
-    full = model.logits(model.params, jnp.concatenate([rand, x], 1))[:, 5:]
-    np.testing.assert_allclose(adapted(trainable, x, jnp.ones_like(x)), full, rtol=1e-5, atol=1e-5)
+    c = model.config
+    assert trainable["layers"]["keys"].shape == (2, 5, c.num_kv_heads, c.head_dim)
+    # the prefix is MeZO's `model(random tokens).past_key_values`: the keys (post-RoPE) and values
+    # of 5 random tokens at positions 0..4, and the real tokens again start at position 0
+    rand = np.asarray(jax.random.randint(key, (1, 5), 0, c.vocab_size, jnp.int32))[0].tolist()
+    kv: list = []
+    numpy_logits(cfg, weights, rand, kv_out=kv)
+    keys, values = (np.stack([layer[j] for layer in kv]) for j in (0, 1))
+    np.testing.assert_allclose(trainable["layers"]["keys"], keys, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(trainable["layers"]["values"], values, rtol=1e-4, atol=1e-4)
+    x = [7, 8, 9, 10]
+    ours = np.asarray(adapted(trainable, jnp.asarray([x])))[0]
+    assert rel_err(ours, numpy_logits(cfg, weights, x, (keys, values))) <= 1e-4
+    x = jnp.asarray([x], jnp.int32)
     d = _direction(1)
     np.testing.assert_allclose(
         adapted.logits(trainable, x, perturbation=(d, 0.1)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import stats
@@ -111,3 +112,62 @@ def test_counter_bits_are_fair_and_independent_of_the_next_counter() -> None:
 def test_counter_bits_refuse_more_than_2_to_the_32_elements() -> None:
     with pytest.raises(ValueError, match="2\\*\\*32"):
         jax.eval_shape(lambda k: perturb.counter_bits(k, (1 << 16, (1 << 16) + 1)), perturb.key_data(0))
+
+
+# --- the non-float rule: every path that adds noise refuses non-float leaves, naming the path ----
+
+
+def _tree_with(leaf: jax.Array) -> dict:
+    return {"w": jnp.ones((2, 3)), "state": {"step": leaf}}
+
+
+@pytest.mark.parametrize(
+    "leaf",
+    [jnp.array([5, 100], jnp.int32), jnp.array([True]), jnp.array([1j], jnp.complex64)],
+    ids=["int32", "bool", "complex64"],
+)
+def test_every_noise_path_rejects_nonfloat_leaves(leaf: jax.Array) -> None:
+    tree = _tree_with(leaf)
+    d = perturb.Direction.single(perturb.key_data(0))
+    many = perturb.Direction(
+        perturb.candidate_keys(perturb.key_data(0), perturb.UNROLL_MAX + 1),
+        jnp.ones((perturb.UNROLL_MAX + 1,), jnp.float32),
+    )
+    err = r"^params: leaf \['state'\]\['step'\] has dtype"
+    for fn in (
+        lambda: perturb.perturb(tree, d, 0.1),
+        lambda: perturb.perturb(tree, many, 0.1),  # the fori_loop path
+        lambda: perturb.scaled_direction_tree(d, tree, 1.0),  # the update
+        lambda: perturb.direction_tree(d, tree),
+        lambda: jax.jit(lambda t: perturb.perturb(t, d, 0.1))(tree),
+    ):
+        with pytest.raises(ValueError, match=err):
+            fn()
+    # on the fly: the subtree's prefix is part of the named path
+    with pytest.raises(ValueError, match=r"^params: leaf \['layers'\]\['state'\]\['step'\]"):
+        perturb.perturb_subtree(tree, ("layers",), d, 0.1, layer=0)
+    # float leaves of any precision pass
+    perturb.perturb({"a": jnp.ones(2, jnp.bfloat16), "b": jnp.ones(2, jnp.float16)}, d, 0.1)
+
+
+def test_model_on_the_fly_perturbation_rejects_nonfloat_leaves() -> None:
+    """The model path (``perturbation=(v, s)`` inside the layer scan and on the top-level entries)
+    applies the same rule: an integer leaf among the layers or the final norm raises, naming it."""
+    import zojax.models as zm
+
+    model = zm.init_model(zm.llama_config("tiny"), 0)
+    ids = jnp.ones((1, 4), jnp.int32)
+    mask = jnp.ones((1, 4), jnp.int32)
+    d = perturb.Direction.single(perturb.key_data(0))
+    num_layers = model.config.num_layers
+    bad_layers = {
+        **model.params,
+        "layers": {**model.params["layers"], "count": jnp.zeros((num_layers, 2), jnp.int32)},
+    }
+    bad_norm = {
+        **model.params,
+        "final_norm": {**model.params["final_norm"], "count": jnp.zeros((2,), jnp.int32)},
+    }
+    for params, path in ((bad_layers, r"\['layers'\]\['count'\]"), (bad_norm, r"\['final_norm'\]\['count'\]")):
+        with pytest.raises(ValueError, match=rf"^params: leaf {path} has dtype int32"):
+            jax.eval_shape(lambda p: model.logits(p, ids, mask, perturbation=(d, 0.1)), params)

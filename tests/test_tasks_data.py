@@ -14,6 +14,7 @@ from zojax.tasks import (
     TASKS,
     TaskDataMissingError,
     carve_from_validation,
+    f1_score,
     get_task,
     mezo_subset,
     resolve_data_dir,
@@ -44,12 +45,13 @@ SIZES = [
     ("sst2", 67349, 872, False),
     ("rte", 2490, 277, False),
     ("cb", 250, 56, False),
-    ("boolq", 3270 - 1000, 3270, True),
+    ("boolq", 1000, 3270, False),  # train_first1000.jsonl
     ("wsc", 554, 104, False),
     ("wic", 5428, 638, False),
     ("multirc", 27243, 4848, False),
     ("copa", 400, 100, False),
     ("squad", 10570 - 1000, 10570, True),
+    ("drop", 3419, 1000, False),  # 3,420 train questions, one without an answer
 ]
 
 
@@ -64,6 +66,8 @@ def test_shared_data_loads_with_mezo_sizes(default_lookup: Path, name: str, pool
     assert m["carved_from_validation"] is carved
     assert len(s.dev) == min(task.num_dev, pool) and len(s.test) == min(1000, valid)
     assert len(s.train) == min(1000, pool - len(s.dev))
+    if name in ("boolq", "drop"):  # partial official files: every report says "subset"
+        assert any("subset" in n for n in m["notes"])
     if carved:
         assert any("carved" in n for n in m["notes"]) and "carved" in s.describe()
         assert not set(s.train.indices) & set(s.test.indices)
@@ -94,9 +98,9 @@ def test_shared_data_label_conversion(default_lookup: Path) -> None:
 
 def test_missing_tasks_error_names_task_folder_and_files(default_lookup: Path, tmp_path: Path) -> None:
     with pytest.raises(TaskDataMissingError) as ei:
-        get_task("drop").splits()
+        get_task("drop").splits(data_dir=tmp_path)
     msg = str(ei.value)
-    for s in ("'DROP'", str(default_lookup / "DROP"), "drop_dataset_dev.json",
+    for s in ("'DROP'", str(tmp_path / "DROP"), "drop_dataset_dev.json", "validation_subset",
               "allenai.org", "ucinlp/drop"):
         assert s in msg
     with pytest.raises(TaskDataMissingError, match=r"ReCoRD.*val\.jsonl"):
@@ -108,7 +112,13 @@ def test_listing_shows_every_task(default_lookup: Path, capsys: pytest.CaptureFi
     out = capsys.readouterr().out
     for name in TASKS:
         assert f"\n{name} " in out
-    assert "10/11 tasks available" in out and "MISSING" in out and "carved" in out
+    assert "11/11 tasks available" in out and "MISSING" not in out and "carved" in out
+    drop = next(line for line in out.splitlines() if line.startswith("drop "))
+    assert drop.split()[4:9] == ["3419", "1000", "1000", "500", "1000"]  # pool, valid, train, dev, test
+    boolq = next(line for line in out.splitlines() if line.startswith("boolq "))
+    assert boolq.split()[4:9] == ["1000", "3270", "500", "500", "1000"] and "carved" not in boolq
+    assert "random 1,000-question subset of the official validation split" in out
+    assert "the first 1,000 rows of the official train split" in out
 
 
 # ------------------------------------------------------------------ official-format fixtures
@@ -158,10 +168,11 @@ def drop_fixture() -> dict:
     return {
         "nfl_1": {"passage": "The Bears scored 3 touchdowns in May 1999.", "qa_pairs": [
             qa("q1", "How many touchdowns?", {**empty, "number": "3"},
-               [{**empty, "spans": ["three"]}]),
+               [{**empty, "spans": ["three"]}, {**empty, "number": "3"}]),
             qa("q2", "When?", {**empty, "date": {"day": "", "month": "May", "year": "1999"}}, []),
             qa("q3", "Who scored?", {**empty, "spans": ["Bears"]}, []),
-            qa("q4", "Which two?", {**empty, "spans": ["a", "b"]}, []),  # multi-span: skipped
+            qa("q4", "Which two?", {**empty, "spans": ["a", "b"]}, []),  # multi-span: one answer
+            qa("q5", "Nothing?", empty, []),  # no answer: skipped
         ]}
     }
 
@@ -172,18 +183,127 @@ def test_drop_official_json_fixture(tmp_path: Path) -> None:
         (tmp_path / "DROP" / name).write_text(json.dumps(drop_fixture()))
     task = get_task("drop")
     raw = task.load_raw(data_dir=tmp_path)
-    assert [r["query_id"] for r in raw.validation] == ["q1", "q2", "q3"]
-    assert raw.train[0]["answers_spans"]["spans"] == ["3"]  # train: the answer only
-    assert raw.validation[0]["answers_spans"]["spans"] == ["3", "three"]  # + validated answers
-    assert raw.validation[1]["answers_spans"] == {"spans": ["May 1999"], "types": ["date"]}
+    assert [r["query_id"] for r in raw.validation] == ["q1", "q2", "q3", "q4"]
+    # the official reading: number, else spans, else "day month year"; validated answers too
+    assert raw.train[0]["answers_spans"] == {"spans": ["3"], "types": ["number"]}
+    assert raw.validation[0]["gold_answers"] == ["3", "three"]
+    assert raw.validation[1]["gold_answers"] == ["May 1999"]
+    assert raw.validation[3]["answers_spans"] == {"spans": ["a", "b"], "types": ["spans", "spans"]}
+    assert raw.validation[3]["gold_answers"] == ["a, b"]
+    assert [n for n in raw.notes if "subset" in n] == [
+        "DROP: train = a subset: 1 passages (5 questions) of the official train file (77,409 questions; "
+        "drop_dataset_train.json)",
+        "DROP: validation = a subset (5 of 9,536 questions, drop_dataset_dev.json)",
+    ]
     s = task.splits(data_dir=tmp_path, num_train=1, num_dev=1)
-    assert len(s.test) == 3 and not s.meta["carved_from_validation"]
+    assert len(s.test) == 4 and not s.meta["carved_from_validation"]
     e = next(x for x in s.test if x.id == "q1")
     assert e.answers == ("3", "three")
     assert task.template.verbalize(e, e.correct_candidate) == (
         "Passage: The Bears scored 3 touchdowns in May 1999.\nQuestion: How many touchdowns?\n"
         "Answer: 3\n"
     )
+    # a validation sample in EleutherAI/drop's schema stands in for the dev json when it is absent
+    (tmp_path / "DROP" / "drop_dataset_dev.json").unlink()
+    write_jsonl(tmp_path / "DROP" / "validation_subset2.jsonl", [
+        {"query_id": "v1", "passage": "P", "question": "Who?", "answers": [["Ann", "Bob"], ["Ann"], ["Ann"]],
+         "answers_spans": {"spans": ["Ann", "Bob"], "types": []}},
+        {"query_id": "v2", "passage": "P", "question": "How many?", "answers": [["2"]],
+         "answers_spans": {"spans": ["2"], "types": []}},
+    ])
+    s = task.splits(data_dir=tmp_path, num_train=1, num_dev=1)
+    assert [x.id for x in s.test] == [["v1", "v2"][i] for i in mezo_subset(2, 0, 1000)]
+    assert next(x for x in s.test if x.id == "v1").answers == ("Ann, Bob", "Ann")
+    assert any("random 2-question subset of the official validation split" in n for n in s.meta["notes"])
+
+
+def test_drop_shared_subsets_and_f1_over_acceptable_answers(default_lookup: Path) -> None:
+    task = get_task("drop")
+    raw = task.load_raw()
+    assert len(raw.train) == 3419 and len(raw.validation) == 1000
+    first = json.loads((default_lookup / "DROP" / "drop_dataset_train.json").read_text())["nfl_2201"]
+    assert raw.train[0]["query_id"] == first["qa_pairs"][0]["query_id"]
+    assert raw.train[0]["gold_answers"][0] == first["qa_pairs"][0]["answer"]["number"] == "3"
+    assert not {r["passage"] for r in raw.train} & {r["passage"] for r in raw.validation}
+    exs = {e.id: e for e in task.build_examples(raw.validation)}
+    multi = next(e for e in exs.values() if e.data["question"].startswith("How many people and families"))
+    assert multi.answers == ("19922", "15,557 people, 4,365 families")
+    assert f1_score("15,557 people, 4,365 families", multi.answers) == 1.0  # max over answers
+    assert f1_score("19922", multi.answers) == 1.0 and f1_score("4,365", multi.answers) == pytest.approx(0.4)
+    countries = next(e for e in exs.values() if e.data["question"].startswith("Which countries had less"))
+    assert countries.answers[1] == "Germany, France, United Kingdom"
+    assert f1_score("Germany, France, the United Kingdom", countries.answers) == 1.0
+    assert exs["50ad1ec3-d7b5-4ffc-82db-af0e31f4bdf7"].answers == ("swedish",)
+
+
+def test_boolq_shared_train_subset_in_google_schema(default_lookup: Path) -> None:
+    raw = get_task("boolq").load_raw()
+    assert len(raw.train) == 1000 and sum(r["answer"] for r in raw.train) == 624
+    assert raw.train[0]["question"] == "do iran and afghanistan speak the same language"
+    # SuperGLUE passages are "<title> -- <passage>"; MeZO reads google/boolq, without the title
+    v0 = raw.validation[0]
+    assert v0["title"] == "Ethanol fuel" and v0["passage"].startswith("All biomass goes through")
+    assert not any(r["passage"].startswith(r["title"] + " -- ") for r in raw.validation)
+    # SuperGLUE train rows (FewGLUE's) converted equal the same official rows in google's schema
+    few_dir = default_lookup / "BoolQ" / "FewGLUE_32dev"
+    few = [r for f in ("train.jsonl", "dev32.jsonl") for r in data_mod.read_jsonl(few_dir / f)]
+    few = data_mod.superglue_rows("boolq", few)
+    google = {r["question"]: r for r in raw.train}
+    same = [r for r in data_mod.boolq_google_rows(few) if r["question"] in google]
+    assert same and all(r["passage"] == google[r["question"]]["passage"] for r in same)
+    assert all(r["answer"] == google[r["question"]]["answer"] for r in same)
+    task = get_task("boolq")
+    e = task.build_examples(raw.train)[0]
+    assert e.candidates[e.label] == "Yes"
+    assert task.template.encode(e).startswith("Persian (/")
+
+
+def test_boolq_fixture_train_first1000_and_hub_schemas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = tmp_path / "BoolQ"
+    val = [{"question": f"is it {i}", "passage": f"Title {i} -- Text {i} -- more", "idx": i, "label": i % 2 == 0}
+           for i in range(6)]
+    write_jsonl(d / "val.jsonl", val)
+    task = get_task("boolq")
+    s = task.splits(data_dir=tmp_path, num_train=2, num_dev=1, num_test=3)
+    assert s.meta["carved_from_validation"]  # no train file: carved, as before
+    write_jsonl(d / "train_first1000.jsonl",
+                [{"question": f"q{i}", "answer": i < 2, "passage": f"p{i}"} for i in range(4)])
+    s = task.splits(data_dir=tmp_path, num_train=2, num_dev=1, num_test=3)
+    assert not s.meta["carved_from_validation"] and s.meta["train_pool_size"] == 4
+    assert any("subset" in n and "first 4 rows" in n for n in s.meta["notes"])
+    e = s.test[0]
+    assert e.data["passage"] == f"Text {e.id} -- more" and e.data["title"] == f"Title {e.id}"
+    assert e.candidates[e.label] == ("Yes" if int(e.id) % 2 == 0 else "No")
+    assert task.template.encode(e) == f"Text {e.id} -- more Is it {e.id}?\n"
+    # the hub: google/boolq (MeZO's "boolq") first, then SuperGLUE's (titles split off)
+    import datasets
+
+    calls = []
+
+    def fake_load(path: str, name: str | None = None, **kw: object) -> dict:
+        calls.append((path, name))
+        if path != "super_glue":
+            raise ConnectionError("offline")
+        return {"train": val, "validation": val[:2]}
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    monkeypatch.setattr(data_mod, "hub_reachable", lambda: True)
+    s = task.splits(data_dir=tmp_path / "none", num_train=2, num_dev=1)
+    assert calls == [("google/boolq", None), ("boolq", None), ("super_glue", "boolq")]
+    assert s.meta["source"] == "hub:super_glue/boolq"
+    assert {x.data["passage"] for x in s.test} == {"Text 0 -- more", "Text 1 -- more"}
+
+
+def test_drop_hub_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    rows = [{"section_id": "s", "query_id": f"q{i}", "passage": "P", "question": "Q?",
+             "answers_spans": {"spans": [str(i), f"{i}.0"], "types": ["number", "number"]}} for i in range(4)]
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, name=None, **kw: {"train": rows, "validation": rows})
+    monkeypatch.setattr(data_mod, "hub_reachable", lambda: True)
+    s = get_task("drop").splits(data_dir=tmp_path, num_train=2, num_dev=1)
+    assert s.meta["source"] == "hub:ucinlp/drop"
+    assert next(x for x in s.test if x.id == "q1").answers == ("1", "1.0")
 
 
 def squad_fixture(n: int) -> dict:

@@ -192,6 +192,24 @@ def test_generation_eval_and_negative_f1() -> None:
         objective_for(SQUAD, non_diff=True)
 
 
+def test_generation_stop_rule_mezo_keeps_the_whole_continuation() -> None:
+    """``stop_rule="mezo"``: MeZO decodes the whole continuation and only strips it (its
+    generation stops at the exact newline id, so text after a merged ".\\n" token stays);
+    ``"text"`` (default) keeps the first line."""
+    rows = [{"id": "a", "title": "T", "context": "x", "question": "Q1?",
+             "answers": {"text": ["Paris"], "answer_start": [0]}}]
+    exs = [SQUAD.build(r, i) for i, r in enumerate(rows)]
+    gen = fake_generate({"Q1?": " Paris.\nQuestion: junk\n"})
+    text = evaluate(SQUAD, exs, TOK, generate_fn=gen, progress=False)
+    mezo = evaluate(SQUAD, exs, TOK, generate_fn=gen, progress=False, stop_rule="mezo")
+    assert text.predictions == ["Paris."] and text.value == 1.0
+    assert mezo.predictions == ["Paris.\nQuestion: junk"] and mezo.value == pytest.approx(0.5)
+    gb = GenerationBatch([encode_gold(SQUAD, exs[0], TOK).ids[:-3]], [exs[0].answers])
+    assert negative_f1(gen, TOK, gb, stop_rule="mezo") == pytest.approx(-0.5)
+    with pytest.raises(ValueError, match="stop_rule"):
+        evaluate(SQUAD, exs, TOK, generate_fn=gen, progress=False, stop_rule="newline")
+
+
 def test_icl_demos_follow_mezo_and_change_the_prompt() -> None:
     pool = sst_examples() * 10
     sets = icl_demo_sets(pool, num_eval=3, num_demos=4)

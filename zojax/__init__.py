@@ -10,6 +10,7 @@ from zojax.estimators import Estimate
 from zojax.perturb import Direction, PerturbableLoss
 from zojax.registry import METHODS, Method
 from zojax.transforms import (
+    SkipNonfiniteState,
     ZOState,
     decay_mask,
     greedy,
@@ -19,6 +20,7 @@ from zojax.transforms import (
     mezo_gv,
     mezo_nspsa,
     nspsa,
+    skip_nonfinite,
     spsa,
     zeroth_order,
     zo_state,
@@ -32,6 +34,7 @@ __all__ = [
     "Estimate",
     "Method",
     "PerturbableLoss",
+    "SkipNonfiniteState",
     "ZOState",
     "decay_mask",
     "estimators",
@@ -44,6 +47,7 @@ __all__ = [
     "nspsa",
     "perturb",
     "registry",
+    "skip_nonfinite",
     "spsa",
     "zeroth_order",
     "zo_state",

@@ -1,4 +1,4 @@
-"""The ``zojax`` command: ``zojax finetune``, ``zojax methods``, ``zojax tasks``.
+"""The ``zojax`` command: ``zojax finetune``, ``sweep``, ``table``, ``methods``, ``tasks``.
 
 ``zojax finetune`` (also ``python experiments/finetune.py``) runs one fine-tuning job; with no
 options it is the short default job: SmolLM2-135M-Instruct (embedded), SST-2, MeZO-GV (M = 4),
@@ -78,6 +78,14 @@ def add_finetune_arguments(p: argparse.ArgumentParser, suppress_defaults: bool =
     add(g, "--dtype", "model.dtype", d.model.dtype, choices=C.DTYPES, help="parameter dtype")
     add(
         g,
+        "--opt-bos",
+        "model.opt_bos",
+        d.model.opt_bos,
+        choices=C.OPT_BOS,
+        help="OPT only: BOS id 0 as MeZO sets it (mezo, default) or the checkpoint's </s> (checkpoint)",
+    )
+    add(
+        g,
         "--tuning",
         "model.tuning",
         d.model.tuning,
@@ -114,11 +122,20 @@ def add_finetune_arguments(p: argparse.ArgumentParser, suppress_defaults: bool =
     )
     add(
         g,
+        "--protocol",
+        "data.protocol",
+        d.data.protocol,
+        choices=C.PROTOCOLS,
+        help="default split sizes and dev cadence: quick (1000/100/200, dev before and after; the "
+        "default) or mezo (MeZO's 1000/500/1000, CB and COPA dev 100, dev every 1000 steps)",
+    )
+    add(
+        g,
         "--num-train",
         "data.num_train",
         d.data.num_train,
         type=int,
-        help="training examples (MeZO: 1000)",
+        help="training examples (default by --protocol: 1000)",
     )
     add(
         g,
@@ -126,7 +143,7 @@ def add_finetune_arguments(p: argparse.ArgumentParser, suppress_defaults: bool =
         "data.num_dev",
         d.data.num_dev,
         type=int,
-        help=f"dev examples (default {d.data.num_dev}; MeZO: 500, CB/COPA 100)",
+        help="dev examples (default by --protocol: quick 100, mezo 500 / CB, COPA 100)",
     )
     add(
         g,
@@ -134,7 +151,7 @@ def add_finetune_arguments(p: argparse.ArgumentParser, suppress_defaults: bool =
         "data.num_test",
         d.data.num_test,
         type=int,
-        help=f"test examples (default {d.data.num_test}; MeZO: 1000)",
+        help="test examples (default by --protocol: quick 200, mezo 1000)",
     )
     add(
         g,
@@ -177,7 +194,8 @@ def add_finetune_arguments(p: argparse.ArgumentParser, suppress_defaults: bool =
         d.optim.lr,
         type=float,
         help="learning rate (default by method and tuning: ZO full 3e-5 / lora 1e-4 / prefix "
-        "1e-2; ft full 1e-5 / lora 1e-4 / prefix 1e-3)",
+        f"1e-2; ft full 1e-5 / lora 1e-4 / prefix 1e-3); required for full-tuning ZO runs of more "
+        f"than {C.DEFAULT_LR_MAX_FORWARDS} forward passes",
     )
     add(
         g,
@@ -284,7 +302,8 @@ def add_finetune_arguments(p: argparse.ArgumentParser, suppress_defaults: bool =
         "eval.eval_every",
         d.eval.eval_every,
         type=int,
-        help="dev evaluation every N steps (default 0: before and after training only)",
+        help="dev evaluation every N steps (0: before and after training only; default by "
+        "--protocol: quick 0, mezo 1000)",
     )
     flag_pair(
         g,
@@ -299,7 +318,24 @@ def add_finetune_arguments(p: argparse.ArgumentParser, suppress_defaults: bool =
         "eval.select_by",
         d.eval.select_by,
         choices=C.SELECT_BY,
-        help="best-by-dev selection on the task metric (default) or the dev loss (MeZO's)",
+        help="which dev evaluation's parameters are tested: lowest dev loss of the training "
+        "objective (default; MeZO's rule) or highest task metric; ties go to the later step",
+    )
+    flag_pair(
+        g,
+        "--select-initial",
+        "eval.select_initial",
+        d.eval.select_initial,
+        "let the untrained step-0 parameters be selected (default: never)",
+    )
+    add(
+        g,
+        "--stop-rule",
+        "eval.stop_rule",
+        d.eval.stop_rule,
+        choices=C.STOP_RULES,
+        help="SQuAD/DROP generation stops when the text holds a newline (text, default) or at the "
+        "exact newline token id or EOS (mezo, MeZO's rule)",
     )
     add(
         g,
@@ -348,7 +384,16 @@ def add_finetune_arguments(p: argparse.ArgumentParser, suppress_defaults: bool =
         "run.checkpoint_every",
         d.run.checkpoint_every,
         type=int,
-        help="checkpoint every N steps (default 0: at the end and on Ctrl-C/SIGTERM only)",
+        help="checkpoint every N steps (default 0: by time, at the end and on Ctrl-C/SIGTERM only)",
+    )
+    add(
+        g,
+        "--checkpoint-minutes",
+        "run.checkpoint_minutes",
+        d.run.checkpoint_minutes,
+        type=float,
+        help=f"also checkpoint after this many minutes of training since the last (default "
+        f"{d.run.checkpoint_minutes:g}; 0: off): a kill loses at most that much",
     )
     add(
         g,
@@ -389,8 +434,8 @@ def finetune_parser(prog: str = "zojax finetune") -> argparse.ArgumentParser:
         description="Fine-tune a causal LM on a MeZO task with a zeroth-order method (or ft).",
         epilog="methods (--method):\n" + methods_table() + "\n\nThe default job: SmolLM2-135M-"
         "Instruct, SST-2, mezo-gv, full tuning, 150 forward passes (25 steps); prints dev accuracy before "
-        "and after. MeZO's protocol: --num-dev 500 --num-test 1000 --forward-budget 40000 "
-        "--eval-every 1000.",
+        "and after. MeZO's protocol: --protocol mezo --forward-budget 40000 --lr 2e-7 (the paper's "
+        "full-tuning grid: 1e-7, 2e-7, 5e-7).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_finetune_arguments(p)
@@ -434,6 +479,7 @@ def config_from_args(argv: Sequence[str], prog: str = "zojax finetune") -> C.Tra
         if not path.is_file():
             raise ValueError(f"--resume: no run to resume in {cfg.run.out} (no config.json)")
         saved = C.to_dict(C.from_dict(json.loads(path.read_text())["config"]))
+        saved["run"]["stop_after"] = None  # per invocation: never carried into a resume
         if saved["optim"]["forward_budget"] is not None:
             saved["optim"]["steps"] = None
         if "optim.steps" in explicit:
@@ -519,11 +565,107 @@ def methods_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def sweep_main(argv: Sequence[str] | None = None) -> int:
+    """``zojax sweep SPEC``: run (or check, or print) the cells of a sweep spec."""
+    from zojax import sweep as S
+
+    p = argparse.ArgumentParser(
+        prog="zojax sweep",
+        description="Run the cells of a sweep spec (TOML/JSON; see zojax.sweep) as zojax finetune runs, "
+        "each in its own run directory. Resumable: finished cells are skipped, started ones resume "
+        "from their checkpoint.",
+    )
+    p.add_argument("spec", help="the spec file (or a folder holding one)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate every cell (options and data) and print the cell count, each method's "
+                   "forward budget, and a time estimate")  # fmt: skip
+    p.add_argument("--measure", action="store_true",
+                   help="with --dry-run: time one training-shaped forward pass per task on this machine "
+                   "(loads the model) for the estimate")  # fmt: skip
+    p.add_argument("--forward-seconds", type=float, default=None, metavar="S",
+                   help="with --dry-run: seconds per forward pass for the estimate (instead of --measure)")  # fmt: skip
+    p.add_argument("--print-commands", action="store_true",
+                   help="print one zojax finetune line per unfinished cell (for SLURM arrays, GNU parallel, "
+                   "or a pod's hosts) and exit")  # fmt: skip
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="cells run at once (default 1)")
+    p.add_argument("--only", default=None, metavar="TEXT", help="only cells whose id contains TEXT")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    args, extra = p.parse_known_args(argv)
+    try:
+        spec = S.load_spec(args.spec)
+        cells = [c for c in spec.cells() if args.only is None or args.only in c.id]
+        if args.print_commands:
+            for c in cells:
+                if S.cell_status(spec.out / c.id) != "done":
+                    argv_c = S.finetune_argv(c.config(spec.out))
+                    if S.cell_status(spec.out / c.id) == "started":
+                        argv_c.append("--resume")
+                    print(S.shell_line(argv_c + extra))
+            return 0
+        if args.dry_run:
+            fwd = None
+            if args.forward_seconds is not None:
+                fwd = {c.options.get("data.task", C.DataArgs().task): args.forward_seconds for c in cells}
+            elif args.measure:
+                fwd = S.measure_forward_seconds(spec)
+                for task, sec in fwd.items():
+                    print(f"measured forward pass: {task} {sec:.3f} s")
+            ids = {c.id for c in cells}
+            rows = [r for r in S.plan(spec, forward_seconds=fwd) if r.cell.id in ids]
+            print(S.describe_plan(spec, rows))
+            return 0
+    except ValueError as e:
+        p.error(str(e))
+    result = S.SweepRunner(spec, jobs=args.jobs, extra_args=extra, progress=args.progress).run(cells)
+    failed = {k: v for k, v in result.items() if v.startswith("failed")}
+    counts = {s: sum(v == s for v in result.values()) for s in ("done", "skipped", "interrupted")}
+    print(f"[zojax sweep] {spec.name}: {counts['done']} done now, {counts['skipped']} already done, "
+          f"{counts['interrupted']} interrupted, {len(failed)} failed")  # fmt: skip
+    for k, v in failed.items():
+        print(f"[zojax sweep] {k}: {v}")
+    if counts["interrupted"]:
+        return 128 + signal.SIGTERM
+    return 1 if failed else 0
+
+
+def table_main(argv: Sequence[str] | None = None) -> int:
+    """``zojax table RUN_DIRS…``: MeZO's protocol over finished runs (lr by dev, test mean ± std)."""
+    from zojax import table as T
+
+    p = argparse.ArgumentParser(
+        prog="zojax table",
+        description="Per task and method: the learning rate chosen by mean dev metric over seeds, test mean "
+        "± std over seeds, forward passes and wall time; the paired comparison with MeZO.",
+    )
+    p.add_argument("runs", nargs="+", help="run directories or folders holding them (e.g. a sweep's out)")
+    p.add_argument("--baseline", default=T.BASELINE, help="the row others are compared with (default MeZO)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the table as JSON")
+    p.add_argument("--markdown", default=None, metavar="FILE", help="also write the Markdown to FILE")
+    p.add_argument("--plot", default=None, metavar="PNG", help="dev metric vs forward passes, seed bands")
+    args = p.parse_args(argv)
+    try:
+        table = T.table_from_dirs(args.runs, args.baseline)
+    except ValueError as e:
+        p.error(str(e))
+    md = T.markdown(table)
+    print(md)
+    if args.markdown:
+        Path(args.markdown).write_text(md + "\n")
+    if args.json:
+        Path(args.json).write_text(T.to_json(table) + "\n")
+    if args.plot:
+        T.plot(table, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``zojax`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {
         "finetune": "fine-tune a model (see zojax finetune --help)",
+        "sweep": "run, check or print the cells of a sweep spec (zojax sweep --help)",
+        "table": "MeZO-protocol table from finished runs (zojax table --help)",
         "methods": "list the methods with forward passes per step",
         "tasks": "list the tasks with their data source and split sizes",
     }
@@ -546,6 +688,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return finetune_main(rest)
     if args.command == "methods":
         return methods_main(rest)
+    if args.command == "sweep":
+        return sweep_main(rest)
+    if args.command == "table":
+        return table_main(rest)
     from zojax.tasks.__main__ import main as tasks_main
 
     return tasks_main(rest)

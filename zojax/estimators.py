@@ -11,11 +11,16 @@ Forward passes per step (static): SPSA 2, n-SPSA ``2q``, guided (MeZO-GV) ``M + 
 
 from __future__ import annotations
 
+import contextlib
+import math
+import numbers
+import operator
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from zojax import perturb
 from zojax.perturb import Direction, PerturbableLoss
@@ -62,22 +67,113 @@ def check_distribution(distribution: str) -> None:
         )
 
 
-def num_elite(num_candidates: int, elite_ratio: float) -> int:
-    """``⌊α·M⌋``, the size of the low-loss group; raises if a group would be empty."""
-    if num_candidates < 2:
-        raise ValueError(
-            f"num_candidates: guided directions need M >= 2 candidates, got {num_candidates}"
+def check_integer(name: str, value: Any) -> int:
+    """``value`` as a Python ``int``; a ``ValueError`` naming the option otherwise.
+
+    Integers (Python or NumPy) only: ``2.5``, ``4.0``, ``True`` and arrays are rejected when the
+    transformation is built, not when ``update`` first traces (the count fixes array shapes).
+    """
+    index = None
+    if not isinstance(value, (bool, np.bool_, jax.core.Tracer)):
+        with contextlib.suppress(TypeError):
+            index = operator.index(value)
+    if index is None:
+        hint = (
+            " (under optax.inject_hyperparams, list it in static_args)"
+            if isinstance(value, (jax.Array, np.ndarray))
+            else ""
         )
-    if not 0.0 < elite_ratio < 1.0:
-        raise ValueError(f"elite_ratio: expected 0 < alpha < 1, got {elite_ratio}")
-    top = int(elite_ratio * num_candidates)
-    if not 1 <= top <= num_candidates - 1:
         raise ValueError(
-            f"elite_ratio: alpha={elite_ratio} with num_candidates={num_candidates} puts "
+            f"{name}: expected an integer, got {value!r} of type {type(value).__name__}{hint}"
+        )
+    return index
+
+
+def check_num_queries(num_queries: Any) -> int:
+    q = check_integer("num_queries", num_queries)
+    if q < 1:
+        raise ValueError(f"num_queries: expected q >= 1, got {q}")
+    return q
+
+
+def check_num_candidates(num_candidates: Any, minimum: int) -> int:
+    m = check_integer("num_candidates", num_candidates)
+    if m < minimum:
+        if minimum == 2:
+            raise ValueError(f"num_candidates: guided directions need M >= 2 candidates, got {m}")
+        raise ValueError(f"num_candidates: expected M >= {minimum}, got {m}")
+    return m
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """``value`` as a Python ``bool``; a ``ValueError`` naming the option otherwise."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
+def check_params(params: PyTree) -> None:
+    """The non-float rule (:mod:`zojax.perturb`): every leaf must be real floating-point."""
+    perturb.check_float_leaves(params)
+
+
+def num_elite(num_candidates: int, elite_ratio: float) -> int:
+    """``⌊α·M⌋``, the size of the low-loss group; raises if a group would be empty.
+
+    The floor is robust to floating point: ``α`` is a binary approximation of the value the user
+    meant (``0.29`` is stored as ``0.28999999999999998…``, so ``int(0.29 * 100) == 28``). A float
+    ``α`` is within half an ulp (relative ``eps/2`` of its dtype) of the intended value and the
+    product ``α·M`` adds at most half an ulp of float64, so when ``α·M`` is meant to be the integer
+    ``k`` the computed product lies within ``eps·k`` of ``k``. A product within ``4·eps`` (relative,
+    ``eps`` of ``α``'s own dtype: ``2.2e-16`` for a Python float, ``1.2e-7`` for float32) of an
+    integer counts as that integer; anything farther is floored. Exact rational arithmetic on
+    ``α`` would not do: ``Fraction(0.29)`` is the stored binary value, still below ``29/100``. So
+    ``α = 0.29, M = 100`` gives 29 and ``α = k/M`` gives ``k``; a misread needs an ``α`` that is
+    not an intended multiple of ``1/M`` yet within ``4·eps`` of one (more than ~14 significant
+    digits for a Python float).
+    """
+    m = check_num_candidates(num_candidates, 2)
+    if isinstance(elite_ratio, (bool, np.bool_, jax.core.Tracer)):
+        raise ValueError(
+            f"elite_ratio: expected a concrete number 0 < alpha < 1, got {elite_ratio!r} "
+            f"(under optax.inject_hyperparams, list it in static_args)"
+        )
+    try:
+        if not isinstance(elite_ratio, (numbers.Real, np.ndarray, jax.Array)):
+            raise TypeError
+        alpha = float(elite_ratio)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"elite_ratio: expected a number 0 < alpha < 1, got {elite_ratio!r}"
+        ) from None
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"elite_ratio: expected 0 < alpha < 1, got {elite_ratio}")
+    dtype = getattr(elite_ratio, "dtype", np.float64)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = np.float64
+    ulp = float(jnp.finfo(dtype).eps)
+    product = alpha * m
+    nearest = round(product)
+    top = nearest if abs(product - nearest) <= 4 * ulp * product else math.floor(product)
+    if not 1 <= top <= m - 1:
+        raise ValueError(
+            f"elite_ratio: alpha={elite_ratio} with num_candidates={m} puts "
             f"floor(alpha*M)={top} candidates in the low-loss group; both groups need at least one "
             f"(choose 1/M <= alpha < 1)"
         )
     return top
+
+
+def check_guided_options(
+    num_candidates: Any, elite_ratio: Any, weighting: str, normalize: Any
+) -> int:
+    """Validates MeZO-GV's options; returns ``M`` as an ``int``."""
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting: expected one of {WEIGHTINGS}, got {weighting!r}")
+    check_flag("normalize", normalize)
+    if weighting == "mean_diff":
+        num_elite(num_candidates, elite_ratio)
+    return check_num_candidates(num_candidates, 2)
 
 
 def two_point_losses(
@@ -139,6 +235,8 @@ def estimate_spsa(
     """
     check_eps(eps)
     check_distribution(distribution)
+    one_sided = check_flag("one_sided", one_sided)
+    check_params(params)
     z = Direction.single(perturb.fold_in(key, 0), 1.0, distribution)
     if one_sided:
         plus = perturb.evaluate(value_fn, params, z, eps)
@@ -188,8 +286,8 @@ def estimate_nspsa(
     """
     check_eps(eps)
     check_distribution(distribution)
-    if num_queries < 1:
-        raise ValueError(f"num_queries: expected q >= 1, got {num_queries}")
+    num_queries = check_num_queries(num_queries)
+    check_params(params)
     keys = perturb.candidate_keys(key, num_queries)
 
     def body(i: jax.Array) -> jax.Array:
@@ -280,12 +378,8 @@ def estimate_guided(
     """
     check_eps(eps)
     check_distribution(distribution)
-    if weighting == "mean_diff":
-        num_elite(num_candidates, elite_ratio)
-    elif num_candidates < 2:
-        raise ValueError(
-            f"num_candidates: guided directions need M >= 2 candidates, got {num_candidates}"
-        )
+    num_candidates = check_guided_options(num_candidates, elite_ratio, weighting, normalize)
+    check_params(params)
     cand = candidate_losses(value_fn, params, key, num_candidates, eps, distribution)
     keys = perturb.candidate_keys(key, num_candidates)
     v = Direction(keys, guiding_weights(cand, elite_ratio, weighting, normalize), distribution)
@@ -326,8 +420,9 @@ def estimate_greedy(
     """
     check_eps(eps)
     check_distribution(distribution)
-    if num_candidates < 1:
-        raise ValueError(f"num_candidates: expected M >= 1, got {num_candidates}")
+    num_candidates = check_num_candidates(num_candidates, 1)
+    reuse_best_loss = check_flag("reuse_best_loss", reuse_best_loss)
+    check_params(params)
     cand = candidate_losses(value_fn, params, key, num_candidates, eps, distribution)
     best = jnp.argmin(cand)
     v = Direction.single(perturb.fold_in(key, best.astype(jnp.uint32)), 1.0, distribution)

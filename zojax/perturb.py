@@ -25,6 +25,20 @@ per-layer draw inside ``lax.scan`` and a sharded draw give bitwise the same valu
   ``√2 · erfinv(u)`` of a uniform ``u`` from the word's top 23 bits (``jax.random.normal``'s
   transform), Rademacher noise unpacks 32 signs from each 32-bit word along the leaf's last axis
   (:func:`_packed_signs`).
+
+Which leaves are perturbed (the non-float rule): **every leaf of a perturbed or updated pytree must
+have a real floating-point dtype** (``float64``, ``float32``, ``bfloat16``, ``float16``, ...).
+An integer, boolean or complex leaf raises a ``ValueError`` that names the leaf's path, at
+``tx.init``, at the first ``update`` and in every path that adds noise (:func:`perturb`,
+:func:`perturb_subtree` inside a model's layer scan, :func:`scaled_direction_tree` for the update);
+nothing is rounded or skipped silently. Why raise rather than skip: ``jax.grad`` rejects
+integer inputs the same way, and skipping could not keep such a leaf intact anyway, because the
+optax transformations chained after an estimator are outside zojax's control
+(``optax.apply_updates`` adds a float32 update to an ``int32`` leaf in float32, which changes
+values above ``2**24`` even for a zero update, and ``optax.adamw``'s decay moves it). Complex leaves
+are rejected because the noise is real (casting ``θ`` to float32 would drop the imaginary part).
+Keep such state out of the trained pytree and close over it in the loss, as one would with
+``jax.grad``: ``value_fn=lambda p: loss({**p, **frozen})``.
 """
 
 from __future__ import annotations
@@ -76,6 +90,37 @@ def key_data(key: int | jax.Array) -> jax.Array:
         f"key: expected an int seed, a typed PRNG key or uint32[4] key data, "
         f"got dtype {key.dtype} shape {key.shape}"
     )
+
+
+def _leaf_dtype(x: Any) -> np.dtype:
+    return np.dtype(x.dtype) if hasattr(x, "dtype") else jnp.result_type(x)
+
+
+def check_float_leaf(path: KeyPath, x: Any) -> None:
+    """Raises the non-float rule's ``ValueError`` (see the module docstring) for one leaf."""
+    dtype = _leaf_dtype(x)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(
+            f"params: leaf {jax.tree_util.keystr(tuple(path))} has dtype {dtype}; zojax perturbs "
+            f"and updates real floating-point leaves only (jax.grad likewise rejects integer "
+            f"inputs). Keep integer, boolean and complex state out of the trained pytree and close "
+            f"over it in the loss, e.g. value_fn=lambda p: loss({{**p, **frozen}})"
+        )
+
+
+def check_float_leaves(tree: PyTree, prefix: KeyPath = ()) -> None:
+    """Applies :func:`check_float_leaf` to every leaf of ``tree`` (located at ``prefix``).
+
+    Only dtypes are inspected, so this is free under ``jit`` (it runs at trace time).
+
+    Example:
+      >>> check_float_leaves({"w": jnp.ones(2), "step": jnp.zeros((), jnp.int32)})  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      ValueError: params: leaf ['step'] has dtype int32; ...
+    """
+    for path, x in jax.tree_util.tree_leaves_with_path(tree):
+        check_float_leaf(tuple(prefix) + tuple(path), x)
 
 
 def wrap(data: jax.Array) -> jax.Array:
@@ -308,6 +353,7 @@ class Direction:
 
 def direction_tree(direction: Direction, like: PyTree) -> PyTree:
     """Materialises ``v`` as a pytree of float32 arrays shaped like ``like`` (tests and references)."""
+    check_float_leaves(like)
     return jax.tree_util.tree_map_with_path(lambda p, x: direction.leaf(p, jnp.shape(x)), like)
 
 
@@ -319,6 +365,7 @@ def perturb(params: PyTree, direction: Direction, scale: float | jax.Array) -> P
     added one key at a time into that copy (a ``fori_loop`` carrying the float32 perturbed tree),
     so no per-leaf direction buffer exists besides it, whatever ``K``.
     """
+    check_float_leaves(params)
     scale = jnp.asarray(scale, jnp.float32)
     num = direction.keys.shape[0]
     if num <= UNROLL_MAX:
@@ -365,6 +412,7 @@ def perturb_subtree(
       the perturbed subtree, each leaf in its own dtype.
     """
     prefix = tuple(jax.tree_util.DictKey(p) if isinstance(p, str) else p for p in prefix)
+    check_float_leaves(subtree, prefix)
     scale = jnp.asarray(scale, jnp.float32)
 
     def add(path: KeyPath, x: jax.Array) -> jax.Array:
@@ -376,6 +424,7 @@ def perturb_subtree(
 
 def scaled_direction_tree(direction: Direction, like: PyTree, factor: float | jax.Array) -> PyTree:
     """``factor · v`` as a pytree in each leaf's dtype (the ZO gradient estimate handed to optax)."""
+    check_float_leaves(like)
     factor = jnp.asarray(factor, jnp.float32)
     return jax.tree_util.tree_map_with_path(
         lambda p, x: (factor * direction.leaf(p, jnp.shape(x))).astype(x.dtype), like

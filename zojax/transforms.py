@@ -11,7 +11,11 @@ place, so it goes first in a chain::
 
 The state (:class:`ZOState`) holds a key and counters, never noise: step ``t`` draws from
 ``fold_in(key, t)``, so a run is reproducible from its state alone. A step whose losses are not all
-finite emits a zero update and increments ``nonfinite_count``.
+finite emits a zero update and increments ``nonfinite_count``; :func:`skip_nonfinite` around the
+whole chain also keeps the optimizers after the estimator from stepping on that zero.
+
+Parameters must be real floating-point leaves (integer, boolean and complex leaves raise a
+``ValueError`` naming the leaf, at ``init`` and ``update``; see :mod:`zojax.perturb` for why).
 """
 
 from __future__ import annotations
@@ -84,7 +88,7 @@ def zeroth_order(
     base_key = perturb.key_data(key)
 
     def init_fn(params: PyTree) -> ZOState:
-        del params
+        estimators.check_params(params)
         return ZOState(
             key=base_key,
             count=jnp.zeros((), jnp.int32),
@@ -111,6 +115,7 @@ def zeroth_order(
             raise ValueError(
                 "value_fn: pass the loss as update(updates, state, params, value_fn=lambda p: loss(p, batch))"
             )
+        estimators.check_params(params)
         if updates is not None:
             _check_same_structure(updates, params)
         step_key = perturb.fold_in(state.key, state.count)
@@ -153,6 +158,7 @@ def spsa(
     """
     estimators.check_eps(eps)
     estimators.check_distribution(distribution)
+    one_sided = estimators.check_flag("one_sided", one_sided)
     fn = functools.partial(
         estimators.estimate_spsa, eps=eps, one_sided=one_sided, distribution=distribution
     )
@@ -172,8 +178,7 @@ def nspsa(
     """
     estimators.check_eps(eps)
     estimators.check_distribution(distribution)
-    if num_queries < 1:
-        raise ValueError(f"num_queries: expected q >= 1, got {num_queries}")
+    num_queries = estimators.check_num_queries(num_queries)
     fn = functools.partial(
         estimators.estimate_nspsa, eps=eps, num_queries=num_queries, distribution=distribution
     )
@@ -197,14 +202,9 @@ def guided(
     """
     estimators.check_eps(eps)
     estimators.check_distribution(distribution)
-    if weighting == "mean_diff":
-        estimators.num_elite(num_candidates, elite_ratio)
-    elif weighting not in estimators.WEIGHTINGS:
-        raise ValueError(f"weighting: expected one of {estimators.WEIGHTINGS}, got {weighting!r}")
-    elif num_candidates < 2:
-        raise ValueError(
-            f"num_candidates: guided directions need M >= 2 candidates, got {num_candidates}"
-        )
+    num_candidates = estimators.check_guided_options(
+        num_candidates, elite_ratio, weighting, normalize
+    )
     fn = functools.partial(
         estimators.estimate_guided,
         eps=eps,
@@ -231,8 +231,8 @@ def greedy(
     """
     estimators.check_eps(eps)
     estimators.check_distribution(distribution)
-    if num_candidates < 1:
-        raise ValueError(f"num_candidates: expected M >= 1, got {num_candidates}")
+    num_candidates = estimators.check_num_candidates(num_candidates, 1)
+    reuse_best_loss = estimators.check_flag("reuse_best_loss", reuse_best_loss)
     fn = functools.partial(
         estimators.estimate_greedy,
         eps=eps,
@@ -357,13 +357,91 @@ def mezo_greedy(
     return _with_sgd(est, learning_rate, weight_decay)
 
 
-def zo_state(state: Any) -> ZOState:
-    """Finds the :class:`ZOState` inside a (possibly chained, wrapped) optimizer state."""
-    found = [
+class SkipNonfiniteState(NamedTuple):
+    """State of :func:`skip_nonfinite`.
+
+    Attributes:
+      skipped: steps whose whole update was dropped (non-finite loss or update).
+      inner_state: the wrapped transformation's state.
+    """
+
+    skipped: jax.Array
+    inner_state: Any
+
+
+def _zo_states(state: Any) -> list[ZOState]:
+    return [
         s
         for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, ZOState))
         if isinstance(s, ZOState)
     ]
+
+
+def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+    """Skips the whole chain on a step whose loss or update is not finite.
+
+    A zojax estimator turns a non-finite loss into a zero update, but the optimizers chained after
+    it still step on that zero: Adam's or momentum SGD's moving averages move the parameters and
+    change their own state. Wrap the whole chain, estimator included::
+
+        tx = zojax.skip_nonfinite(optax.chain(zojax.spsa(eps=1e-3), optax.adam(1e-4)))
+        updates, state = tx.update(params, state, params, value_fn=loss)
+
+    On a step where any loss the estimator measured is NaN or infinite, or any emitted update is,
+    the wrapper returns zero updates and keeps every state of the wrapped chain bitwise as it was,
+    except the estimators' :class:`ZOState`, which advances (``count``, so the next step draws new
+    noise; ``num_forwards``; ``nonfinite_count``). ``SkipNonfiniteState.skipped`` counts the
+    skipped steps. The chain's update is computed and then discarded (a select, no extra forward).
+
+    ``optax.apply_if_finite`` cannot do this: it inspects the ``updates`` it is given before the
+    wrapped chain runs. Around the chain, those are the parameters passed in place of a gradient
+    (finite), so nothing is ever skipped; after the estimator, they are its zero update (finite),
+    so the optimizer steps anyway.
+
+    Args:
+      inner: a transformation containing at least one zojax estimator (checked at ``init``).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` passing ``params`` and extra arguments
+      (``value_fn``) through to ``inner``.
+    """
+    inner = optax.with_extra_args_support(inner)
+
+    def init_fn(params: PyTree) -> SkipNonfiniteState:
+        inner_state = inner.init(params)
+        if not _zo_states(inner_state):
+            raise ValueError(
+                "skip_nonfinite: the wrapped transformation holds no zojax estimator; wrap the "
+                "whole chain, e.g. skip_nonfinite(optax.chain(zojax.spsa(), optax.adam(lr)))"
+            )
+        return SkipNonfiniteState(jnp.zeros((), jnp.int32), inner_state)
+
+    def update_fn(
+        updates: PyTree, state: SkipNonfiniteState, params: PyTree | None = None, **extra_args: Any
+    ) -> tuple[PyTree, SkipNonfiniteState]:
+        new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra_args)
+        finite = jnp.array(True)
+        for old, new in zip(_zo_states(state.inner_state), _zo_states(new_inner), strict=True):
+            finite &= new.nonfinite_count == old.nonfinite_count
+        for u in jax.tree.leaves(new_updates):
+            finite &= jnp.all(jnp.isfinite(u))
+
+        def keep(new: Any, old: Any) -> Any:
+            return new if isinstance(new, ZOState) else jax.lax.select(finite, new, old)
+
+        inner_state = jax.tree.map(
+            keep, new_inner, state.inner_state, is_leaf=lambda x: isinstance(x, ZOState)
+        )
+        out = jax.tree.map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), new_updates)
+        skipped = state.skipped + jnp.where(finite, 0, 1).astype(jnp.int32)
+        return out, SkipNonfiniteState(skipped, inner_state)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def zo_state(state: Any) -> ZOState:
+    """Finds the :class:`ZOState` inside a (possibly chained, wrapped) optimizer state."""
+    found = _zo_states(state)
     if not found:
         raise ValueError("state: no ZOState found; is a zojax estimator part of this optimizer?")
     return found[0]

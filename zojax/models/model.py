@@ -59,6 +59,7 @@ ZO_COMPILER_OPTIONS: dict[str, str] = {
 ``jax.jit(..., compiler_options=...)``)."""
 
 OPT_POSITION_OFFSET = 2
+STOP_RULES = ("text", "mezo")  # generation stop rules (Model.generate)
 MIN_VOCAB_CHUNKS = (
     8  # chunked log-softmax: at least this many vocabulary chunks (bounds a perturbed chunk)
 )
@@ -162,15 +163,16 @@ def decoder(
        the
         scan body after the (optional) perturbation of the base layer; adapters use it to merge LoRA
         factors or supply prefix keys/values.
-      num_prefix: number of always-visible prefix key slots ``layer_fn`` supplies (positions of the
-        real tokens start at ``num_prefix``).
+      num_prefix: number of always-visible prefix key slots ``layer_fn`` supplies. The real tokens
+        keep positions ``0…T−1`` (MeZO's prefix tuning prepends keys/values inside attention and
+        leaves the position ids alone), which matters for OPT's learned positions and for RoPE.
       return_kv: also return the stacked per-layer keys/values ``[L, B, T, Hkv, D]``.
     """
     dt = resolve_dtype(dtype)
     input_ids = jnp.asarray(input_ids, jnp.int32)
     attention_mask = jnp.asarray(attention_mask, jnp.int32)
     b = input_ids.shape[0]
-    positions = positions_from_mask(attention_mask, num_prefix)
+    positions = positions_from_mask(attention_mask)
     x = embed_tokens(config, params, input_ids, positions, perturbation).astype(dt)
     key_valid = attention_mask
     if num_prefix:
@@ -378,32 +380,45 @@ class Model:
         return_text: bool | None = None,
         chunk: int = 16,
         prefix_kv: tuple[Array, Array] | None = None,
+        stop_rule: str = "text",
     ) -> list[int] | str:
-        """Greedy decoding with a KV cache (jitted prefill + jitted decode chunks).
+        r"""Greedy decoding with a KV cache (jitted prefill + jitted decode chunks).
 
         Decoding stops at ``max_new_tokens``, at an end-of-sequence / ``stop_ids`` token (not
-        returned), or once the decoded continuation contains one of ``stop_strings``. Tokens are
-        produced in jitted chunks of ``chunk`` steps; stop strings are checked between chunks and
-        the result is cut right after the token that completed the stop string.
+        returned), or by ``stop_rule``:
+
+        * ``"text"`` (default): once the decoded continuation contains one of ``stop_strings``; the
+          result is cut right after the token that completed the stop string, so a merged token
+          such as ``".\n"`` or ``"\n\n"`` stops too.
+        * ``"mezo"``: MeZO's ``eos_token_id=[tokenizer.encode("\n", add_special_tokens=False)[-1],
+          eos]``: only the exact token ids :func:`stop_token_ids` of ``stop_strings`` (and EOS)
+          stop, not returned; a merged ``".\n"`` does not stop, and the text is not cut.
+
+        Tokens are produced in jitted chunks of ``chunk`` steps; stops are checked between chunks.
 
         Args:
           params: the parameters.
           prompt: a string (needs the tokenizer; encoded with its default BOS convention) or token
           ids.
           max_new_tokens: most tokens to generate.
-          stop_strings: strings that end generation (needs the tokenizer; ignored without one).
+          stop_strings: strings that end generation (needs the tokenizer; ignored without one for
+            ``stop_rule="text"``).
           stop_ids: token ids that end generation (default: the tokenizer's / config's EOS).
-          return_text: return the decoded continuation, cut before the stop string; default: True
-            when ``prompt`` is a string.
+          return_text: return the decoded continuation (``"text"``: cut before the stop string);
+            default: True when ``prompt`` is a string.
           chunk: decode steps per jitted call.
           prefix_kv: prefix tuning's virtual tokens, ``(keys, values)`` of shape ``[L, P, Hkv, D]``
-            (keys post-RoPE): they occupy cache slots ``0..P−1`` (always visible) and the prompt's
-            positions start at ``P``, exactly as in the prefix model's forward
-            (:meth:`zojax.models.Adapted.logits`).
+            (keys post-RoPE): they occupy cache slots ``0..P−1`` (always visible) while the prompt
+            keeps positions ``0..T−1`` and the generated tokens continue at ``T, T+1, …``, exactly
+            as in the prefix model's forward (:meth:`zojax.models.Adapted.logits`) on the prompt
+            plus the tokens generated so far.
+          stop_rule: ``"text"`` or ``"mezo"`` (see above).
 
         Returns:
           the new token ids, or the decoded text.
         """
+        if stop_rule not in STOP_RULES:
+            raise ValueError(f"stop_rule: expected one of {STOP_RULES}, got {stop_rule!r}")
         tok = self.tokenizer
         if isinstance(prompt, str):
             ids = self.encode(prompt)
@@ -416,6 +431,11 @@ class Model:
             stop_ids = (
                 [tok.eos_id] if tok is not None and tok.eos_id is not None else [self.config.eos_id]
             )
+        if stop_rule == "mezo":
+            if tok is None and stop_strings:
+                raise ValueError("stop_rule='mezo': needs the tokenizer to encode stop_strings")
+            stop_ids = [*stop_ids, *stop_token_ids(tok, stop_strings)]
+            stop_strings = ()
         stop_set = {int(s) for s in stop_ids}
         if max_new_tokens <= 0:
             return "" if return_text else []
@@ -437,7 +457,7 @@ class Model:
         token = first
         # cache layout: [prefix slots | left-padded prompt | generated tokens]
         index = jnp.asarray(num_prefix + tp, jnp.int32)
-        pos = jnp.asarray([num_prefix + n_prompt], jnp.int32)
+        pos = jnp.asarray([n_prompt], jnp.int32)  # prefix slots take no positions (MeZO)
 
         def finished(out: list[int]) -> tuple[bool, list[int]]:
             for j, t in enumerate(out):
@@ -469,6 +489,18 @@ class Model:
         return result
 
 
+def stop_token_ids(tokenizer: Any, stop_strings: Sequence[str]) -> list[int]:
+    r"""MeZO's stop tokens for ``stop_strings``: the last id of each string encoded without BOS,
+    ``tokenizer.encode(s, add_special_tokens=False)[-1]`` (for ``"\n"`` the newline token id)."""
+    out = []
+    for s in stop_strings:
+        ids = tokenizer.encode(s, add_bos=False)
+        if not ids:
+            raise ValueError(f"stop_strings: {s!r} encodes to no tokens")
+        out.append(int(ids[-1]))
+    return out
+
+
 def _prefix_layer(layer: PyTree, prefix: tuple[Array, Array], li: Array) -> tuple[PyTree, Any]:
     """``layer_fn`` that hands layer ``l``'s prefix keys/values ``[P, Hkv, D]`` to the block."""
     del li
@@ -489,8 +521,8 @@ def _prefill(
     the key validity ``[B, cache_len]``.
 
     With ``prefix_kv`` (``[L, P, Hkv, D]`` each) the forward is the prefix model's (prompt
-    positions start at ``P``, prefix slots always visible) and the cache starts with the ``P``
-    prefix slots, valid for every row, followed by the prompt's keys/values.
+    positions ``0..T−1``, prefix slots always visible) and the cache starts with the ``P`` prefix
+    slots, valid for every row, followed by the prompt's keys/values.
     """
     b = ids.shape[0]
     if prefix_kv is None:

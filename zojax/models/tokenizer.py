@@ -118,12 +118,32 @@ def tokenizer_from_gguf(reader: Any) -> Tokenizer:
     )
 
 
-def tokenizer_from_folder(path: str, config: Any = None) -> Tokenizer | None:
+OPT_BOS_RULES = ("mezo", "checkpoint")
+OPT_MEZO_BOS_ID = 0
+
+
+def opt_bos_id(checkpoint_bos: int | None, rule: str = "mezo") -> int | None:
+    r"""The BOS id an OPT tokenizer prepends under ``rule``.
+
+    OPT's tokenizer prepends ``</s>`` (id 2, the checkpoint's ``bos_token_id``). MeZO's
+    ``run.py`` sets ``tokenizer.bos_token_id = 0`` for every OPT model ("HF tokenizer bug fix"),
+    so its sequences start with ``<s>`` (id 0) instead: ``"mezo"`` returns 0, ``"checkpoint"``
+    keeps ``checkpoint_bos``.
+    """
+    if rule not in OPT_BOS_RULES:
+        raise ValueError(f"opt_bos: expected one of {OPT_BOS_RULES}, got {rule!r}")
+    return OPT_MEZO_BOS_ID if rule == "mezo" else checkpoint_bos
+
+
+def tokenizer_from_folder(path: str, config: Any = None, *, opt_bos: str = "mezo") -> Tokenizer | None:
     """A tokenizer from a Hugging Face folder (``tokenizer.json``) via
     ``transformers.AutoTokenizer``.
 
+    For OPT (``config.arch == "opt"``) the BOS id follows ``opt_bos`` (:func:`opt_bos_id`):
+    ``"mezo"`` (default) prepends id 0 as MeZO does, ``"checkpoint"`` the tokenizer's own ``</s>``.
     Returns ``None`` when the folder has no tokenizer files.
     """
+    opt_bos_id(None, opt_bos)  # validate before loading
     files = ("tokenizer.json", "tokenizer.model", "vocab.json")
     if not any(os.path.exists(os.path.join(path, f)) for f in files):
         return None
@@ -135,4 +155,6 @@ def tokenizer_from_folder(path: str, config: Any = None) -> Tokenizer | None:
     add_bos = len(probe) > len(bare) and hf.bos_token_id is not None and probe[0] == hf.bos_token_id
     bos = hf.bos_token_id if hf.bos_token_id is not None else getattr(config, "bos_id", None)
     eos = hf.eos_token_id if hf.eos_token_id is not None else getattr(config, "eos_id", None)
+    if getattr(config, "arch", None) == "opt":
+        bos = opt_bos_id(bos, opt_bos)
     return Tokenizer(hf, bos_id=bos, eos_id=eos, pad_id=hf.pad_token_id, add_bos_default=add_bos)

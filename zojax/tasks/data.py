@@ -1,8 +1,10 @@
 """Locating and reading the benchmark data, offline (official file formats) or from the hub.
 
 Every reader returns rows in the Hugging Face hub schema of the dataset MeZO loads (``super_glue``,
-``glue/sst2``, ``rajpurkar/squad``, ``ucinlp/drop``), so the example builders in
-:mod:`zojax.tasks.registry` see one format whatever the source.
+``glue/sst2``, ``google/boolq``, ``rajpurkar/squad``, ``ucinlp/drop``), so the example builders in
+:mod:`zojax.tasks.registry` see one format whatever the source. Local DROP rows also carry
+``gold_answers`` (every acceptable answer, as the official evaluation reads them). Partial local
+files (the DROP and BoolQ subsets) are named in the notes, which every report prints.
 
 Data directory lookup (first existing wins): the ``data_dir`` argument, ``$ZOJAX_DATA_DIR``,
 ``./../shared/data`` relative to the current directory, ``<repo>/../shared/data``.
@@ -181,50 +183,81 @@ def squad_json_rows(obj: dict[str, Any]) -> list[Row]:
     return out
 
 
-def _drop_answer_text(ans: dict[str, Any]) -> tuple[str, str] | None:
-    """(text, type) of one DROP answer as ``ucinlp/drop`` builds ``answers_spans``; None for
-    multi-span answers, which the hub version drops."""
-    if str(ans.get("number", "")).strip():
-        return str(ans["number"]).strip(), "number"
+DROP_TRAIN_QUESTIONS = 77_409  # official DROP train: 77,409 questions (~5.5k passages)
+DROP_VALIDATION_QUESTIONS = 9_536  # official DROP validation (dev): 9,536 questions
+SPAN_SEP = ", "
+
+
+def drop_answer_spans(ans: dict[str, Any]) -> tuple[list[str], str] | None:
+    r"""``(spans, type)`` of one DROP answer json as the official evaluation reads it
+    (``drop_eval.answer_json_to_strings``): the ``number`` if set, else the ``spans``, else the
+    ``date`` as ``"day month year"``; ``None`` when all are empty."""
+    number = str(ans.get("number", "")).strip()
+    if number:
+        return [number], "number"
+    spans = [str(x) for x in ans.get("spans") or [] if str(x).strip()]
+    if spans:
+        return spans, "span" if len(spans) == 1 else "spans"
     d = ans.get("date") or {}
-    date = " ".join(str(d.get(k, "")).strip() for k in ("day", "month", "year")).strip()
-    date = " ".join(date.split())
-    if date:
-        return date, "date"
-    spans = ans.get("spans") or []
-    if len(spans) == 1:
-        return spans[0], "span"
-    return None
+    date = " ".join(str(d.get(k, "")).strip() for k in ("day", "month", "year")).split()
+    return ([" ".join(date)], "date") if date else None
 
 
-def drop_json_rows(obj: dict[str, Any], split: str) -> list[Row]:
-    """Flatten an official DROP json (``{section_id: {"passage", "qa_pairs"}}``) to the
-    ``ucinlp/drop`` schema. Train uses ``answer``; validation ``answer`` + ``validated_answers``.
-    Questions whose answers are all multi-span are skipped (as on the hub)."""
+def drop_gold_answers(answers: Iterable[list[str]]) -> list[str]:
+    r"""One gold string per acceptable answer, first answer first, duplicates dropped.
+
+    A multi-span answer is one string, its spans joined by ``", "``: the SQuAD token F1 of
+    :func:`zojax.tasks.metrics.f1_score` (max over these strings) then scores a prediction against
+    all of its spans (the official DROP metric instead aligns the predicted and gold spans as bags;
+    single-span, number and date answers, 95% of them, score the same up to its number handling).
+    """
+    out: list[str] = []
+    for spans in answers:
+        text = SPAN_SEP.join(s.strip() for s in spans if s.strip())
+        if text and text not in out:
+            out.append(text)
+    return out
+
+
+def _drop_row(section_id: str, query_id: str, passage: str, question: str,
+              answers: list[tuple[list[str], str]]) -> Row:
+    """A row in ``ucinlp/drop``'s schema (``answers_spans`` of the first answer) plus
+    ``gold_answers``: every acceptable answer (:func:`drop_gold_answers`)."""
+    spans, kind = answers[0]
+    return {
+        "section_id": section_id,
+        "query_id": query_id,
+        "passage": passage,
+        "question": question,
+        "answers_spans": {"spans": list(spans), "types": [kind] * len(spans)},
+        "gold_answers": drop_gold_answers(a for a, _ in answers),
+    }
+
+
+def drop_json_rows(obj: dict[str, Any]) -> list[Row]:
+    """Flatten an official DROP json (``{section_id: {"passage", "qa_pairs"}}``): one row per
+    question, its acceptable answers the ``answer`` then the ``validated_answers`` (read by
+    :func:`drop_answer_spans`). Questions without any non-empty answer are skipped."""
     out: list[Row] = []
     for section_id, sec in obj.items():
         for qa in sec["qa_pairs"]:
-            answers = [qa["answer"]]
-            if split != "train":
-                answers += qa.get("validated_answers", [])
-            spans: list[str] = []
-            types: list[str] = []
-            for a in answers:
-                t = _drop_answer_text(a)
-                if t is not None:
-                    spans.append(t[0])
-                    types.append(t[1])
-            if not spans:
-                continue
-            out.append(
-                {
-                    "section_id": section_id,
-                    "query_id": qa["query_id"],
-                    "passage": sec["passage"],
-                    "question": qa["question"],
-                    "answers_spans": {"spans": spans, "types": types},
-                }
-            )
+            raw = [qa.get("answer") or {}, *qa.get("validated_answers", [])]
+            answers = [a for a in (drop_answer_spans(x) for x in raw) if a is not None]
+            if answers:
+                out.append(_drop_row(section_id, qa["query_id"], sec["passage"], qa["question"],
+                                     answers))
+    return out
+
+
+def drop_subset_rows(rows: Iterable[Row]) -> list[Row]:
+    """Rows of a DROP validation sample in EleutherAI/drop's schema (``query_id``, ``passage``,
+    ``question``, ``answers``: acceptable answers, each a list of spans), e.g.
+    ``validation_subset1000.jsonl``."""
+    out: list[Row] = []
+    for r in rows:
+        answers = [([str(x) for x in a], "span" if len(a) == 1 else "spans") for a in r["answers"] if a]
+        if answers:
+            out.append(_drop_row("", r["query_id"], r["passage"], r["question"], answers))
     return out
 
 
@@ -248,14 +281,19 @@ class LocalSource:
 class HubSource:
     """A dataset on the Hugging Face hub (``datasets.load_dataset(path, name)``).
 
-    ``fallbacks`` are alternative repo ids tried in order (legacy canonical names moved to orgs).
+    ``fallbacks`` are alternatives tried in order (legacy canonical names moved to orgs): a repo
+    id (with ``name``) or a ``(repo id, name)`` pair.
     """
 
     path: str
     name: str | None = None
     train_split: str = "train"
     validation_split: str = "validation"
-    fallbacks: tuple[str, ...] = ()
+    fallbacks: tuple[str | tuple[str, str | None], ...] = ()
+
+    def candidates(self) -> list[tuple[str, str | None]]:
+        """``(path, name)`` pairs to try, in order."""
+        return [(f, self.name) if isinstance(f, str) else f for f in (self.path, *self.fallbacks)]
 
 
 def superglue_local(folder: str, task: str) -> LocalSource:
@@ -323,14 +361,87 @@ def _squad_read(d: Path) -> tuple[list[Row] | None, list[Row] | None, list[str]]
 
 
 def _drop_read(d: Path) -> tuple[list[Row] | None, list[Row] | None, list[str]]:
-    out: list[list[Row] | None] = []
-    files = (("train", "drop_dataset_train.json"), ("validation", "drop_dataset_dev.json"))
-    for split, name in files:
-        path = next((p for p in (d / name, d / "drop_dataset" / name) if p.is_file()), None)
-        out.append(
-            drop_json_rows(json.loads(path.read_text(encoding="utf-8")), split) if path else None
+    """Official json files (``drop_dataset_{train,dev}.json``, also under ``drop_dataset/``);
+    without the dev file, a validation sample ``validation_subset*.jsonl``. Partial files are
+    named in the notes (every report must say "subset")."""
+
+    def find(name: str) -> Path | None:
+        return next((p for p in (d / name, d / "drop_dataset" / name) if p.is_file()), None)
+
+    def questions(obj: dict[str, Any]) -> int:
+        return sum(len(sec["qa_pairs"]) for sec in obj.values())
+
+    notes: list[str] = []
+    train = val = None
+    if path := find("drop_dataset_train.json"):
+        obj = json.loads(path.read_text(encoding="utf-8"))
+        train = drop_json_rows(obj)
+        if questions(obj) < DROP_TRAIN_QUESTIONS:
+            notes.append(
+                f"DROP: train = a subset: {len(obj)} passages ({questions(obj):,} questions) of the "
+                f"official train file ({DROP_TRAIN_QUESTIONS:,} questions; {path.name})"
+            )
+    if path := find("drop_dataset_dev.json"):
+        obj = json.loads(path.read_text(encoding="utf-8"))
+        val = drop_json_rows(obj)
+        if questions(obj) < DROP_VALIDATION_QUESTIONS:
+            notes.append(f"DROP: validation = a subset ({questions(obj):,} of "
+                         f"{DROP_VALIDATION_QUESTIONS:,} questions, {path.name})")
+    elif subsets := sorted(d.glob("validation_subset*.jsonl")):
+        val = drop_subset_rows(read_jsonl(subsets[0]))
+        notes.append(
+            f"DROP: test = a random {len(val):,}-question subset of the official validation split "
+            f"({DROP_VALIDATION_QUESTIONS:,} questions; {subsets[0].name})"
         )
-    return out[0], out[1], []
+    return train, val, notes
+
+
+BOOLQ_TRAIN_ROWS = 9_427  # official BoolQ train
+BOOLQ_TITLE_SEP = " -- "
+
+
+def boolq_split_title(passage: str) -> tuple[str, str]:
+    r"""SuperGLUE's BoolQ passage ``"<title> -- <passage>"`` -> ``(title, passage)``.
+
+    ``google/boolq``, which MeZO loads (``load_dataset("boolq")``), has the passage without the
+    title; the split is at the first ``" -- "`` (titles never contain one; passages may).
+    ``("", passage)`` when there is no separator."""
+    title, sep, rest = passage.partition(BOOLQ_TITLE_SEP)
+    return (title, rest) if sep else ("", passage)
+
+
+def boolq_google_rows(rows: Iterable[Row]) -> list[Row]:
+    """BoolQ rows (SuperGLUE: ``label``, titled ``passage``; or google/boolq: ``answer``) in the
+    ``google/boolq`` schema MeZO reads: ``question``, ``answer`` (bool), ``passage`` without the
+    title (kept in ``title``)."""
+    out: list[Row] = []
+    for r in rows:
+        if "answer" in r:
+            out.append({**r, "answer": bool(r["answer"])})
+            continue
+        title, passage = boolq_split_title(r["passage"])
+        out.append({**{k: v for k, v in r.items() if k != "label"}, "passage": passage, "title": title,
+                    "answer": bool(_bool_label(r["label"]))})
+    return out
+
+
+def _boolq_read(d: Path) -> tuple[list[Row] | None, list[Row] | None, list[str]]:
+    """SuperGLUE's ``{train,val}.jsonl``; without ``train.jsonl``, ``train_first1000.jsonl`` (the
+    first official train rows, google/boolq schema) as a subset train split; rows in google/boolq's
+    schema (no passage titles, as MeZO)."""
+    train, val, notes = superglue_local("BoolQ", "boolq").read(d)
+    first = d / "train_first1000.jsonl"
+    if train is None and (d / "val.jsonl").is_file() and first.is_file():
+        train = read_jsonl(first)
+        notes = [*notes, f"BoolQ: train = a subset: the first {len(train):,} rows of the official train "
+                 f"split ({BOOLQ_TRAIN_ROWS:,} rows; {first.name}), shared by train and dev; MeZO samples "
+                 "its 1,000 train + 500 dev from all of them"]
+    train = boolq_google_rows(train) if train is not None else None
+    val = boolq_google_rows(val) if val is not None else None
+    if val is not None and any(r.get("title") for r in val):
+        notes = [*notes, "BoolQ: SuperGLUE passages are read without their \"<title> -- \" prefix, "
+                 "as in google/boolq, which MeZO loads"]
+    return train, val, notes
 
 
 SST2_LOCAL = LocalSource(
@@ -344,7 +455,14 @@ SQUAD_LOCAL = LocalSource(
      "validation-00000-of-00001.parquet"),
     _squad_read,
 )
-DROP_LOCAL = LocalSource("DROP", ("drop_dataset_train.json", "drop_dataset_dev.json"), _drop_read)
+DROP_LOCAL = LocalSource(
+    "DROP",
+    ("drop_dataset_train.json", "drop_dataset_dev.json (or a validation_subset*.jsonl sample)"),
+    _drop_read,
+)
+BOOLQ_LOCAL = LocalSource(
+    "BoolQ", ("train.jsonl (or train_first1000.jsonl)", "val.jsonl"), _boolq_read
+)
 
 
 # --------------------------------------------------------------------------- hub
@@ -365,16 +483,17 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def load_hub(src: HubSource) -> tuple[list[Row], list[Row], str]:
-    """Load train and validation rows from the hub; returns ``(train, validation, repo_id)``."""
+    """Load train and validation rows from the hub; returns ``(train, validation, "repo[/name]")``."""
     import datasets
 
     errors: list[str] = []
-    for path in (src.path, *src.fallbacks):
+    for path, name in src.candidates():
+        label = f"{path}/{name}" if name else path
         try:
-            d = datasets.load_dataset(path, src.name)
-            return list(d[src.train_split]), list(d[src.validation_split]), path
+            d = datasets.load_dataset(path, name)
+            return list(d[src.train_split]), list(d[src.validation_split]), label
         except Exception as e:
-            errors.append(f"{path}: {type(e).__name__}: {e}")
+            errors.append(f"{label}: {type(e).__name__}: {e}")
     raise ConnectionError("; ".join(errors))
 
 
@@ -414,8 +533,7 @@ def load_raw(
     if source in ("auto", "hub"):
         if hub_reachable():
             try:
-                train, val, repo = load_hub(hub)
-                name = f"{repo}/{hub.name}" if hub.name else repo
+                train, val, name = load_hub(hub)
                 return RawData(train, val, f"hub:{name}")
             except Exception as e:
                 hub_error = f" Hub load failed: {e}."

@@ -157,16 +157,21 @@ def evaluate_generation(
     max_length: int = 2048,
     max_new_tokens: int = 50,
     progress: bool = True,
+    stop_rule: str = "text",
 ) -> EvalResult:
-    """F1 of greedy generations (``generate_fn(prompt_ids) -> new ids``), cut at "\\n", max over
-    gold answers (SQuAD normalisation)."""
+    """F1 of greedy generations (``generate_fn(prompt_ids) -> new ids``), max over gold answers
+    (SQuAD normalisation).
+
+    ``stop_rule`` cleans the text: ``"text"`` cuts it at the first "\\n" (default), ``"mezo"``
+    only strips it, as MeZO does; ``generate_fn`` should stop by the same rule
+    (``Model.generate(..., stop_rule=...)``)."""
     t0 = time.perf_counter()
     texts: list[str] = []
     for i, ex in _progress(enumerate(examples), len(examples), task.name, progress):
         p = encode_generation_prompt(
             task, ex, tokenizer, demos[i] if demos else (), max_length, max_new_tokens
         )
-        texts.extend(generate_texts(generate_fn, tokenizer, [p]))
+        texts.extend(generate_texts(generate_fn, tokenizer, [p], stop_rule=stop_rule))
     dt = time.perf_counter() - t0
     f1s = [f1_score(t, ex.answers) for t, ex in zip(texts, examples, strict=True)]
     stats = {"seconds": dt, "examples_per_s": len(examples) / dt if dt > 0 else 0.0}
@@ -185,10 +190,14 @@ def evaluate(
     generate_fn: GenerateFn | None = None,
     num_demos: int = 0,
     demo_pool: Sequence[Example] | None = None,
+    stop_rule: str = "text",
     **kwargs: Any,
 ) -> EvalResult:
     """Zero-shot (``num_demos=0``) or ICL evaluation with MeZO's demonstrations: one seeded set of
-    ``num_demos`` examples per test example, drawn from ``demo_pool`` (the train pool)."""
+    ``num_demos`` examples per test example, drawn from ``demo_pool`` (the train pool).
+
+    ``stop_rule`` (generation tasks only; see :func:`evaluate_generation`): ``"text"`` or
+    ``"mezo"``."""
     demos = None
     if num_demos > 0:
         if not demo_pool:
@@ -197,7 +206,9 @@ def evaluate(
     if task.generation:
         if generate_fn is None:
             raise ValueError(f"{task.name} is a generation task: pass generate_fn")
-        return evaluate_generation(task, examples, generate_fn, tokenizer, demos, **kwargs)
+        return evaluate_generation(
+            task, examples, generate_fn, tokenizer, demos, stop_rule=stop_rule, **kwargs
+        )
     if logits_fn is None:
         raise ValueError(f"{task.name} is scored by candidates: pass logits_fn and params")
     return evaluate_candidates(task, examples, logits_fn, params, tokenizer, demos, **kwargs)

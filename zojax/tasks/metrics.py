@@ -60,6 +60,18 @@ def accuracy(predicted: Sequence[int], gold: Sequence[Sequence[int]]) -> float:
     return sum(is_correct(p, g) for p, g in zip(predicted, gold, strict=True)) / len(predicted)
 
 
-def clean_generation(text: str, stop: str = "\n") -> str:
-    """MeZO's post-processing of a greedy generation: cut at the stop string and strip."""
-    return text.split(stop)[0].strip() if stop else text.strip()
+STOP_RULES = ("text", "mezo")
+
+
+def clean_generation(text: str, stop: str = "\n", stop_rule: str = "text") -> str:
+    r"""Post-processing of a greedy generation's decoded text.
+
+    ``stop_rule="text"``: cut at the first ``stop`` and strip (the answer is the first line).
+    ``"mezo"``: strip only, as MeZO's ``decode(...).strip()``: MeZO stops at the exact newline
+    token id, so a continuation that went past a merged token such as ``".\n"`` is kept whole.
+    """
+    if stop_rule not in STOP_RULES:
+        raise ValueError(f"stop_rule: expected one of {STOP_RULES}, got {stop_rule!r}")
+    if stop_rule == "mezo" or not stop:
+        return text.strip()
+    return text.split(stop)[0].strip()

@@ -11,11 +11,13 @@ from typing import Any
 from zojax.tasks import templates as T
 from zojax.tasks.base import Example, Kind, Metric, Objective, RawData, Split, TaskSplits
 from zojax.tasks.data import (
+    BOOLQ_LOCAL,
     DROP_LOCAL,
     SQUAD_LOCAL,
     SST2_LOCAL,
     HubSource,
     LocalSource,
+    boolq_google_rows,
     load_raw,
     superglue_local,
 )
@@ -42,9 +44,10 @@ def _labelled(candidates: tuple[Any, ...]) -> Callable[[Row, int], Example]:
 
 
 def _boolq(row: Row, i: int) -> Example:
-    # MeZO: candidates ["Yes", "No"], correct "Yes" if answer is true
-    label = int(row["label"]) if "label" in row else int(bool(row["answer"]))
-    return Example(_idx(row, i), row, ("Yes", "No"), (0 if label == 1 else 1,))
+    """MeZO's BoolQ sample from a google/boolq row (a SuperGLUE row is converted, its passage title
+    split off): candidates ``("Yes", "No")``, gold "Yes" if ``answer``."""
+    (row,) = boolq_google_rows([row])
+    return Example(_idx(row, i), row, ("Yes", "No"), (0 if row["answer"] else 1,))
 
 
 def _copa(row: Row, i: int) -> Example:
@@ -70,7 +73,9 @@ def _squad(row: Row, i: int) -> Example:
 
 
 def _drop(row: Row, i: int) -> Example:
-    answers = tuple(row["answers_spans"]["spans"])
+    """A DROP example; its answers are every acceptable answer (``gold_answers`` of the local
+    readers, else the hub's ``answers_spans``), the first one the training target."""
+    answers = tuple(row.get("gold_answers") or row["answers_spans"]["spans"])
     data = {"context": row["passage"], "question": row["question"], "answers": answers}
     return Example(str(row.get("query_id", i)), data, (), (), answers)
 
@@ -218,7 +223,10 @@ TASKS: dict[str, Task] = {
         ),
         Task(
             "boolq", "BoolQ", "classification", "classification", "accuracy", T.BoolQTemplate(),
-            superglue_local("BoolQ", "boolq"), _sg_hub("boolq"), SG.format("BoolQ"), _boolq,
+            BOOLQ_LOCAL,
+            HubSource("google/boolq", None, fallbacks=("boolq", ("super_glue", "boolq"),
+                                                        ("aps/super_glue", "boolq"))),
+            SG.format("BoolQ"), _boolq,
         ),
         Task(
             "wsc", "WSC", "classification", "classification", "accuracy", T.WSCTemplate(),

@@ -29,7 +29,13 @@ def mezo_subset(n: int, seed: int, num: int) -> list[int]:
 def split_train_dev(
     pool_size: int, seed: int, num_train: int, num_dev: int
 ) -> tuple[list[int], list[int]]:
-    """MeZO's train/dev indices into a train pool: dev is the last ``num_dev`` of the sample."""
+    """MeZO's train/dev indices into a train pool: dev is the last ``num_dev`` of the sample.
+
+    When the pool is no larger than ``num_dev`` (e.g. ``--num-dev 500`` on CB's 250 train rows),
+    dev takes half the pool so that a train set remains; otherwise MeZO's rule is unchanged (WSC's
+    554 rows give 54 train / 500 dev, as in MeZO)."""
+    if num_dev >= pool_size:
+        num_dev = pool_size // 2
     idx = mezo_subset(pool_size, seed, num_train + num_dev)
     if num_dev <= 0:
         return idx, []

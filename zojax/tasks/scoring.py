@@ -95,19 +95,25 @@ def lm_loss(logits_fn: LogitsFn, params: Any, batch: Batch) -> jax.Array:
 
 def generate_texts(
     generate_fn: GenerateFn, tokenizer: TokenizerLike, prompts: Sequence[list[int]],
-    stop: str = "\n",
+    stop: str = "\n", stop_rule: str = "text",
 ) -> list[str]:
-    """Greedy generations (``generate_fn(prompt_ids) -> new token ids``), decoded, cut at ``stop``
-    and stripped as MeZO does."""
-    return [clean_generation(tokenizer.decode(list(generate_fn(list(p)))), stop) for p in prompts]
+    """Greedy generations (``generate_fn(prompt_ids) -> new token ids``), decoded and cleaned by
+    :func:`~zojax.tasks.metrics.clean_generation` (``"text"``: cut at ``stop`` and stripped;
+    ``"mezo"``: stripped). ``generate_fn`` should stop by the same ``stop_rule``
+    (:meth:`zojax.models.Model.generate`)."""
+    return [
+        clean_generation(tokenizer.decode(list(generate_fn(list(p)))), stop, stop_rule)
+        for p in prompts
+    ]
 
 
 def negative_f1(
-    generate_fn: GenerateFn, tokenizer: TokenizerLike, batch: GenerationBatch
+    generate_fn: GenerateFn, tokenizer: TokenizerLike, batch: GenerationBatch,
+    stop_rule: str = "text",
 ) -> float:
     """Non-differentiable ZO objective (MeZO's ``--non_diff`` for SQuAD): minus the mean F1 of
     greedy generations. ``generate_fn`` closes over the (perturbed) parameters."""
-    texts = generate_texts(generate_fn, tokenizer, batch.prompts)
+    texts = generate_texts(generate_fn, tokenizer, batch.prompts, stop_rule=stop_rule)
     return -float(np.mean([f1_score(t, a) for t, a in zip(texts, batch.answers, strict=True)]))
 
 

@@ -6,6 +6,15 @@ defaults that depend on other fields (learning rate and ε per method and tuning
 from a forward-pass budget) and raises ``ValueError`` naming the offending option. The resolved
 config is what a run saves (``config.json``) and what ``--resume`` checks against.
 
+Protocols: ``--protocol quick`` (the default) sizes the splits for a short run on a laptop (1000
+train / 100 dev / 200 test, dev only before and after training); ``--protocol mezo`` reproduces
+MeZO's (1000 train / 500 dev, CB and COPA 100 / 1000 test, dev every 1000 steps). Explicit
+``--num-*`` and ``--eval-every`` flags override either.
+
+Learning rates: the full-tuning zeroth-order default (:data:`DEFAULT_ZO_LR`) was tuned for the
+150-forward demo; a run of more than :data:`DEFAULT_LR_MAX_FORWARDS` forward passes must give
+``--lr`` (the paper's grid for full tuning is 1e-7 to 5e-7 at 40,000 forward passes).
+
 Forward-pass budgets: a step of method ``m`` costs ``forwards_per_step(m)`` forward passes (MeZO 2,
 n-SPSA ``2q``, MeZO-GV and MeZO-Greedy ``M + 2``, ``ft`` 1 forward plus its backward pass), and
 ``--forward-budget N`` runs ``N // forwards_per_step`` steps, so methods compare at equal cost.
@@ -22,7 +31,10 @@ from zojax import registry
 FO_METHOD = "ft"
 EVAL_METHODS = ("zero-shot", "icl")
 TUNINGS = ("full", "lora", "prefix")
-SELECT_BY = ("metric", "loss")
+SELECT_BY = ("loss", "metric")
+PROTOCOLS = ("quick", "mezo")
+STOP_RULES = ("text", "mezo")
+OPT_BOS = ("mezo", "checkpoint")
 DTYPES = ("float32", "bfloat16")
 
 # Defaults by tuning. ε and the LoRA / prefix rates are MeZO's (and the paper's Table III). The
@@ -32,6 +44,14 @@ DTYPES = ("float32", "bfloat16")
 DEFAULT_EPS = {"full": 1e-3, "lora": 1e-2, "prefix": 1e-1}
 DEFAULT_ZO_LR = {"full": 3e-5, "lora": 1e-4, "prefix": 1e-2}
 DEFAULT_FT_LR = {"full": 1e-5, "lora": 1e-4, "prefix": 1e-3}
+DEFAULT_LR_MAX_FORWARDS = 1000
+"""Above this many forward passes a full-tuning ZO run must give ``--lr`` (the default was tuned at 150)."""
+
+# Split sizes and dev cadence by protocol (``None`` num_dev: the task's MeZO dev size).
+PROTOCOL_SIZES: dict[str, dict[str, int | None]] = {
+    "quick": {"num_train": 1000, "num_dev": 100, "num_test": 200, "eval_every": 0},
+    "mezo": {"num_train": 1000, "num_dev": None, "num_test": 1000, "eval_every": 1000},
+}
 
 # Settings that may change when a run is resumed (they do not change the trajectory).
 RESUMABLE_CHANGES = (
@@ -40,6 +60,7 @@ RESUMABLE_CHANGES = (
     "run.out",
     "run.resume",
     "run.checkpoint_every",
+    "run.checkpoint_minutes",
     "run.keep_checkpoints",
     "run.progress",
     "run.dry_run",
@@ -71,6 +92,8 @@ class ModelArgs:
       lora_alpha: LoRA ``α``.
       lora_targets: LoRA target projections (short names ``q k v o gate up down fc1 fc2``).
       num_virtual_tokens: prefix-tuning length.
+      opt_bos: OPT checkpoints only: ``mezo`` (BOS id 0, as MeZO's ``run.py`` sets it) or
+        ``checkpoint`` (the tokenizer's own ``</s>``, id 2).
     """
 
     name: str = "smollm2-135m-instruct"
@@ -80,6 +103,7 @@ class ModelArgs:
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] = ("q", "v")
     num_virtual_tokens: int = 5
+    opt_bos: str = "mezo"
 
 
 @dataclasses.dataclass
@@ -89,9 +113,12 @@ class DataArgs:
     Attributes:
       task: task name (``python -m zojax.tasks`` lists them).
       data_dir: data folder (default: ``$ZOJAX_DATA_DIR`` or ``../shared/data``).
-      num_train: training examples sampled from the train pool (MeZO: 1000).
-      num_dev: dev examples (MeZO: 500; CB and COPA 100); ``None``: the task's MeZO size.
-      num_test: test examples from validation (MeZO: 1000; all when fewer).
+      protocol: default split sizes and dev cadence: ``quick`` (1000 / 100 / 200, dev before and
+        after) or ``mezo`` (MeZO's 1000 / 500 (CB, COPA: 100) / 1000, dev every 1000 steps).
+      num_train: training examples sampled from the train pool (``None``: by protocol).
+      num_dev: dev examples sampled from the train pool (``None``: by protocol); when the pool
+        cannot hold them and a train set, dev takes half the pool (said in the run's notes).
+      num_test: test examples from validation, all when fewer (``None``: by protocol).
       max_length: cap on training-sequence length in tokens (left truncation keeping BOS, as MeZO
         does at 2048); every training batch is padded to the longest capped sequence of the train
         split, so one step compiles once.
@@ -101,9 +128,10 @@ class DataArgs:
 
     task: str = "sst2"
     data_dir: str | None = None
-    num_train: int = 1000
-    num_dev: int | None = 100
-    num_test: int = 200
+    protocol: str = "quick"
+    num_train: int | None = None
+    num_dev: int | None = None
+    num_test: int | None = None
     max_length: int = 2048
     eval_max_length: int = 2048
     max_new_tokens: int = 50
@@ -153,19 +181,29 @@ class EvalArgs:
     """Dev evaluation, model selection and the final test.
 
     Attributes:
-      eval_every: evaluate on dev every this many steps (0: only before and after training).
+      eval_every: evaluate on dev every this many steps (0: only before and after training;
+        ``None``: by protocol).
       eval_before: evaluate on dev before the first step.
-      select_by: best-by-dev selection on the task ``metric`` (accuracy / F1) or on the dev
-        ``loss`` (cross-entropy of the candidate scores; MeZO's Trainer selects by dev loss).
+      select_by: which dev evaluation's parameters are tested: the lowest dev ``loss`` of the
+        training objective (MeZO's rule, the default: candidate cross-entropy for classification,
+        LM loss on the gold answer for COPA, ReCoRD, SQuAD and DROP) or the highest task
+        ``metric`` (accuracy / F1). Ties go to the later step.
+      select_initial: let the untrained step-0 parameters be selected (off: a trained run always
+        tests trained parameters).
       num_demos: demonstrations per test example for ``icl`` (MeZO: 32).
       token_budget: tokens per scoring forward pass during evaluation.
+      stop_rule: when SQuAD/DROP generation stops: ``text`` (the decoded text contains a newline;
+        the default) or ``mezo`` (MeZO's rule: the exact newline token id or EOS; a merged token
+        such as SmolLM2's ``"\n\n"`` does not stop it).
     """
 
-    eval_every: int = 0
+    eval_every: int | None = None
     eval_before: bool = True
-    select_by: str = "metric"
+    select_by: str = "loss"
+    select_initial: bool = False
     num_demos: int = 32
     token_budget: int = 1024
+    stop_rule: str = "text"
 
 
 @dataclasses.dataclass
@@ -177,8 +215,10 @@ class RunArgs:
         initialisation and the perturbations.
       out: run directory (metrics, TensorBoard events, checkpoints, results).
       resume: continue the run in ``out`` from its latest valid checkpoint.
-      checkpoint_every: save a checkpoint every this many steps (0: only at the end and on
+      checkpoint_every: save a checkpoint every this many steps (0: only by time, at the end and on
         interruption).
+      checkpoint_minutes: also save one once this many minutes of training have passed since the
+        last (0: off), so that a ``kill -9`` or a pre-emption loses at most that much work.
       keep_checkpoints: how many periodic checkpoints to keep (the best-by-dev one is separate).
       progress: show a progress bar.
       dry_run: validate the configuration and exit.
@@ -190,6 +230,7 @@ class RunArgs:
     out: str | None = None
     resume: bool = False
     checkpoint_every: int = 0
+    checkpoint_minutes: float = 10.0
     keep_checkpoints: int = 2
     progress: bool = True
     dry_run: bool = False
@@ -250,14 +291,25 @@ class TrainConfig:
         _choice("--tuning", m.tuning, TUNINGS)
         _choice("--dtype", m.dtype, DTYPES)
         _choice("--select-by", e.select_by, SELECT_BY)
+        _choice("--protocol", d.protocol, PROTOCOLS)
+        _choice("--stop-rule", e.stop_rule, STOP_RULES)
+        _choice("--opt-bos", m.opt_bos, OPT_BOS)
+        sizes = PROTOCOL_SIZES[d.protocol]
+        for name in ("num_train", "num_dev", "num_test"):
+            if getattr(d, name) is None:
+                setattr(d, name, sizes[name])
+        if e.eval_every is None:
+            e.eval_every = sizes["eval_every"]
         _choice("--distribution", o.distribution, ("gaussian", "rademacher"))
         _choice("--weighting", o.weighting, ("mean_diff", "rank"))
         try:
             from zojax.tasks import get_task
 
-            get_task(d.task)
+            task = get_task(d.task)
         except KeyError as err:
             raise ValueError(f"--task: {err.args[0]}") from None
+        if d.num_dev is None:
+            d.num_dev = task.num_dev
         _positive("--batch-size", o.batch_size)
         _positive("--num-train", d.num_train)
         _positive("--max-length", d.max_length, minimum=2)
@@ -275,12 +327,15 @@ class TrainConfig:
         _positive("--num-demos", e.num_demos, minimum=0)
         if r.stop_after is not None:
             _positive("--stop-after", r.stop_after)
+        if not (r.checkpoint_minutes >= 0 and math.isfinite(r.checkpoint_minutes)):
+            raise ValueError(f"--checkpoint-minutes: must be a finite number >= 0, got {r.checkpoint_minutes}")
         if o.weight_decay < 0:
             raise ValueError(f"--weight-decay: must be >= 0, got {o.weight_decay}")
         if o.eps is None:
             o.eps = DEFAULT_EPS[m.tuning]
         if not (o.eps > 0 and math.isfinite(o.eps)):
             raise ValueError(f"--eps: the perturbation scale must be > 0, got {o.eps}")
+        lr_defaulted = o.lr is None
         if o.lr is None:
             table = DEFAULT_FT_LR if o.method == FO_METHOD else DEFAULT_ZO_LR
             o.lr = table[m.tuning]
@@ -288,9 +343,10 @@ class TrainConfig:
             raise ValueError(f"--lr: must be a finite number >= 0, got {o.lr}")
         if is_zo(o.method):
             self._check_method(c)
-        if o.steps is not None and o.forward_budget is not None:
-            raise ValueError("--steps and --forward-budget: give one of them, not both")
         fps = c.forwards_per_step()
+        resolved = o.forward_budget is not None and fps and o.steps == o.forward_budget // fps
+        if o.steps is not None and o.forward_budget is not None and not resolved:
+            raise ValueError("--steps and --forward-budget: give one of them, not both")
         if not c.training:
             o.steps, o.forward_budget = 0, None
         elif o.forward_budget is not None:
@@ -304,6 +360,14 @@ class TrainConfig:
         elif o.steps is None:
             o.steps = default_steps(o.method, fps)
         _positive("--steps", o.steps, minimum=0 if not c.training else 1)
+        forwards = o.steps * fps
+        if lr_defaulted and is_zo(o.method) and m.tuning == "full" and forwards > DEFAULT_LR_MAX_FORWARDS:
+            raise ValueError(
+                f"--lr: required for {forwards} forward passes of full tuning; the default "
+                f"{DEFAULT_ZO_LR['full']:g} was tuned for the {DEFAULT_FORWARD_BUDGET}-forward demo and is "
+                f"only used up to {DEFAULT_LR_MAX_FORWARDS} (the paper's grid at 40,000 forward passes: "
+                "1e-7, 2e-7, 5e-7)"
+            )
         if o.method == "icl" and e.num_demos < 1:
             raise ValueError("--num-demos: icl needs at least one demonstration")
         return c

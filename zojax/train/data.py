@@ -142,7 +142,10 @@ class TrainBatches:
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """The numpy batch of ``step`` (``zojax.tasks.train_batch`` with fixed shapes)."""
-        exs = [self.examples[i] for i in self.indices(step)]
+        return self.batch_of([self.examples[i] for i in self.indices(step)])
+
+    def batch_of(self, exs: Sequence[Example]) -> dict[str, np.ndarray]:
+        """The numpy batch of the examples ``exs`` (any of this task), with this object's fixed shapes."""
         if self.shared_prompt:
             return self._shared_batch(exs)
         kw: dict[str, Any] = {"max_length": self.max_length, "seq_len": self.seq_len}

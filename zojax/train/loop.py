@@ -52,6 +52,7 @@ from zojax.train.config import (
     to_dict,
 )
 from zojax.train.data import ByteTokenizer, TrainBatches
+from zojax.train.evaluation import BestTracker, DevObjective, jitted_objective_sums
 from zojax.train.heap import returning_freed_memory
 from zojax.train.logging import MetricsLogger
 from zojax.train.loss import task_loss
@@ -66,7 +67,7 @@ class RunStopped(Exception):
 
 
 # ---------------------------------------------------------------------- models
-def build_model(name: str, dtype: str = "float32") -> Model:
+def build_model(name: str, dtype: str = "float32", opt_bos: str = "mezo") -> Model:
     """Loads ``name`` (see ``zojax.models.load_model``) or builds ``random:<preset>``.
 
     ``random:<preset>`` is a randomly initialised Llama (``random:tiny``) or OPT
@@ -90,7 +91,7 @@ def build_model(name: str, dtype: str = "float32") -> Model:
         except ValueError as e:
             raise ValueError(f"--model: {e}") from None
         return zm.init_model(cfg, 0, dtype).replace(tokenizer=tok)
-    return zm.load_model(name, dtype=dtype)
+    return zm.load_model(name, dtype=dtype, opt_bos=opt_bos)
 
 
 def check_model_name(name: str) -> None:
@@ -236,6 +237,16 @@ def copy_tree(tree: PyTree) -> PyTree:
     return jax.tree.map(jnp.copy, tree)
 
 
+def size_notes(config: TrainConfig, sizes: Mapping[str, int]) -> list[str]:
+    """Notes for splits smaller than requested (a small train pool or validation split)."""
+    d = config.data
+    notes = []
+    for split, asked in (("train", d.num_train), ("dev", d.num_dev), ("test", d.num_test)):
+        if asked is not None and sizes[split] < asked:
+            notes.append(f"{split} has {sizes[split]} examples, fewer than the {asked} asked for (all the data allows)")
+    return notes
+
+
 # ---------------------------------------------------------------------- the trainer
 def default_out(config: TrainConfig) -> str:
     """``runs/<task>_<method>_<tuning>_s<seed>_<timestamp>``."""
@@ -355,7 +366,7 @@ class Trainer:
             data_dir=c.data.data_dir,
         )
         t0 = time.perf_counter()
-        model = self._model if self._model is not None else build_model(c.model.name, c.model.dtype)
+        model = self._model if self._model is not None else build_model(c.model.name, c.model.dtype, c.model.opt_bos)
         self._model = None
         self.load_seconds = time.perf_counter() - t0
         self.tokenizer = model.tokenizer
@@ -377,6 +388,18 @@ class Trainer:
             )
             self.tx = build_optimizer(c)
             self.step_fn = build_step(self.tuned, self.task.objective, self.tx, is_zo(c.optim.method))
+        self.dev_objective: DevObjective | None = None
+        if self.task.objective == "lm" and len(self.splits.dev) > 0:
+            # the dev loss of the training objective (MeZO's selection rule) needs its own forwards
+            self.dev_objective = DevObjective(
+                self.task,
+                self.splits.dev.examples,
+                self.tokenizer,
+                c.optim.batch_size,
+                c.data.max_length,
+                c.data.max_new_tokens,
+            )
+            self._dev_sums = jitted_objective_sums(self.tuned.bind, self.task.objective)
         if c.model.tuning == "full":
             self._eval_logits = self.tuned.template.logits
         else:
@@ -387,7 +410,10 @@ class Trainer:
         """Evaluates ``params`` on ``split`` (``"dev"`` or ``"test"``).
 
         Returns:
-          ``{metric, value, n, loss (candidate tasks: CE of the candidate scores), eval_time}``.
+          ``{metric, value, n, loss, eval_time}``: ``loss`` is the training objective on the split
+          (candidate cross-entropy for classification; the LM loss on the gold answer for
+          ``lm`` tasks, dev only), and ``choice_loss`` the candidate cross-entropy of
+          multiple-choice tasks.
         """
         from zojax.tasks import evaluate
 
@@ -404,13 +430,14 @@ class Trainer:
                 prompt_ids,
                 max_new_tokens=c.data.max_new_tokens,
                 stop_strings=("\n",),
+                stop_rule=c.eval.stop_rule,
                 return_text=False,
             )
             return list(out)
 
         kw: dict[str, Any] = {"max_length": c.data.eval_max_length, "progress": c.run.progress}
         if self.task.generation:
-            kw["max_new_tokens"] = c.data.max_new_tokens
+            kw.update(max_new_tokens=c.data.max_new_tokens, stop_rule=c.eval.stop_rule)
         else:
             kw.update(token_budget=c.eval.token_budget, pad_to_multiple_of=8)
         t0 = time.perf_counter()
@@ -433,15 +460,13 @@ class Trainer:
                 lse = s.max() + np.log(np.sum(np.exp(s - s.max())))
                 ce.append(lse - s[ex.label])
             out["loss"] = float(np.mean(ce))
+        if self.task.objective == "lm":
+            if "loss" in out:
+                out["choice_loss"] = out.pop("loss")
+            if split == "dev" and self.dev_objective is not None:
+                out["loss"] = self.dev_objective(self._dev_sums, params, self.tuned.frozen)
         out["eval_time"] = time.perf_counter() - t0
         return out
-
-    def _better(self, value: float, best: float | None) -> bool:
-        if best is None or (isinstance(best, float) and math.isnan(best)):
-            return not math.isnan(value)
-        if self.config.eval.select_by == "loss":
-            return value < best
-        return value > best
 
     def _dev(self, params: PyTree, step: int) -> None:
         """Dev evaluation at ``step``: log, report, and save the params if best so far."""
@@ -458,32 +483,32 @@ class Trainer:
         }
         if "loss" in r:
             rec["dev_loss"] = r["loss"]
+        if "choice_loss" in r:
+            rec["dev_choice_loss"] = r["choice_loss"]
         rec["eval_time"] = r["eval_time"]
         rec["wall_time"] = self._wall()
         rec["time"] = time.time()
         self.logger.log(rec)
         key = "loss" if c.eval.select_by == "loss" else "value"
         value = r.get(key, math.nan)
-        improved = self._better(value, None if self.best is None else self.best["value"])
-        if improved and c.training:
-            self.best = {
-                "step": step,
-                "value": value,
-                "select_by": c.eval.select_by,
-                "metric": r["metric"],
-                "metric_value": r["value"],
-            }
+        improved = c.training and self.tracker.offer(step, value, r["metric"], r["value"])
+        if improved:
             self.ckpts.save_best(step, params, {"best": self.best})
             self.ckpts.prune_best(step)
         self.say(
             f"[zojax] dev {r['metric']} @ step {step} ({step * self.fps} forwards): "
             f"{100 * r['value']:.1f}% on {r['n']} examples"
             + (f", dev loss {r['loss']:.4f}" if "loss" in r else "")
-            + (" (best so far)" if improved and c.training else "")
+            + (" (best so far)" if improved else "")
         )
 
     def _wall(self) -> float:
         return self._wall_offset + (time.perf_counter() - self._t_start)
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """The best dev evaluation so far (see :class:`~zojax.train.evaluation.BestTracker`)."""
+        return self.tracker.best
 
     # ------------------------------------------------------------------ checkpoints
     def _state_meta(self, step: int) -> dict[str, Any]:
@@ -500,6 +525,7 @@ class Trainer:
     def _checkpoint(self, step: int, params: PyTree, opt_state: PyTree) -> None:
         t0 = time.perf_counter()
         path = self.ckpts.save(step, {"params": params, "opt_state": opt_state}, self._state_meta(step))
+        self._saved_at = time.perf_counter()
         self.ckpts.prune_best(None if self.best is None else self.best["step"])
         self.say(f"[zojax] checkpoint step {step} -> {path} ({time.perf_counter() - t0:.1f}s)")
 
@@ -534,7 +560,7 @@ class Trainer:
             }
         )
         self.ckpts = ckpt_lib.Checkpoints(self.run_dir / "checkpoints", c.run.keep_checkpoints)
-        self.best: dict[str, Any] | None = None
+        self.tracker = BestTracker(c.eval.select_by, c.eval.select_initial)
         self.dev_before: dict[str, Any] | None = None
         self.last_dev: dict[str, Any] | None = None
         self._wall_offset = 0.0
@@ -551,7 +577,7 @@ class Trainer:
                 state, meta = restored
                 params, opt_state = state["params"], state["opt_state"]
                 start = int(meta["step"])
-                self.best, self.dev_before = meta.get("best"), meta.get("dev_before")
+                self.tracker.best, self.dev_before = meta.get("best"), meta.get("dev_before")
                 self.last_dev = meta.get("last_dev")
                 self._wall_offset = float(meta.get("wall_time", 0.0))
                 offsets = meta["log_offsets"]
@@ -584,7 +610,7 @@ class Trainer:
                 f"lr {c.optim.lr:g}, eps {c.optim.eps:g}, train seq len {self.data.seq_len}"
                 + (f" ({self.data.truncated} sequences truncated)" if self.data.truncated else "")
             )
-        for note in s.meta.get("notes", []):
+        for note in [*s.meta.get("notes", []), *size_notes(c, s.meta["sizes"])]:
             parts.append(f"[zojax] note: {note}")
         parts.append(f"[zojax] run dir: {self.run_dir}")
         for p in parts:
@@ -647,7 +673,7 @@ class Trainer:
                 dynamic_ncols=True,
                 file=sys.stderr,
             )
-        t_prev = time.perf_counter()
+        t_prev = self._saved_at = time.perf_counter()
         while self._done < total:
             if self._stop_signal is not None:
                 return params, opt_state, "interrupted" if self._stop_signal else "stopped"
@@ -694,7 +720,8 @@ class Trainer:
             if stop_after is not None and self._steps_this_process >= stop_after and done < total:
                 self.request_stop()
             periodic = c.run.checkpoint_every and done % c.run.checkpoint_every == 0
-            if periodic or done == total:
+            timed = c.run.checkpoint_minutes and time.perf_counter() - self._saved_at >= 60 * c.run.checkpoint_minutes
+            if periodic or timed or done == total:
                 self._checkpoint(done, params, opt_state)
                 self._last_saved = done
                 t_prev = time.perf_counter()

@@ -59,10 +59,23 @@ def classification_from_logprobs(logprobs: Array, batch: Batch) -> Array:
     b, c = tm.shape[:2]
     lp = logprobs.reshape(b, c, -1)
     scores = jnp.sum(lp * tm, -1) / jnp.maximum(jnp.sum(tm, -1), 1.0)
+    return candidate_nll(scores, batch).mean()
+
+
+def candidate_nll(scores: Array, batch: Batch) -> Array:
+    r"""Per-example cross-entropy over candidates: :math:`-\log \operatorname{softmax}(s_{b\cdot})_{y_b}`.
+
+    Args:
+      scores: ``float32[B, C]`` candidate scores (padded candidates are masked here).
+      batch: ``candidate_mask [B, C]`` and ``labels [B]``.
+
+    Returns:
+      ``float32[B]``.
+    """
     scores = jnp.where(jnp.asarray(batch["candidate_mask"]) > 0, scores, NEG)
     logp = jax.nn.log_softmax(scores, axis=-1)
     labels = jnp.asarray(batch["labels"], jnp.int32)
-    return -jnp.take_along_axis(logp, labels[:, None], axis=-1).mean()
+    return -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
 
 
 def lm_from_logprobs(logprobs: Array, batch: Batch) -> Array:
@@ -96,13 +109,13 @@ def shared_classification_from_logits(logits: Array, batch: Batch) -> Array:
     Returns:
       the scalar loss (equal to :func:`classification_from_logprobs` on the per-candidate batch).
     """
+    return candidate_nll(shared_candidate_scores(logits, batch), batch).mean()
+
+
+def shared_candidate_scores(logits: Array, batch: Batch) -> Array:
+    """``float32[B, C]``: each single-token candidate's log-probability after its prompt."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    ids = jnp.asarray(batch["candidate_ids"], jnp.int32)
-    scores = jnp.take_along_axis(logp, ids, axis=-1)
-    scores = jnp.where(jnp.asarray(batch["candidate_mask"]) > 0, scores, NEG)
-    lsm = jax.nn.log_softmax(scores, axis=-1)
-    labels = jnp.asarray(batch["labels"], jnp.int32)
-    return -jnp.take_along_axis(lsm, labels[:, None], axis=-1).mean()
+    return jnp.take_along_axis(logp, jnp.asarray(batch["candidate_ids"], jnp.int32), axis=-1)
 
 
 def last_token_logits(

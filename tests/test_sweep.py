@@ -1,0 +1,225 @@
+"""``zojax sweep`` and ``zojax table`` end to end on the tiny model, and the committed specs.
+
+* a 2 × 2 × 2 sweep (method × learning rate × seed) stopped after one step in every cell, then
+  resumed to completion: every cell equals the uninterrupted run of its ``--print-commands`` line;
+  a real SIGTERM stops the running cell with a checkpoint and the next invocation finishes it;
+* the table's numbers equal ones computed by hand from fixture runs;
+* the paper spec's dry run: 396 cells, every method the same forward budget;
+* the CPU spec resolves, and gives every ZO method the same budget.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from zojax import sweep as S
+from zojax import table as T
+from zojax.cli import config_from_args, finetune_main
+from zojax.train import strip_timing
+from zojax.train.logging import read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+
+def _sst2(d: Path) -> Path:
+    (d / "SST-2").mkdir(parents=True, exist_ok=True)
+    rows = ["sentence\tlabel"] + [f"a {'good' if i % 2 else 'bad'} film {i}\t{i % 2}" for i in range(40)]
+    (d / "SST-2" / "train.tsv").write_text("\n".join(rows) + "\n")
+    (d / "SST-2" / "dev.tsv").write_text("\n".join(rows[:13]) + "\n")
+    return d
+
+
+def _spec(tmp: Path, data: Path, steps: int = 3) -> Path:
+    spec = {
+        "name": "tiny",
+        "out": str(tmp / "out"),
+        "base": {
+            "model.name": "random:tiny",
+            "data.data_dir": str(data),
+            "data.num_train": 16,
+            "data.num_dev": 4,
+            "data.num_test": 4,
+            "optim.batch_size": 4,
+            "optim.steps": steps,
+            "eval.eval_every": 1,
+            "run.checkpoint_every": 1,
+        },
+        "grid": {"run.seed": [0, 1]},
+        "methods": [
+            {"label": "MeZO", "optim.method": "mezo", "optim.lr": [1e-3, 1e-2]},
+            {"label": "MeZO-GV", "optim.method": "mezo-gv", "optim.num_candidates": 2, "optim.lr": [1e-3, 1e-2]},
+        ],
+    }
+    path = tmp / "tiny.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def _zojax(*argv: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "zojax.cli", *argv], capture_output=True, text=True, cwd=REPO, **kw)
+
+
+def test_sweep_stop_resume_and_print_commands(tmp_path: Path) -> None:
+    spec_path = _spec(tmp_path, _sst2(tmp_path / "data"))
+    spec = S.load_spec(spec_path)
+    cells = spec.cells()
+    assert len(cells) == 8 and len({c.id for c in cells}) == 8
+
+    dry = _zojax("sweep", str(spec_path), "--dry-run", "--forward-seconds", "0.5")
+    assert dry.returncode == 0, dry.stderr
+    assert "8 cells" in dry.stdout and "MeZO: 4 cells, 3 steps x 2 forwards/step = 6 forward passes" in dry.stdout
+    assert "MeZO-GV: 4 cells, 3 steps x 4 forwards/step = 12 forward passes" in dry.stdout
+    assert "estimated training time of the remaining cells: 0.0 h" in dry.stdout
+
+    lines = _zojax("sweep", str(spec_path), "--print-commands").stdout.splitlines()
+    assert len(lines) == 8 and all(line.startswith("zojax finetune ") for line in lines)
+    for cell, line in zip(cells, lines, strict=True):  # each line is exactly the cell's configuration
+        assert config_from_args(shlex.split(line)[2:]) == cell.config(spec.out)
+
+    first = _zojax("sweep", str(spec_path), "--no-progress", "--jobs", "2", "--stop-after", "1")
+    assert first.returncode == 128 + signal.SIGTERM, first.stdout + first.stderr
+    assert "8 interrupted" in first.stdout
+    assert all(S.cell_status(spec.out / c.id) == "started" for c in cells)
+
+    second = _zojax("sweep", str(spec_path), "--no-progress")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "8 done now" in second.stdout
+    assert all(S.cell_status(spec.out / c.id) == "done" for c in cells)
+    assert not any((spec.out / c.id / "checkpoints").exists() for c in cells)  # cleaned up
+    assert "--resume" in (spec.out / cells[0].id / "sweep.log").read_text()
+
+    third = _zojax("sweep", str(spec_path), "--no-progress")
+    assert "8 already done" in third.stdout
+
+    # the stopped-and-resumed cell equals its printed command run without interruption
+    ref = tmp_path / "ref"
+    argv = shlex.split(lines[-1])[2:]
+    argv[argv.index("--out") + 1] = str(ref)
+    assert finetune_main([*argv, "--no-progress"]) == 0
+    resumed = spec.out / cells[-1].id
+    assert strip_timing(read_metrics(resumed / "metrics.jsonl")) == strip_timing(read_metrics(ref / "metrics.jsonl"))
+    a, b = (json.loads((p / "results.json").read_text()) for p in (resumed, ref))
+    assert a["test"]["value"] == b["test"]["value"] and a["selected_step"] == b["selected_step"]
+
+    table = T.table_from_dirs([spec.out])
+    assert set(table["labels"]) == {"MeZO", "MeZO-GV"} and table["tasks"] == ["sst2"]
+    assert table["cells"]["sst2"]["MeZO"]["seeds"] == [0, 1]
+
+
+def test_sigterm_stops_the_running_cell_and_the_next_invocation_finishes_it(tmp_path: Path) -> None:
+    spec_path = _spec(tmp_path, _sst2(tmp_path / "data"), steps=3000)
+    spec = S.load_spec(spec_path)
+    cell = spec.cells()[0]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zojax.cli", "sweep", str(spec_path), "--no-progress", "--only", cell.id],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    metrics = spec.out / cell.id / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.is_file() and metrics.read_text().count('"train"') >= 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert S.cell_status(spec.out / cell.id) == "started"
+    assert any((spec.out / cell.id / "checkpoints").glob("step_*"))
+    done = _zojax("sweep", str(spec_path), "--no-progress", "--only", cell.id, timeout=900)
+    assert done.returncode == 0, done.stdout
+    res = json.loads((spec.out / cell.id / "results.json").read_text())
+    assert res["status"] == "done" and res["steps"] == 3000
+
+
+# ---------------------------------------------------------------------- the table, by hand
+def _fixture_run(root: Path, label: str, lr: float | None, seed: int, dev: float, test: float, dev_loss: float,
+                 forwards: int = 120, wall: float = 60.0, task: str = "sst2") -> None:  # fmt: skip
+    d = root / f"{task}_{label}_{lr}_{seed}"
+    d.mkdir(parents=True)
+    method = {"MeZO": "mezo", "MeZO-GV": "mezo-gv", "zero-shot": "zero-shot"}[label]
+    config = {"optim": {"method": method, "lr": lr if lr is not None else 0.0, "num_candidates": 4},
+              "model": {"tuning": "full"}, "run": {"seed": seed}}  # fmt: skip
+    (d / "config.json").write_text(json.dumps({"config": config}))
+    (d / "sweep_cell.json").write_text(json.dumps({"label": label}))
+    (d / "metrics.jsonl").write_text(
+        json.dumps({"event": "eval", "step": 0, "forwards": 0, "dev_accuracy": 0.5, "dev_loss": 0.7}) + "\n"
+        + json.dumps({"event": "eval", "step": 10, "forwards": forwards, "dev_accuracy": dev, "dev_loss": dev_loss})
+        + "\n"
+    )  # fmt: skip
+    results = {"status": "done", "task": task, "selected_step": 10, "forwards": forwards, "wall_time": wall,
+               "test": {"metric": "accuracy", "value": test, "n": 100}}  # fmt: skip
+    (d / "results.json").write_text(json.dumps(results))
+
+
+def test_table_numbers_equal_hand_computed_ones(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    # MeZO: lr 1e-6 has mean dev 0.70, lr 1e-5 mean dev 0.65 -> 1e-6 is chosen
+    for seed, (dev, test) in enumerate([(0.70, 0.80), (0.72, 0.84), (0.68, 0.82)]):
+        _fixture_run(root, "MeZO", 1e-6, seed, dev, test, 0.5)
+    for seed, (dev, test) in enumerate([(0.66, 0.90), (0.64, 0.91), (0.65, 0.92)]):
+        _fixture_run(root, "MeZO", 1e-5, seed, dev, test, 0.4)
+    # MeZO-GV: a tie in dev (0.70 both) is broken by the lower dev loss -> 2e-6
+    for seed, (dev, test) in enumerate([(0.70, 0.81), (0.70, 0.86), (0.70, 0.80)]):
+        _fixture_run(root, "MeZO-GV", 1e-6, seed, dev, test, 0.6)
+    for seed, (dev, test) in enumerate([(0.71, 0.86), (0.69, 0.88), (0.70, 0.79)]):
+        _fixture_run(root, "MeZO-GV", 2e-6, seed, dev, test, 0.3, wall=120.0)
+    _fixture_run(root, "zero-shot", None, 0, 0.5, 0.55, 0.7, forwards=0)
+    table = T.table_from_dirs([root])
+    mezo, gv = table["cells"]["sst2"]["MeZO"], table["cells"]["sst2"]["MeZO-GV"]
+    assert mezo["lr"] == 1e-6 and gv["lr"] == 2e-6
+    assert mezo["test_mean"] == pytest.approx((0.80 + 0.84 + 0.82) / 3)
+    assert mezo["test_std"] == pytest.approx(0.02)  # sample std of 0.80, 0.84, 0.82
+    assert gv["test_mean"] == pytest.approx((0.86 + 0.88 + 0.79) / 3)
+    m = (0.86 + 0.88 + 0.79) / 3
+    assert gv["test_std"] == pytest.approx(math.sqrt(((0.86 - m) ** 2 + (0.88 - m) ** 2 + (0.79 - m) ** 2) / 2))
+    assert gv["wall_time"] == 120.0 and gv["forwards"] == [120]
+    # paired by seed: +0.06, +0.04, -0.03
+    p = table["paired"]["MeZO-GV"]["sst2"]
+    assert p["mean_diff"] == pytest.approx(0.07 / 3)
+    d = [0.06, 0.04, -0.03]
+    sd = math.sqrt(sum((x - 0.07 / 3) ** 2 for x in d) / 2)
+    assert p["se"] == pytest.approx(sd / math.sqrt(3))
+    assert (p["wins"], p["losses"], p["ties"]) == (2, 1, 0)
+    assert p["sign_test_p"] == pytest.approx(1.0)  # 2 * (C(3,0) + C(3,1)) / 8 = 1
+    assert T.sign_test(9, 1) == pytest.approx(2 * (1 + 10) / 1024)
+    assert table["labels"][0] == "zero-shot" and table["cells"]["sst2"]["zero-shot"]["lr"] is None
+    md = T.markdown(table)
+    assert "| MeZO | 82.0 ± 2.0 |" in md and "+2.3 ± 2.7 (2-1-0, p=1)" in md
+    png = tmp_path / "curves.png"
+    T.plot(table, png)
+    assert png.stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------- committed specs
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data (present on CI)")
+def test_paper_spec_dry_run() -> None:
+    spec = S.load_spec(REPO / "experiments" / "sweeps" / "paper_opt13b.toml")
+    os.environ.setdefault("ZOJAX_DATA_DIR", str(SHARED))
+    rows = S.plan(spec, check_data=True)
+    assert len(rows) == 11 * 3 * (1 + 3 + 4 + 4)
+    budgets = S.budgets(rows)
+    assert budgets.pop("zero-shot") == {0}
+    assert len({b for v in budgets.values() for b in v}) == 1  # every method the same forward passes
+    steps = {r.cell.label: r.steps for r in rows}
+    assert steps["MeZO"] == 19998 and steps["MeZO-GV"] == steps["MeZO-Greedy"] == 6666
+    assert {r.cell.options["data.task"] for r in rows} == {
+        "sst2", "rte", "cb", "boolq", "wsc", "wic", "multirc", "copa", "record", "squad", "drop"
+    }  # fmt: skip
+
+
+def test_cpu_spec_resolves_with_equal_zo_budgets() -> None:
+    for path in sorted((REPO / "experiments" / "sweeps").glob("cpu_smollm2*.toml")):
+        spec = S.load_spec(path)
+        rows = S.plan(spec, check_data=False)
+        zo = {label: b for label, b in S.budgets(rows).items() if label.startswith("MeZO")}
+        assert zo and len({b for v in zo.values() for b in v}) == 1, (path.name, zo)
+        assert all(b >= 1000 for v in zo.values() for b in v)

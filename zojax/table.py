@@ -1,0 +1,365 @@
+r"""Result tables by MeZO's protocol from finished run directories.
+
+For each task and method (the sweep's label, or the method and its options):
+
+1. the learning rate is chosen by dev: the highest mean over seeds of the dev metric of each
+   run's selected checkpoint (ties: the lower mean dev loss);
+2. at that learning rate the test metric is reported as mean ± sample standard deviation over
+   seeds, with the forward passes per run and the mean wall time;
+3. each method is compared with MeZO on the same (task, seed) pairs: the mean paired difference
+   :math:`\bar d = \frac1n\sum_i (t_i^{\text{method}} - t_i^{\text{MeZO}})`, its standard error
+   :math:`s_d/\sqrt n`, wins/losses/ties and the two-sided exact sign-test p-value
+   :math:`p = \min(1, 2\sum_{k \le \min(w, l)} \binom{w+l}{k} 2^{-(w+l)})`, per task and over all
+   tasks.
+
+Runs without training (``zero-shot``) have no learning rate and one row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+BASELINE = "MeZO"
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One finished run, as the table needs it.
+
+    Attributes:
+      path: the run directory.
+      task: the task name.
+      label: the row (the sweep's method label, or method and options).
+      lr: the learning rate (``None`` without training).
+      seed: the seed.
+      dev: the dev metric of the selected parameters (``None`` without dev).
+      dev_loss: the dev loss of the selected parameters.
+      test: the test metric of the selected parameters.
+      metric: the metric's name.
+      forwards: forward passes of the run.
+      wall_time: seconds.
+    """
+
+    path: Path
+    task: str
+    label: str
+    lr: float | None
+    seed: int
+    dev: float | None
+    dev_loss: float | None
+    test: float | None
+    metric: str
+    forwards: int
+    wall_time: float
+
+
+def default_label(config: Mapping[str, Any]) -> str:
+    """``mezo``, ``mezo-gv M=4``, ``ft`` … (with ``/lora`` or ``/prefix`` for those tunings)."""
+    o, m = config["optim"], config["model"]
+    label = o["method"]
+    if label in ("mezo-gv", "mezo-greedy"):
+        label += f" M={o['num_candidates']}"
+    if label == "nspsa":
+        label += f" q={o['num_queries']}"
+    if m.get("tuning", "full") != "full":
+        label += f"/{m['tuning']}"
+    return label
+
+
+def find_runs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Run directories (holding ``results.json``) at or under each path."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if (p / "results.json").is_file():
+            out.append(p)
+        elif p.is_dir():
+            out += sorted(q.parent for q in p.rglob("results.json"))
+        else:
+            raise ValueError(f"{p}: no such run directory")
+    return sorted(set(out))
+
+
+def _selected_dev(results: Mapping[str, Any], metrics_path: Path) -> tuple[float | None, float | None]:
+    """Dev metric and dev loss of the selected step (from the eval records of metrics.jsonl)."""
+    step = results.get("selected_step")
+    rec = None
+    if metrics_path.is_file():
+        for line in metrics_path.read_text().splitlines():
+            r = json.loads(line)
+            if r.get("event") == "eval" and r.get("step") == step:
+                rec = r
+    if rec is None:
+        d = results.get("dev_after")
+        return (None, None) if not d else (d.get("value"), d.get("loss"))
+    return dev_metric(rec), rec.get("dev_loss")
+
+
+def dev_metric(record: Mapping[str, Any]) -> float | None:
+    """The task metric of an ``eval`` record of ``metrics.jsonl`` (``dev_accuracy``, ``dev_f1`` …)."""
+    return next(
+        (v for k, v in record.items() if k.startswith("dev_") and k not in ("dev_loss", "dev_choice_loss")), None
+    )
+
+
+def load_run(path: Path) -> Run | None:
+    """The :class:`Run` of a directory whose ``results.json`` says ``done`` (else ``None``)."""
+    results = json.loads((path / "results.json").read_text())
+    if results.get("status") != "done":
+        return None
+    config = json.loads((path / "config.json").read_text())["config"]
+    cell = path / "sweep_cell.json"
+    label = json.loads(cell.read_text())["label"] if cell.is_file() else default_label(config)
+    training = config["optim"]["method"] not in ("zero-shot", "icl")
+    dev, dev_loss = _selected_dev(results, path / "metrics.jsonl")
+    test = results.get("test") or {}
+    return Run(
+        path=path,
+        task=results["task"],
+        label=label,
+        lr=config["optim"]["lr"] if training else None,
+        seed=int(config["run"]["seed"]),
+        dev=dev,
+        dev_loss=dev_loss,
+        test=test.get("value"),
+        metric=test.get("metric") or (results.get("dev_after") or {}).get("metric", "metric"),
+        forwards=int(results.get("forwards", 0)),
+        wall_time=float(results.get("wall_time", 0.0)),
+    )
+
+
+def _mean(xs: Sequence[float | None]) -> float:
+    vals = [x for x in xs if x is not None]
+    return statistics.fmean(vals) if vals else math.nan
+
+
+def _std(xs: Sequence[float]) -> float:
+    return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign-test p-value (ties dropped)."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    k = min(wins, losses)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+
+
+def paired(a: Mapping[int, float], b: Mapping[int, float]) -> dict[str, Any]:
+    """The paired comparison of ``a`` against ``b`` on their common keys (seeds or (task, seed))."""
+    keys = sorted(set(a) & set(b), key=str)
+    d = [a[k] - b[k] for k in keys]
+    n = len(d)
+    wins, losses = sum(x > 0 for x in d), sum(x < 0 for x in d)
+    return {
+        "n": n,
+        "mean_diff": statistics.fmean(d) if d else math.nan,
+        "se": _std(d) / math.sqrt(n) if n > 1 else math.nan,
+        "wins": wins,
+        "losses": losses,
+        "ties": n - wins - losses,
+        "sign_test_p": sign_test(wins, losses),
+    }
+
+
+def build_table(runs: Sequence[Run], baseline: str = BASELINE) -> dict[str, Any]:
+    """Chooses each (task, label)'s learning rate by dev and summarises test over seeds.
+
+    Returns:
+      ``{"cells": {task: {label: {...}}}, "tasks", "labels", "paired": {label: {task | "all": ...}}}``;
+      a cell holds ``lr``, ``lrs`` (every lr tried with its mean dev), ``test_mean``, ``test_std``,
+      ``dev_mean``, ``seeds``, ``tests`` (by seed), ``forwards``, ``wall_time``, ``metric``, ``runs``.
+    """
+    groups: dict[tuple[str, str], dict[Any, list[Run]]] = {}
+    for r in runs:
+        groups.setdefault((r.task, r.label), {}).setdefault(r.lr, []).append(r)
+    cells: dict[str, dict[str, Any]] = {}
+    for (task, label), by_lr in groups.items():
+        tried = {}
+        for lr, rs in by_lr.items():
+            tried[lr] = (_mean([r.dev for r in rs]), _mean([r.dev_loss for r in rs]))
+
+        def key(lr: Any, tried: dict = tried) -> tuple[float, float]:
+            dev, loss = tried[lr]
+            return (-dev if not math.isnan(dev) else math.inf, loss if not math.isnan(loss) else math.inf)
+
+        best_lr = min(tried, key=key)
+        rs = sorted(by_lr[best_lr], key=lambda r: r.seed)
+        tests = [r.test for r in rs if r.test is not None]
+        cells.setdefault(task, {})[label] = {
+            "lr": best_lr,
+            "lrs": [{"lr": lr, "dev_mean": d, "dev_loss_mean": ls, "runs": len(by_lr[lr])}
+                    for lr, (d, ls) in sorted(tried.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))],
+            "test_mean": _mean(tests),
+            "test_std": _std(tests),
+            "dev_mean": _mean([r.dev for r in rs]),
+            "seeds": [r.seed for r in rs],
+            "tests": {r.seed: r.test for r in rs if r.test is not None},
+            "forwards": sorted({r.forwards for r in rs}),
+            "wall_time": _mean([r.wall_time for r in rs]),
+            "metric": rs[0].metric,
+            "runs": [str(r.path) for r in rs],
+        }  # fmt: skip
+    tasks = sorted(cells)
+    if baseline not in {r.label for r in runs} and "mezo" in {r.label for r in runs}:
+        baseline = "mezo"
+    labels = _ordered_labels(runs, baseline)
+    comparisons: dict[str, dict[str, Any]] = {}
+    for label in labels:
+        if label == baseline:
+            continue
+        per: dict[str, Any] = {}
+        all_a: dict[Any, float] = {}
+        all_b: dict[Any, float] = {}
+        for task in tasks:
+            a, b = cells[task].get(label), cells[task].get(baseline)
+            if a is None or b is None:
+                continue
+            per[task] = paired(a["tests"], b["tests"])
+            all_a.update({(task, s): v for s, v in a["tests"].items()})
+            all_b.update({(task, s): v for s, v in b["tests"].items()})
+        if per:
+            per["all"] = paired(all_a, all_b)
+            comparisons[label] = per
+    return {"cells": cells, "tasks": tasks, "labels": labels, "baseline": baseline, "paired": comparisons}
+
+
+def _ordered_labels(runs: Sequence[Run], baseline: str) -> list[str]:
+    seen: list[str] = []
+    for r in runs:
+        if r.label not in seen:
+            seen.append(r.label)
+    order = {"zero-shot": 0, baseline: 1}
+    return sorted(seen, key=lambda s: (order.get(s, 2), seen.index(s)))
+
+
+def _pct(x: float) -> str:
+    return "—" if x is None or math.isnan(x) else f"{100 * x:.1f}"
+
+
+def markdown(table: Mapping[str, Any]) -> str:
+    """The table (test mean ± std over seeds, in %), the chosen learning rates and the paired
+    comparison with the baseline, as Markdown."""
+    tasks, labels, cells = table["tasks"], table["labels"], table["cells"]
+    head = "| method | " + " | ".join(tasks) + " | mean |"
+    lines = [head, "|" + "---|" * (len(tasks) + 2)]
+    for label in labels:
+        row, means = [], []
+        for t in tasks:
+            c = cells[t].get(label)
+            if c is None:
+                row.append("")
+                continue
+            means.append(c["test_mean"])
+            n = len(c["tests"])
+            row.append(f"{_pct(c['test_mean'])} ± {_pct(c['test_std'])}" if n > 1 else _pct(c["test_mean"]))
+        mean = statistics.fmean(means) if len(means) == len(tasks) and means else math.nan
+        lines.append(f"| {label} | " + " | ".join(row) + f" | {_pct(mean)} |")
+    lines += ["", "Learning rate chosen by mean dev metric over seeds (forward passes per run; mean wall time):", ""]
+    lines.append("| method | " + " | ".join(tasks) + " |")
+    lines.append("|" + "---|" * (len(tasks) + 1))
+    for label in labels:
+        row = []
+        for t in tasks:
+            c = cells[t].get(label)
+            if c is None:
+                row.append("")
+                continue
+            lr = "—" if c["lr"] is None else f"{c['lr']:g}"
+            fw = "/".join(map(str, c["forwards"]))
+            row.append(f"{lr} ({fw} fwd; {c['wall_time'] / 60:.0f} min)")
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    if table["paired"]:
+        lines += ["", f"Paired test difference against {table['baseline']} (same task and seed; points):", ""]
+        lines.append("| method | " + " | ".join([*tasks, "all"]) + " |")
+        lines.append("|" + "---|" * (len(tasks) + 2))
+        for label, per in table["paired"].items():
+            row = []
+            for t in [*tasks, "all"]:
+                p = per.get(t)
+                if p is None:
+                    row.append("")
+                    continue
+                se = "" if math.isnan(p["se"]) else f" ± {100 * p['se']:.1f}"
+                record = f"{p['wins']}-{p['losses']}-{p['ties']}, p={p['sign_test_p']:.2g}"
+                row.append(f"{100 * p['mean_diff']:+.1f}{se} ({record})")
+            lines.append(f"| {label} | " + " | ".join(row) + " |")
+        lines += ["", "(mean difference ± standard error; wins-losses-ties; two-sided sign-test p)"]
+    return "\n".join(lines)
+
+
+def dev_curves(table: Mapping[str, Any]) -> dict[str, dict[str, list[tuple[list[int], list[float]]]]]:
+    """``{task: {label: [(forwards, dev metric) per seed]}}`` from the chosen runs' eval records."""
+    out: dict[str, dict[str, list]] = {}
+    for task, by_label in table["cells"].items():
+        for label, c in by_label.items():
+            curves = []
+            for run in c["runs"]:
+                xs, ys = [], []
+                mpath = Path(run) / "metrics.jsonl"
+                if mpath.is_file():
+                    for line in mpath.read_text().splitlines():
+                        r = json.loads(line)
+                        if r.get("event") == "eval":
+                            val = dev_metric(r)
+                            if val is not None:
+                                xs.append(int(r["forwards"]))
+                                ys.append(float(val))
+                if xs:
+                    curves.append((xs, ys))
+            out.setdefault(task, {})[label] = curves
+    return out
+
+
+def plot(table: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """Dev metric against forward passes, per task, mean over seeds with a min–max band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    curves = dev_curves(table)
+    tasks = table["tasks"]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for label in table["labels"]:
+            runs = curves.get(task, {}).get(label) or []
+            if not runs:
+                continue
+            common = sorted(set.intersection(*(set(x) for x, _ in runs)))
+            if not common:
+                continue
+            ys = np.array([[dict(zip(x, y, strict=True))[f] for f in common] for x, y in runs])
+            xs = np.array(common)
+            line = ax.plot(xs, 100 * ys.mean(0), marker="o", ms=3, label=label)[0]
+            if len(runs) > 1:
+                ax.fill_between(xs, 100 * ys.min(0), 100 * ys.max(0), color=line.get_color(), alpha=0.15)
+        ax.set_title(task)
+        ax.set_xlabel("forward passes")
+        ax.set_ylabel("dev metric (%)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def table_from_dirs(paths: Iterable[str | os.PathLike[str]], baseline: str = BASELINE) -> dict[str, Any]:
+    """:func:`build_table` over every finished run under ``paths``."""
+    runs = [r for p in find_runs(paths) if (r := load_run(p)) is not None]
+    if not runs:
+        raise ValueError("no finished runs (results.json with status done) under the given paths")
+    return build_table(runs, baseline)
+
+
+def to_json(table: Mapping[str, Any]) -> str:
+    """The table as JSON (seed keys become strings)."""
+    return json.dumps(table, indent=2, default=str)

@@ -1,0 +1,170 @@
+r"""Model selection on dev: the training objective over a split, and the best-step rule.
+
+MeZO selects the checkpoint with the lowest dev loss of its training objective (the Hugging Face
+Trainer's default ``eval_loss``): for the classification tasks the cross-entropy over candidates,
+for COPA, ReCoRD, SQuAD and DROP the teacher-forced LM loss on the gold answer. :class:`DevObjective`
+computes it over a whole split as if the split were one batch,
+
+.. math::
+
+   L_\text{dev} = \frac{\sum_b w_b\,\ell_b}{\sum_b w_b},
+
+with :math:`\ell_b` the per-example cross-entropy and :math:`w_b = 1` (classification), or
+:math:`\ell_b` the summed token NLL and :math:`w_b` the number of answer tokens (``lm``), so the
+value does not depend on the evaluation batch size. :class:`BestTracker` keeps the best step by
+that loss (lower is better) or by the task metric (higher is better); ties go to the later step,
+and the untrained step-0 parameters are never chosen unless asked (``select_initial``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zojax.tasks import Example, Task
+from zojax.train.data import TrainBatches
+from zojax.train.loss import (
+    candidate_nll,
+    last_token_logits,
+    shared_candidate_scores,
+    shifted_target_mask,
+)
+
+PyTree = Any
+Array = jax.Array
+
+
+def objective_sums(lm: Any, objective: str, params: PyTree, batch: Mapping[str, Any]) -> tuple[Array, Array]:
+    r"""``(Σ_b w_b ℓ_b, Σ_b w_b)`` of a batch whose rows carry ``example_weight`` (0 for padding).
+
+    Args:
+      lm: a :class:`zojax.models.Model` or :class:`zojax.models.Adapted`.
+      objective: ``"classification"`` or ``"lm"``.
+      params: ``lm``'s (trainable) parameters.
+      batch: a :class:`~zojax.train.data.TrainBatches` batch plus ``example_weight float32[B]``.
+
+    Returns:
+      the weighted sum of losses and the total weight (scalars).
+    """
+    w = jnp.asarray(batch["example_weight"], jnp.float32)
+    ids, mask = jnp.asarray(batch["input_ids"], jnp.int32), jnp.asarray(batch["attention_mask"], jnp.int32)
+    if "candidate_ids" in batch:
+        logits = last_token_logits(lm, params, ids, mask)
+        nll = candidate_nll(shared_candidate_scores(logits, batch), batch)
+        return jnp.sum(w * nll), jnp.sum(w)
+    logprobs = lm.token_logprobs(params, ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, mask.shape[-1]))
+    tm = shifted_target_mask(batch["target_mask"])
+    if objective == "classification":
+        b, c = tm.shape[:2]
+        lp = logprobs.reshape(b, c, -1)
+        scores = jnp.sum(lp * tm, -1) / jnp.maximum(jnp.sum(tm, -1), 1.0)
+        nll = candidate_nll(scores, batch)
+        return jnp.sum(w * nll), jnp.sum(w)
+    tm = tm * w[:, None]
+    return -jnp.sum(logprobs * tm), jnp.sum(tm)
+
+
+class DevObjective:
+    """The training objective over a fixed split, in fixed-shape batches (one compile).
+
+    Attributes:
+      batches: the split's batches (the last one padded with zero-weight rows).
+      n: the number of examples.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        examples: Sequence[Example],
+        tokenizer: Any,
+        batch_size: int = 16,
+        max_length: int = 2048,
+        max_new_tokens: int = 50,
+    ) -> None:
+        """Encodes ``examples`` once.
+
+        Args:
+          task: the task (its ``objective`` is the loss).
+          examples: the split (non-empty).
+          tokenizer: the tokenizer.
+          batch_size: rows per evaluation batch.
+          max_length: cap on sequence length (left truncation keeping BOS), as in training.
+          max_new_tokens: generation budget (as in training; ``lm`` sequences leave room for it).
+        """
+        self.objective = task.objective
+        self.n = len(examples)
+        enc = TrainBatches(task, examples, tokenizer, batch_size, 0, max_length, max_new_tokens)
+        self.batches: list[dict[str, np.ndarray]] = []
+        for start in range(0, self.n, batch_size):
+            exs = list(examples[start : start + batch_size])
+            real = len(exs)
+            exs += [examples[0]] * (batch_size - real)
+            b = enc.batch_of(exs)
+            b["example_weight"] = (np.arange(batch_size) < real).astype(np.float32)
+            self.batches.append(b)
+
+    def __call__(self, sums_fn: Callable[[PyTree, PyTree, Mapping[str, Any]], tuple[Array, Array]],
+                 params: PyTree, frozen: PyTree) -> float:  # fmt: skip
+        """``L_dev`` with ``sums_fn(params, frozen, batch) -> (Σ w ℓ, Σ w)`` (jitted by the caller)."""
+        total, weight = 0.0, 0.0
+        for b in self.batches:
+            s, n = jax.device_get(sums_fn(params, frozen, b))
+            total, weight = total + float(s), weight + float(n)
+        return total / weight if weight > 0 else math.nan
+
+
+def jitted_objective_sums(bind: Callable[[PyTree], Any], objective: str) -> Callable:
+    """``jit((params, frozen, batch) -> objective_sums(bind(frozen), ...))``."""
+
+    def fn(params: PyTree, frozen: PyTree, batch: Mapping[str, Any]) -> tuple[Array, Array]:
+        return objective_sums(bind(frozen), objective, params, batch)
+
+    return jax.jit(fn)
+
+
+@dataclasses.dataclass
+class BestTracker:
+    """The best dev step so far.
+
+    Attributes:
+      select_by: ``"loss"`` (MeZO's rule: lowest dev objective) or ``"metric"`` (highest metric).
+      select_initial: whether the step-0 (untrained) parameters may be chosen.
+      best: ``{"step", "value", "select_by", "metric", "metric_value"}`` or ``None``.
+    """
+
+    select_by: str = "loss"
+    select_initial: bool = False
+    best: dict[str, Any] | None = None
+
+    def offer(self, step: int, value: float, metric: str, metric_value: float) -> bool:
+        """Records ``step`` if it is the best so far (ties go to the later step); returns whether it is.
+
+        Args:
+          step: the training step the parameters come from.
+          value: the selection value (dev objective for ``"loss"``, metric for ``"metric"``).
+          metric: the task metric's name.
+          metric_value: its value (kept for the report).
+        """
+        if step == 0 and not self.select_initial:
+            return False
+        if value is None or math.isnan(value):
+            return False
+        if self.best is not None:
+            current = self.best["value"]
+            worse = value > current if self.select_by == "loss" else value < current
+            if worse:
+                return False
+        self.best = {
+            "step": step,
+            "value": value,
+            "select_by": self.select_by,
+            "metric": metric,
+            "metric_value": metric_value,
+        }
+        return True
