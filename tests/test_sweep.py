@@ -118,7 +118,7 @@ def test_sweep_stop_resume_and_print_commands(tmp_path: Path) -> None:
 
 
 def test_sigterm_stops_the_running_cell_and_the_next_invocation_finishes_it(tmp_path: Path) -> None:
-    spec_path = _spec(tmp_path, _sst2(tmp_path / "data"), steps=3000)
+    spec_path = _spec(tmp_path, _sst2(tmp_path / "data"), steps=600)
     spec = S.load_spec(spec_path)
     cell = spec.cells()[0]
     proc = subprocess.Popen(
@@ -137,7 +137,7 @@ def test_sigterm_stops_the_running_cell_and_the_next_invocation_finishes_it(tmp_
     done = _zojax("sweep", str(spec_path), "--no-progress", "--only", cell.id, timeout=900)
     assert done.returncode == 0, done.stdout
     res = json.loads((spec.out / cell.id / "results.json").read_text())
-    assert res["status"] == "done" and res["steps"] == 3000
+    assert res["status"] == "done" and res["steps"] == 600
 
 
 # ---------------------------------------------------------------------- the table, by hand
