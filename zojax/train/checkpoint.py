@@ -13,10 +13,17 @@ a process killed mid-save leaves no folder that looks complete. On restore every
 against the manifest before orbax reads it; a checkpoint that fails (missing manifest, a truncated
 or altered file, an orbax error) is renamed ``corrupt.<name>`` with a warning and the previous one
 is tried.
+
+A save that fails (a full disk, an unwritable folder, Ctrl-C) removes its partial ``tmp.<name>.<pid>``
+folder and leaves the checkpoints already there untouched; a full disk raises
+:class:`~zojax.errors.DiskFullError` (a one-line :class:`~zojax.errors.UserError`) saying so.
+Temporary folders left by a killed process are removed by :meth:`Checkpoints.remove_stale` (called
+by :meth:`Checkpoints.restore_latest`, i.e. on ``--resume``).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -30,12 +37,17 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from zojax.errors import DiskFullError, UserError, disk_full_reason
+
 PyTree = Any
 MANIFEST = "MANIFEST.json"
 META = "meta.json"
 STATE = "state"
 _STEP_RE = re.compile(r"^step_(\d{8,})$")
 _BEST_RE = re.compile(r"^best_(\d{8,})$")
+_TMP_RE = re.compile(r"^tmp\.((?:step|best)_\d{8,})\.\d+$")
+_OLD_RE = re.compile(r"^old\.((?:step|best)_\d{8,})\.\d+$")
+_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 class CheckpointWarning(UserWarning):
@@ -104,18 +116,25 @@ class Checkpoints:
 
     # ------------------------------------------------------------------ writing
     def _write(self, name: str, state: Mapping[str, PyTree], meta: Mapping[str, Any]) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
         final = self.directory / name
         tmp = self.directory / f"tmp.{name}.{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        self._ckpt.save(tmp / STATE, args=ocp.args.StandardSave(dict(state)))
-        with open(tmp / META, "w") as f:
-            json.dump(dict(meta), f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        write_manifest(tmp)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+            self._ckpt.save(tmp / STATE, args=ocp.args.StandardSave(dict(state)))
+            with open(tmp / META, "w") as f:
+                json.dump(dict(meta), f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            write_manifest(tmp)
+        except BaseException as e:  # a full disk, a permission change, Ctrl-C: leave nothing partial
+            shutil.rmtree(tmp, ignore_errors=True)
+            err = self._save_error(name, e)
+            if err is e:
+                raise
+            raise err from e
         old = None
         if final.exists():
             old = self.directory / f"old.{name}.{os.getpid()}"
@@ -125,11 +144,58 @@ class Checkpoints:
             shutil.rmtree(old, ignore_errors=True)
         return final
 
+    def _save_error(self, name: str, e: BaseException) -> BaseException:
+        """The exception to raise for a failed save of ``name``: a one-line :class:`UserError` for a
+        full disk or an unwritable folder, ``e`` itself otherwise."""
+        run = self.directory.parent
+        try:
+            kept = self.steps()
+        except OSError:
+            kept = []
+        last = f"the last complete checkpoint, step {kept[-1]}, is kept" if kept else "no earlier checkpoint exists"
+        reason = disk_full_reason(e)
+        if reason is not None:
+            return DiskFullError(
+                f"checkpoint {name}: the disk is full ({reason}) under {self.directory}; the partial "
+                f"checkpoint was removed and {last}: free some space, then continue with: "
+                f"zojax finetune --out {run} --resume"
+            )
+        if isinstance(e, OSError) and e.errno in _UNWRITABLE:
+            return UserError(
+                f"checkpoint {name}: cannot write under {self.directory} ({e.strerror}); {last}: make the "
+                f"folder writable, then continue with: zojax finetune --out {run} --resume"
+            )
+        return e
+
+    def remove_stale(self) -> list[str]:
+        """Removes what a process killed while saving left behind: ``tmp.<name>.<pid>`` folders (a
+        save that never finished) and ``old.<name>.<pid>`` ones (the copy a re-save replaces; put
+        back when the replacement is missing). Returns the names removed."""
+        removed: list[str] = []
+        if not self.directory.is_dir():
+            return removed
+        for p in sorted(self.directory.iterdir()):
+            if _TMP_RE.match(p.name):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p.name)
+            elif (m := _OLD_RE.match(p.name)) is not None:
+                final = self.directory / m.group(1)
+                if final.exists():
+                    shutil.rmtree(p, ignore_errors=True)
+                    removed.append(p.name)
+                else:
+                    os.replace(p, final)
+        return removed
+
     def save(self, step: int, state: Mapping[str, PyTree], meta: Mapping[str, Any]) -> Path:
         """Saves ``state`` (a dict of pytrees) and ``meta`` as step ``step``; prunes old ones.
 
         Returns:
           the checkpoint folder.
+
+        Raises:
+          DiskFullError: the disk filled up (the partial folder is removed, older checkpoints kept).
+          UserError: the folder is not writable (likewise).
         """
         path = self._write(f"step_{step:08d}", state, {**meta, "step": int(step)})
         for old in self.steps()[: -self.keep]:
@@ -195,10 +261,13 @@ class Checkpoints:
     def restore_latest(self, target: Mapping[str, PyTree]) -> tuple[dict, dict] | None:
         """The newest usable checkpoint as ``(state, meta)``, or ``None`` if there is none.
 
+        Temporary folders of saves that never finished are removed first (:meth:`remove_stale`).
+
         Args:
           target: a dict of pytrees with the state's structure (arrays or
             ``jax.ShapeDtypeStruct``; see :func:`abstract`).
         """
+        self.remove_stale()
         steps = self.steps()
         for i, step in reversed(list(enumerate(steps))):
             folder = self.directory / f"step_{step:08d}"
