@@ -68,6 +68,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
+import jax.scipy.linalg
 import numpy as np
 
 KEY_IMPL = "threefry4x32"
@@ -360,7 +361,8 @@ def subspace_basis(
 
     ``r = min(subspace.rank, m, n)``; ``U = qr(G_U)``, ``V = qr(G_V)`` with ``G_U, G_V`` standard
     Gaussian from ``fold_in(fold_in(fold_in(subspace.key, id(leaf)) [, layer], 0 | 1)`` (the
-    reduced QR's ``Q``, as SubZero's ``torch.linalg.qr`` of Gaussian matrices).
+    reduced QR's ``Q``, as SubZero's ``torch.linalg.qr`` of Gaussian matrices, computed by
+    Cholesky-QR: see :func:`_orthonormal`).
     """
     r = min(int(subspace.rank), m, n)
     key = fold_in(subspace.key, path_id(path))
@@ -368,7 +370,20 @@ def subspace_basis(
         key = fold_in(key, layer)
     g_u = _draw(fold_in(key, 0), (m, r), "gaussian")
     g_v = _draw(fold_in(key, 1), (n, r), "gaussian")
-    return jnp.linalg.qr(g_u)[0], jnp.linalg.qr(g_v)[0]
+    return _orthonormal(g_u), _orthonormal(g_v)
+
+
+def _orthonormal(g: jax.Array) -> jax.Array:
+    """The ``Q`` of ``g = QR`` with ``diag(R) > 0``, by Cholesky-QR: ``Q = g C⁻ᵀ``, ``CCᵀ = gᵀg``.
+
+    The same ``Q`` as a Householder QR normalised to a positive ``diag(R)``; a Gaussian ``[m, r]``
+    with ``m ≥ r`` is well conditioned, so one pass is accurate to float32 (``‖QᵀQ − I‖ ≈ 1e-6``),
+    and it is matmul-bound: ~6x faster than ``jnp.linalg.qr`` on CPU for ``[1536, 32]``
+    (``experiments/bench_subspace.py``).
+    """
+    hi = jax.lax.Precision.HIGHEST
+    chol = jnp.linalg.cholesky(jnp.matmul(g.T, g, precision=hi))
+    return jax.scipy.linalg.solve_triangular(chol, g.T, lower=True).T
 
 
 def _subspace_matrix(
