@@ -5,6 +5,10 @@ from keys (:mod:`zojax.perturb`), and returns an :class:`Estimate` whose ``grad`
 regenerable :class:`~zojax.perturb.Direction`: the estimate ``ĝ`` is never held as M parameter-sized
 buffers. Loops over candidates and queries are ``jax.lax.map``s, so one forward pass is live at a time.
 
+Every estimator takes ``subspace=``: ``None`` draws i.i.d. noise (MeZO); a
+:class:`~zojax.perturb.Subspace` draws SubZero's low-rank ``U Z Vᵀ`` noise on the matrix leaves, which
+turns SPSA into SubZero, guided into SubZero-GV and greedy into SubZero-Greedy.
+
 Forward passes per step (static): SPSA 2, n-SPSA ``2q``, guided (MeZO-GV) ``M + 2``, greedy ``M + 2``
 (``M + 1`` when the best candidate's loss is reused).
 """
@@ -65,6 +69,46 @@ def check_distribution(distribution: str) -> None:
         raise ValueError(
             f"distribution: expected one of {perturb.DISTRIBUTIONS}, got {distribution!r}"
         )
+
+
+def check_subspace(subspace: Any) -> None:
+    if subspace is not None and not isinstance(subspace, perturb.Subspace):
+        raise ValueError(
+            f"subspace: expected None or a zojax.perturb.Subspace, got {type(subspace).__name__}"
+        )
+
+
+def check_perturbation(
+    perturbation: Any, rank: Any = None, refresh_every: Any = None
+) -> tuple[int, int] | None:
+    """Validates the perturbation family's options; returns ``(rank, refresh_every)`` or ``None``.
+
+    ``perturbation="iid"`` (the default: i.i.d. noise of ``distribution``) takes neither option;
+    ``perturbation="subspace"`` (SubZero) needs ``rank >= 1`` and ``refresh_every >= 1`` (steps
+    between subspace refreshes).
+    """
+    if perturbation not in perturb.PERTURBATIONS:
+        raise ValueError(
+            f"perturbation: expected one of {perturb.PERTURBATIONS}, got {perturbation!r}"
+        )
+    if perturbation == "iid":
+        for name, value in (("rank", rank), ("refresh_every", refresh_every)):
+            if value is not None:
+                raise ValueError(
+                    f"{name}: only used with perturbation='subspace' (got {name}={value!r} with "
+                    f"perturbation='iid')"
+                )
+        return None
+    for name, value in (("rank", rank), ("refresh_every", refresh_every)):
+        if value is None:
+            raise ValueError(f"{name}: perturbation='subspace' needs {name} (an integer >= 1)")
+    r = check_integer("rank", rank)
+    k = check_integer("refresh_every", refresh_every)
+    if r < 1:
+        raise ValueError(f"rank: expected r >= 1, got {r}")
+    if k < 1:
+        raise ValueError(f"refresh_every: expected k >= 1 steps, got {k}")
+    return r, k
 
 
 def check_integer(name: str, value: Any) -> int:
@@ -185,7 +229,13 @@ def two_point_losses(
 
 
 def candidate_losses(
-    value_fn: ValueFn, params: PyTree, step_key: jax.Array, num: int, eps: Any, distribution: str
+    value_fn: ValueFn,
+    params: PyTree,
+    step_key: jax.Array,
+    num: int,
+    eps: Any,
+    distribution: str,
+    subspace: perturb.Subspace | None = None,
 ) -> jax.Array:
     """One-sided candidate losses ``l_i = L(θ + ε z_i)``, ``z_i`` drawn from ``fold_in(step_key, i)``.
 
@@ -195,7 +245,8 @@ def candidate_losses(
 
     def body(i: jax.Array) -> jax.Array:
         k = perturb.fold_in(step_key, i)
-        return perturb.evaluate(value_fn, params, Direction.single(k, 1.0, distribution), eps)
+        z = Direction.single(k, 1.0, distribution, subspace)
+        return perturb.evaluate(value_fn, params, z, eps)
 
     return jax.lax.map(body, jnp.arange(num, dtype=jnp.uint32))
 
@@ -208,6 +259,7 @@ def estimate_spsa(
     eps: float = 1e-3,
     one_sided: bool = False,
     distribution: str = "gaussian",
+    subspace: perturb.Subspace | None = None,
 ) -> Estimate:
     """MeZO's SPSA estimate along one random direction.
 
@@ -223,6 +275,8 @@ def estimate_spsa(
       eps: the perturbation scale ``ε > 0``.
       one_sided: use the forward difference against ``L(θ)``.
       distribution: ``"gaussian"`` (MeZO) or ``"rademacher"``.
+      subspace: ``None`` (i.i.d. noise, MeZO) or a :class:`~zojax.perturb.Subspace`: SubZero's
+        low-rank noise ``U Z Vᵀ`` on the matrix leaves (the transforms refresh its key).
 
     Returns:
       An :class:`Estimate`; 2 forward passes.
@@ -236,8 +290,9 @@ def estimate_spsa(
     check_eps(eps)
     check_distribution(distribution)
     one_sided = check_flag("one_sided", one_sided)
+    check_subspace(subspace)
     check_params(params)
-    z = Direction.single(perturb.fold_in(key, 0), 1.0, distribution)
+    z = Direction.single(perturb.fold_in(key, 0), 1.0, distribution, subspace)
     if one_sided:
         plus = perturb.evaluate(value_fn, params, z, eps)
         base = _plain_loss(value_fn, params)
@@ -266,6 +321,7 @@ def estimate_nspsa(
     eps: float = 1e-3,
     num_queries: int = 2,
     distribution: str = "gaussian",
+    subspace: perturb.Subspace | None = None,
 ) -> Estimate:
     """n-SPSA: the two-sided SPSA estimate averaged over ``q`` independent directions.
 
@@ -280,6 +336,8 @@ def estimate_nspsa(
       eps: the perturbation scale ``ε > 0``.
       num_queries: ``q >= 1``.
       distribution: ``"gaussian"`` or ``"rademacher"``.
+      subspace: ``None`` or a :class:`~zojax.perturb.Subspace` (see :func:`estimate_spsa`); every
+        query / candidate uses the same subspace.
 
     Returns:
       An :class:`Estimate` (``projected_grad`` is the mean of the ``q`` projections); ``2q`` forwards.
@@ -287,17 +345,19 @@ def estimate_nspsa(
     check_eps(eps)
     check_distribution(distribution)
     num_queries = check_num_queries(num_queries)
+    check_subspace(subspace)
     check_params(params)
     keys = perturb.candidate_keys(key, num_queries)
 
     def body(i: jax.Array) -> jax.Array:
-        z = Direction.single(perturb.fold_in(key, i), 1.0, distribution)
+        z = Direction.single(perturb.fold_in(key, i), 1.0, distribution, subspace)
         return two_point_losses(value_fn, params, z, eps)
 
     pairs = jax.lax.map(body, jnp.arange(num_queries, dtype=jnp.uint32))
     g = (pairs[:, 0] - pairs[:, 1]) / (2 * eps)
-    grad = Direction(keys, g / num_queries, distribution)
-    search = Direction(keys, jnp.full((num_queries,), 1.0 / num_queries, jnp.float32), distribution)
+    grad = Direction(keys, g / num_queries, distribution, subspace)
+    unit = jnp.full((num_queries,), 1.0 / num_queries, jnp.float32)
+    search = Direction(keys, unit, distribution, subspace)
     return Estimate(grad, search, jnp.mean(g), jnp.mean(pairs), pairs.reshape(-1))
 
 
@@ -350,6 +410,7 @@ def estimate_guided(
     weighting: str = "mean_diff",
     normalize: bool = False,
     distribution: str = "gaussian",
+    subspace: perturb.Subspace | None = None,
 ) -> Estimate:
     """MeZO-GV: a two-point estimate along a guiding vector built from M ranked candidates.
 
@@ -372,6 +433,8 @@ def estimate_guided(
       weighting: ``"mean_diff"`` (paper) or ``"rank"`` (see :func:`guiding_weights`).
       normalize: rescale ``v`` so that ``E‖v‖² = d``.
       distribution: ``"gaussian"`` or ``"rademacher"``.
+      subspace: ``None`` or a :class:`~zojax.perturb.Subspace` (see :func:`estimate_spsa`); every
+        query / candidate uses the same subspace.
 
     Returns:
       An :class:`Estimate`; ``M + 2`` forward passes.
@@ -379,10 +442,12 @@ def estimate_guided(
     check_eps(eps)
     check_distribution(distribution)
     num_candidates = check_guided_options(num_candidates, elite_ratio, weighting, normalize)
+    check_subspace(subspace)
     check_params(params)
-    cand = candidate_losses(value_fn, params, key, num_candidates, eps, distribution)
+    cand = candidate_losses(value_fn, params, key, num_candidates, eps, distribution, subspace)
     keys = perturb.candidate_keys(key, num_candidates)
-    v = Direction(keys, guiding_weights(cand, elite_ratio, weighting, normalize), distribution)
+    weights = guiding_weights(cand, elite_ratio, weighting, normalize)
+    v = Direction(keys, weights, distribution, subspace)
     pair = two_point_losses(value_fn, params, v, eps)
     g = (pair[0] - pair[1]) / (2 * eps)
     return Estimate(v.scaled(g), v, g, 0.5 * (pair[0] + pair[1]), jnp.concatenate([cand, pair]))
@@ -397,6 +462,7 @@ def estimate_greedy(
     num_candidates: int = 4,
     reuse_best_loss: bool = False,
     distribution: str = "gaussian",
+    subspace: perturb.Subspace | None = None,
 ) -> Estimate:
     """MeZO-Greedy: a two-point estimate along the best of M candidate directions.
 
@@ -414,6 +480,8 @@ def estimate_greedy(
         again (``M + 1`` forwards instead of the paper's ``M + 2``; the same value up to the
         non-associativity of float arithmetic across program structures).
       distribution: ``"gaussian"`` or ``"rademacher"``.
+      subspace: ``None`` or a :class:`~zojax.perturb.Subspace` (see :func:`estimate_spsa`); every
+        query / candidate uses the same subspace.
 
     Returns:
       An :class:`Estimate`; ``M + 2`` forward passes (``M + 1`` with ``reuse_best_loss``).
@@ -422,10 +490,12 @@ def estimate_greedy(
     check_distribution(distribution)
     num_candidates = check_num_candidates(num_candidates, 1)
     reuse_best_loss = check_flag("reuse_best_loss", reuse_best_loss)
+    check_subspace(subspace)
     check_params(params)
-    cand = candidate_losses(value_fn, params, key, num_candidates, eps, distribution)
+    cand = candidate_losses(value_fn, params, key, num_candidates, eps, distribution, subspace)
     best = jnp.argmin(cand)
-    v = Direction.single(perturb.fold_in(key, best.astype(jnp.uint32)), 1.0, distribution)
+    best_key = perturb.fold_in(key, best.astype(jnp.uint32))
+    v = Direction.single(best_key, 1.0, distribution, subspace)
     if reuse_best_loss:
         minus = perturb.evaluate(value_fn, params, v, -eps)
         pair = jnp.stack([cand[best], minus])

@@ -36,6 +36,10 @@ class Method:
     description: str
 
 
+PERTURBATION_OPTIONS: tuple[str, ...] = ("perturbation", "rank", "refresh_every")
+"""The perturbation family's options, accepted by every method: ``perturbation="subspace"`` with
+``rank`` and ``refresh_every`` makes MeZO SubZero, MeZO-GV SubZero-GV, MeZO-Greedy SubZero-Greedy."""
+
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
@@ -46,7 +50,7 @@ METHODS: dict[str, Method] = {
             estimate=estimators.estimate_spsa,
             forwards_per_step=lambda **_: 2,
             unbiased=True,
-            options=("one_sided", "distribution"),
+            options=("one_sided", "distribution", *PERTURBATION_OPTIONS),
             description="MeZO: two-point SPSA along one Gaussian direction (2 forwards/step)",
         ),
         Method(
@@ -56,7 +60,7 @@ METHODS: dict[str, Method] = {
             estimate=estimators.estimate_nspsa,
             forwards_per_step=lambda num_queries=2, **_: 2 * num_queries,
             unbiased=True,
-            options=("num_queries", "distribution"),
+            options=("num_queries", "distribution", *PERTURBATION_OPTIONS),
             description="n-SPSA: SPSA averaged over q directions (2q forwards/step)",
         ),
         Method(
@@ -66,7 +70,7 @@ METHODS: dict[str, Method] = {
             estimate=estimators.estimate_guided,
             forwards_per_step=lambda num_candidates=4, **_: num_candidates + 2,
             unbiased=False,
-            options=("num_candidates", "elite_ratio", "weighting", "normalize", "distribution"),
+            options=("num_candidates", "elite_ratio", "weighting", "normalize", "distribution", *PERTURBATION_OPTIONS),
             description="MeZO-GV: SPSA along mean(low-loss) - mean(high-loss) of M candidates (M+2 forwards/step)",
         ),
         Method(
@@ -78,7 +82,7 @@ METHODS: dict[str, Method] = {
                 num_candidates + (1 if reuse_best_loss else 2)
             ),
             unbiased=False,
-            options=("num_candidates", "reuse_best_loss", "distribution"),
+            options=("num_candidates", "reuse_best_loss", "distribution", *PERTURBATION_OPTIONS),
             description="MeZO-Greedy: SPSA along the best of M candidates (M+2 forwards/step)",
         ),
     )

@@ -9,6 +9,11 @@ place, so it goes first in a chain::
     updates, state = tx.update(params, state, params, value_fn=lambda p: loss(p, batch))
     params = optax.apply_updates(params, updates)
 
+Every factory takes the perturbation family: ``perturbation="iid"`` (default, i.i.d. noise of
+``distribution``) or ``perturbation="subspace", rank=r, refresh_every=k`` (SubZero's low-rank
+``U Z Vᵀ`` noise on matrix leaves, the subspace redrawn every ``k`` steps): ``spsa`` → SubZero,
+``guided`` → SubZero-GV, ``greedy`` → SubZero-Greedy, ``nspsa`` → subspace n-SPSA.
+
 The state (:class:`ZOState`) holds a key and counters, never noise: step ``t`` draws from
 ``fold_in(key, t)``, so a run is reproducible from its state alone. A step whose losses are not all
 finite emits a zero update and increments ``nonfinite_count``; :func:`skip_nonfinite` around the
@@ -20,6 +25,7 @@ Parameters must be real floating-point leaves (integer, boolean and complex leav
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Callable
@@ -73,6 +79,7 @@ def zeroth_order(
     estimate_fn: Callable[..., Estimate],
     num_forwards: int,
     key: int | jax.Array = 0,
+    subspace: tuple[int, int] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Wraps a pure estimator ``estimate_fn(value_fn, params, step_key) -> Estimate`` as a transform.
 
@@ -81,6 +88,10 @@ def zeroth_order(
         :func:`zojax.estimators.estimate_spsa` with its options bound.
       num_forwards: forward passes per step (static, added to ``ZOState.num_forwards``).
       key: seed or PRNG key of the perturbations.
+      subspace: ``None`` (i.i.d. noise) or ``(rank, refresh_every)``: step ``t`` calls
+        ``estimate_fn(..., subspace=Subspace(subspace_key(key, t, refresh_every), rank))``, so the
+        subspace changes every ``refresh_every`` steps and the state still holds only the key and
+        the counters (see :func:`zojax.perturb.subspace_key`).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs ``params`` and ``value_fn``.
@@ -119,12 +130,17 @@ def zeroth_order(
         if updates is not None:
             _check_same_structure(updates, params)
         step_key = perturb.fold_in(state.key, state.count)
-        est = estimate_fn(value_fn, params, step_key)
+        if subspace is None:
+            est = estimate_fn(value_fn, params, step_key)
+        else:
+            rank, refresh_every = subspace
+            basis = perturb.subspace_key(state.key, state.count, refresh_every)
+            est = estimate_fn(
+                value_fn, params, step_key, subspace=perturb.Subspace(basis, rank)
+            )
         finite = jnp.all(jnp.isfinite(est.losses))
         grad_dir = est.grad
-        grad_dir = type(grad_dir)(
-            grad_dir.keys, jnp.where(finite, grad_dir.weights, 0.0), grad_dir.distribution
-        )
+        grad_dir = dataclasses.replace(grad_dir, weights=jnp.where(finite, grad_dir.weights, 0.0))
         grad = perturb.scaled_direction_tree(grad_dir, params, 1.0)
         new_state = ZOState(
             key=state.key,
@@ -144,6 +160,9 @@ def spsa(
     *,
     one_sided: bool = False,
     distribution: str = "gaussian",
+    perturbation: str = "iid",
+    rank: int | None = None,
+    refresh_every: int | None = None,
     key: int | jax.Array = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """MeZO's SPSA estimate ``ĝ = (L(θ+εz) − L(θ−εz)) / 2ε · z`` as a transformation (2 forwards).
@@ -159,10 +178,11 @@ def spsa(
     estimators.check_eps(eps)
     estimators.check_distribution(distribution)
     one_sided = estimators.check_flag("one_sided", one_sided)
+    subspace = estimators.check_perturbation(perturbation, rank, refresh_every)
     fn = functools.partial(
         estimators.estimate_spsa, eps=eps, one_sided=one_sided, distribution=distribution
     )
-    return zeroth_order(fn, 2, key)
+    return zeroth_order(fn, 2, key, subspace)
 
 
 def nspsa(
@@ -170,6 +190,9 @@ def nspsa(
     num_queries: int = 2,
     *,
     distribution: str = "gaussian",
+    perturbation: str = "iid",
+    rank: int | None = None,
+    refresh_every: int | None = None,
     key: int | jax.Array = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """n-SPSA, the SPSA estimate averaged over ``q`` directions (``2q`` forwards).
@@ -179,10 +202,11 @@ def nspsa(
     estimators.check_eps(eps)
     estimators.check_distribution(distribution)
     num_queries = estimators.check_num_queries(num_queries)
+    subspace = estimators.check_perturbation(perturbation, rank, refresh_every)
     fn = functools.partial(
         estimators.estimate_nspsa, eps=eps, num_queries=num_queries, distribution=distribution
     )
-    return zeroth_order(fn, 2 * num_queries, key)
+    return zeroth_order(fn, 2 * num_queries, key, subspace)
 
 
 def guided(
@@ -193,6 +217,9 @@ def guided(
     weighting: str = "mean_diff",
     normalize: bool = False,
     distribution: str = "gaussian",
+    perturbation: str = "iid",
+    rank: int | None = None,
+    refresh_every: int | None = None,
     key: int | jax.Array = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """MeZO-GV's guided estimate (``M + 2`` forwards).
@@ -205,6 +232,7 @@ def guided(
     num_candidates = estimators.check_guided_options(
         num_candidates, elite_ratio, weighting, normalize
     )
+    subspace = estimators.check_perturbation(perturbation, rank, refresh_every)
     fn = functools.partial(
         estimators.estimate_guided,
         eps=eps,
@@ -214,7 +242,7 @@ def guided(
         normalize=normalize,
         distribution=distribution,
     )
-    return zeroth_order(fn, num_candidates + 2, key)
+    return zeroth_order(fn, num_candidates + 2, key, subspace)
 
 
 def greedy(
@@ -223,6 +251,9 @@ def greedy(
     *,
     reuse_best_loss: bool = False,
     distribution: str = "gaussian",
+    perturbation: str = "iid",
+    rank: int | None = None,
+    refresh_every: int | None = None,
     key: int | jax.Array = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """MeZO-Greedy's estimate along the best of ``M`` candidates (``M + 2`` forwards, ``M + 1`` reusing).
@@ -233,6 +264,7 @@ def greedy(
     estimators.check_distribution(distribution)
     num_candidates = estimators.check_num_candidates(num_candidates, 1)
     reuse_best_loss = estimators.check_flag("reuse_best_loss", reuse_best_loss)
+    subspace = estimators.check_perturbation(perturbation, rank, refresh_every)
     fn = functools.partial(
         estimators.estimate_greedy,
         eps=eps,
@@ -240,7 +272,7 @@ def greedy(
         reuse_best_loss=reuse_best_loss,
         distribution=distribution,
     )
-    return zeroth_order(fn, num_candidates + (1 if reuse_best_loss else 2), key)
+    return zeroth_order(fn, num_candidates + (1 if reuse_best_loss else 2), key, subspace)
 
 
 _NO_DECAY = re.compile(r"bias|norm|(^|[^a-z])ln([^a-z]|$)", re.IGNORECASE)
@@ -280,6 +312,9 @@ def mezo(
     weight_decay: float = 0.0,
     one_sided: bool = False,
     distribution: str = "gaussian",
+    perturbation: str = "iid",
+    rank: int | None = None,
+    refresh_every: int | None = None,
     key: int | jax.Array = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """MeZO: SPSA estimate, MeZO's weight decay (none on biases and norms), then SGD.
@@ -294,7 +329,15 @@ def mezo(
       >>> params = optax.apply_updates(params, updates)
     """
     return _with_sgd(
-        spsa(eps, one_sided=one_sided, distribution=distribution, key=key),
+        spsa(
+            eps,
+            one_sided=one_sided,
+            distribution=distribution,
+            perturbation=perturbation,
+            rank=rank,
+            refresh_every=refresh_every,
+            key=key,
+        ),
         learning_rate,
         weight_decay,
     )
@@ -307,11 +350,24 @@ def mezo_nspsa(
     *,
     weight_decay: float = 0.0,
     distribution: str = "gaussian",
+    perturbation: str = "iid",
+    rank: int | None = None,
+    refresh_every: int | None = None,
     key: int | jax.Array = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """n-SPSA with SGD (the paper's Table X baseline), ``2q`` forwards per step."""
     return _with_sgd(
-        nspsa(eps, num_queries, distribution=distribution, key=key), learning_rate, weight_decay
+        nspsa(
+            eps,
+            num_queries,
+            distribution=distribution,
+            perturbation=perturbation,
+            rank=rank,
+            refresh_every=refresh_every,
+            key=key,
+        ),
+        learning_rate,
+        weight_decay,
     )
 
 
@@ -325,6 +381,9 @@ def mezo_gv(
     normalize: bool = False,
     weight_decay: float = 0.0,
     distribution: str = "gaussian",
+    perturbation: str = "iid",
+    rank: int | None = None,
+    refresh_every: int | None = None,
     key: int | jax.Array = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """MeZO-GV: guided estimate then SGD, ``M + 2`` forwards per step (see :func:`guided`)."""
@@ -335,6 +394,9 @@ def mezo_gv(
         weighting=weighting,
         normalize=normalize,
         distribution=distribution,
+        perturbation=perturbation,
+        rank=rank,
+        refresh_every=refresh_every,
         key=key,
     )
     return _with_sgd(est, learning_rate, weight_decay)
@@ -348,11 +410,21 @@ def mezo_greedy(
     reuse_best_loss: bool = False,
     weight_decay: float = 0.0,
     distribution: str = "gaussian",
+    perturbation: str = "iid",
+    rank: int | None = None,
+    refresh_every: int | None = None,
     key: int | jax.Array = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """MeZO-Greedy: step along the best of ``M`` candidates with SGD (see :func:`greedy`)."""
     est = greedy(
-        eps, num_candidates, reuse_best_loss=reuse_best_loss, distribution=distribution, key=key
+        eps,
+        num_candidates,
+        reuse_best_loss=reuse_best_loss,
+        distribution=distribution,
+        perturbation=perturbation,
+        rank=rank,
+        refresh_every=refresh_every,
+        key=key,
     )
     return _with_sgd(est, learning_rate, weight_decay)
 

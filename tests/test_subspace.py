@@ -1,0 +1,351 @@
+"""The subspace perturbation family (SubZero): every registered method with ``perturbation="subspace"``.
+
+Uses the shared harness's helpers (:mod:`tests.test_estimators_common`) on a quadratic whose
+parameters hold a stacked matrix leaf (``layers``), a plain matrix leaf and a vector leaf.
+
+The unbiasedness property. For a matrix leaf ``W ∈ R^{m×n}`` the noise is ``z = c U Z Vᵀ`` with
+``c = √(mn)/r``, ``U, V`` fixed orthonormal (the current subspace) and ``Z`` i.i.d. zero-mean unit
+variance: ``vec z = c (V ⊗ U) vec Z``, so ``E[vec z vec zᵀ] = c² (V Vᵀ) ⊗ (U Uᵀ)``; noise of
+different leaves and layers is independent and zero-mean. On a quadratic the two-point difference
+is exactly ``zᵀ∇f`` (one-sided: plus ``ε zᵀAz/2``, whose product with ``z`` has zero mean for
+symmetric ``Z``-distributions), hence for SPSA and n-SPSA
+
+    E[ĝ_W] = c² P_U G P_V,   P_U = U Uᵀ, P_V = V Vᵀ, G = ∂f/∂W,
+
+per layer for stacked leaves, and ``E[ĝ_b] = ∂f/∂b`` for vector leaves (i.i.d. noise). The
+negative controls (the full gradient, and the projection without ``c²``) must be rejected.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import zojax
+import zojax.models as zm
+from tests import _stats
+from tests.test_estimators_common import (
+    METHOD_NAMES,
+    TEST_OPTIONS,
+    jitted_step,
+    sample_grads,
+)
+from zojax import estimators, perturb
+from zojax.perturb import Direction, Subspace
+
+RANK, REFRESH = 2, 3
+SUB = {"perturbation": "subspace", "rank": RANK, "refresh_every": REFRESH}
+DK = jax.tree_util.DictKey
+
+
+@functools.cache
+def matrix_problem(dtype: Any = jnp.float32) -> tuple[dict, Any, dict]:
+    """``f(θ) = ½ (θ−c)ᵀ A (θ−c)`` over {layers/w [2,5,4], e [6,3], b [4]}; returns its gradient tree."""
+    rng = np.random.default_rng(0)
+    params = {
+        "layers": {"w": jnp.asarray(rng.normal(size=(2, 5, 4)), dtype)},
+        "e": jnp.asarray(rng.normal(size=(6, 3)), dtype),
+        "b": jnp.asarray(rng.normal(size=(4,)), dtype),
+    }
+    flat, _ = ravel_pytree(params)
+    d = flat.shape[0]
+    q = rng.normal(size=(d, d))
+    a_mat = q @ q.T / d + np.eye(d)
+    center = rng.normal(size=(d,)) + 1.0
+
+    def loss(p: Any) -> jax.Array:
+        x = ravel_pytree(p)[0].astype(jnp.float32) - center
+        return 0.5 * x @ jnp.asarray(a_mat, jnp.float32) @ x
+
+    grad = a_mat @ (np.asarray(flat, np.float64) - center)
+    # the float64 gradient, leaf by leaf in ravel_pytree's order
+    sizes = [x.size for x in jax.tree.leaves(params)]
+    parts = np.split(grad, np.cumsum(sizes)[:-1])
+    treedef = jax.tree.structure(params)
+    grad_tree = jax.tree.unflatten(
+        treedef, [p.reshape(x.shape) for p, x in zip(parts, jax.tree.leaves(params), strict=True)]
+    )
+    return params, loss, grad_tree
+
+
+def projected_target(grad_tree: dict, sub: Subspace, scaled: bool = True) -> np.ndarray:
+    """``c² P_U G P_V`` on matrix leaves (per layer), ``G`` on vector leaves, flattened like θ."""
+
+    def one(path: tuple, g: np.ndarray) -> np.ndarray:
+        def mat(gm: np.ndarray, layer: int | None) -> np.ndarray:
+            m, n = gm.shape
+            u, v = (np.asarray(x, np.float64) for x in perturb.subspace_basis(sub, path, m, n, layer))
+            r = u.shape[1]
+            c2 = m * n / r**2 if scaled else 1.0
+            return c2 * (u @ u.T) @ gm @ (v @ v.T)
+
+        if g.ndim == 1:
+            return g
+        if perturb.is_stacked(path):
+            return np.stack([mat(g[i], i) for i in range(g.shape[0])])
+        return mat(g, None)
+
+    out = jax.tree_util.tree_map_with_path(one, grad_tree)
+    return np.concatenate([np.ravel(x) for x in jax.tree.leaves(out)])
+
+
+def subspace_estimate_fn(name: str, sub: Subspace, **overrides: Any) -> Any:
+    method = zojax.METHODS[name]
+    opts = {"eps": 1e-2, **TEST_OPTIONS[name], **overrides}
+    return lambda f, p, k: method.estimate(f, p, k, subspace=sub, **opts)
+
+
+FIXED = Subspace(perturb.subspace_key(perturb.key_data(3), 0, REFRESH), RANK)
+
+# --- noise: shape, rank, scaling, layer slices ----------------------------------------------------
+
+
+def test_noise_is_low_rank_scaled_and_layer_slices_are_bitwise():
+    params, _, _ = matrix_problem()
+    keys = perturb.candidate_keys(perturb.key_data(1), 3)
+    d = Direction(keys, jnp.array([1.0, -0.5, 0.25]), "gaussian", FIXED)
+    tree = jax.jit(lambda: perturb.direction_tree(d, params))()
+    w, e, b = (np.asarray(tree[k] if k != "w" else tree["layers"]["w"]) for k in ("w", "e", "b"))
+    assert [np.linalg.matrix_rank(w[i]) for i in range(2)] == [RANK, RANK]
+    assert np.linalg.matrix_rank(e) == RANK
+    assert b.shape == (4,) and np.all(b != 0)
+    # one layer regenerated on its own (what a model does inside its layer scan) is bitwise the slice
+    path = (DK("layers"), DK("w"))
+    for i in range(2):
+        layer = jax.jit(lambda i: d.leaf(path, (5, 4), layer=i))(jnp.uint32(i))
+        np.testing.assert_array_equal(np.asarray(layer), w[i])
+    # the basis is orthonormal and the scaling gives E||z||^2 = mn (SubZero's sqrt(mn)/r)
+    u, v = perturb.subspace_basis(FIXED, (DK("e"),), 6, 3)
+    np.testing.assert_allclose(np.asarray(u.T @ u), np.eye(RANK), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(v.T @ v), np.eye(RANK), atol=1e-5)
+    sq = jax.jit(
+        jax.vmap(
+            lambda k: jnp.sum(Direction.single(k, 1.0, "gaussian", FIXED).leaf((DK("e"),), (6, 3)) ** 2)
+        )
+    )(perturb.candidate_keys(perturb.key_data(2), 64))
+    norms = np.asarray(sq)
+    se = norms.std(ddof=1) / np.sqrt(norms.size)
+    assert abs(norms.mean() - 18.0) < 5 * se
+
+
+def test_matrix_shape_rule():
+    assert perturb.matrix_shape((5,)) is None
+    assert perturb.matrix_shape((1, 5)) is None  # squeezed, as SubZero
+    assert perturb.matrix_shape(()) is None
+    assert perturb.matrix_shape((5, 4)) == (5, 4)
+    assert perturb.matrix_shape((5, 1, 4)) == (5, 4)
+    assert perturb.matrix_shape((5, 3, 4)) == (5, 12)
+
+
+def test_rank_is_clipped_to_the_matrix():
+    sub = Subspace(FIXED.key, 100)
+    u, v = perturb.subspace_basis(sub, (DK("e"),), 6, 3)
+    assert u.shape == (6, 3) and v.shape == (3, 3)
+
+
+# --- unbiasedness onto the current subspace -------------------------------------------------------
+
+UNBIASED = [
+    ("mezo", {}),
+    ("mezo", {"distribution": "rademacher"}),
+    ("mezo", {"one_sided": True}),
+    ("nspsa", {}),
+]
+
+
+@pytest.mark.parametrize(("name", "extra"), UNBIASED)
+def test_expectation_is_the_gradient_projected_onto_the_subspace(name: str, extra: dict) -> None:
+    params, loss, grad_tree = matrix_problem()
+    samples = sample_grads(subspace_estimate_fn(name, FIXED, **extra), params, loss, n=4000)
+    ok, z = _stats.mean_within_bound(samples, projected_target(grad_tree, FIXED))
+    assert ok, f"{name} {extra}: standardised deviations {np.round(z, 2)}"
+
+
+def test_projection_check_rejects_wrong_targets() -> None:
+    """Negative controls: the full gradient and the projection without c² = mn/r² are rejected."""
+    params, loss, grad_tree = matrix_problem()
+    samples = sample_grads(subspace_estimate_fn("mezo", FIXED), params, loss, n=4000)
+    full = np.concatenate([np.ravel(x) for x in jax.tree.leaves(grad_tree)])
+    assert not _stats.mean_within_bound(samples, full)[0]
+    unscaled = projected_target(grad_tree, FIXED, scaled=False)
+    assert not _stats.mean_within_bound(samples, unscaled)[0]
+    other = Subspace(perturb.subspace_key(perturb.key_data(4), 0, REFRESH), RANK)
+    assert not _stats.mean_within_bound(samples, projected_target(grad_tree, other))[0]
+
+
+@pytest.mark.parametrize("name", [n for n in METHOD_NAMES if not zojax.METHODS[n].unbiased])
+def test_biased_subspace_estimators_are_descent_directions(name: str) -> None:
+    params, loss, grad_tree = matrix_problem()
+    samples = sample_grads(subspace_estimate_fn(name, FIXED), params, loss, n=2000)
+    proj = samples @ projected_target(grad_tree, FIXED)
+    assert _stats.lower_confidence_bound(proj) > 0
+
+
+# --- the transforms: forwards, determinism, lr = 0, refresh boundaries ---------------------------
+
+
+@functools.cache
+def make_tx(name: str, learning_rate: float = 1e-2, **overrides: Any) -> Any:
+    return zojax.METHODS[name].optimizer(
+        learning_rate, **{"eps": 1e-2, **TEST_OPTIONS[name], **SUB, **overrides}
+    )
+
+
+def run(tx: Any, params: Any, loss: Any, steps: int, state: Any = None) -> tuple[Any, Any]:
+    state = tx.init(params) if state is None else state
+    step = jitted_step(tx, loss)
+    for _ in range(steps):
+        params, state = step(params, state)
+    return params, state
+
+
+def assert_trees_equal(a: Any, b: Any) -> None:
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x, np.float32), np.asarray(y, np.float32))
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_deterministic_counts_and_differs_from_iid(name: str) -> None:
+    params, loss, _ = matrix_problem()
+    a, sa = run(make_tx(name, key=5), params, loss, 3)
+    b, _ = run(make_tx(name, key=5), params, loss, 3)
+    c, _ = run(make_tx(name, key=6), params, loss, 3)
+    assert_trees_equal(a, b)
+    assert any(
+        not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(c), strict=True)
+    )
+    per_step = zojax.METHODS[name].forwards_per_step(**TEST_OPTIONS[name])
+    zs = zojax.zo_state(sa)
+    assert int(zs.count) == 3 and int(zs.num_forwards) == 3 * per_step
+    assert set(zs._fields) == {"key", "count", "num_forwards", "nonfinite_count", "loss", "projected_grad"}
+    iid = zojax.METHODS[name].optimizer(1e-2, **{"eps": 1e-2, **TEST_OPTIONS[name], "key": 5})
+    d, _ = run(iid, params, loss, 3)
+    assert not np.array_equal(np.asarray(a["e"]), np.asarray(d["e"]))
+    # the update of a matrix leaf is rank <= r per step
+    one, _ = run(make_tx(name, key=5), params, loss, 1)
+    delta = np.asarray(one["e"], np.float64) - np.asarray(params["e"], np.float64)
+    assert np.linalg.matrix_rank(delta, tol=1e-6 * np.abs(delta).max()) <= RANK
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_zero_learning_rate_is_bitwise(name: str, dtype: Any) -> None:
+    params, loss, _ = matrix_problem(dtype)
+    new, _ = run(make_tx(name, learning_rate=0.0), params, loss, 2)
+    assert_trees_equal(params, new)
+    assert all(x.dtype == dtype for x in jax.tree.leaves(new))
+
+
+@pytest.mark.parametrize("name", ["mezo", "mezo-gv"])
+def test_resume_across_a_refresh_is_bitwise(name: str) -> None:
+    """7 steps in one go equal 4 steps, a save/restore of (params, state) through numpy, then 3."""
+    params, loss, _ = matrix_problem()
+    tx = make_tx(name, key=9)
+    full, full_state = run(tx, params, loss, 7)
+    part, state = run(tx, params, loss, 4)  # crosses the refresh at step 3; resumes inside period 1
+    saved = jax.tree.map(np.asarray, (part, state))
+    part, state = jax.tree.map(jnp.asarray, saved)
+    resumed, resumed_state = run(tx, part, loss, 3, state)  # crosses the refresh at step 6
+    assert_trees_equal(full, resumed)
+    assert_trees_equal(full_state, resumed_state)
+
+
+def test_subspace_is_kept_within_a_period_and_refreshed_at_its_end():
+    """Updates of steps 0..2 share one column space (rank r together); step 3's is new."""
+    params, loss, _ = matrix_problem()
+    base = perturb.key_data(0)
+    est = functools.partial(estimators.estimate_spsa, eps=1e-2)
+
+    def update(t: int) -> np.ndarray:
+        sub = Subspace(perturb.subspace_key(base, t, REFRESH), RANK)
+        g = est(loss, params, perturb.fold_in(base, t), subspace=sub).grad
+        return np.asarray(perturb.direction_tree(g, params)["e"], np.float64)
+
+    g = [update(t) for t in range(5)]
+    def rank(*ms: np.ndarray) -> int:  # numerical rank of float32 products: relative tolerance
+        m = np.concatenate(ms, axis=1)
+        return int(np.linalg.matrix_rank(m, tol=1e-4 * np.linalg.norm(m, 2)))
+
+    assert rank(g[0], g[1], g[2]) == RANK
+    assert rank(g[2], g[3]) == 2 * RANK
+    assert rank(g[3], g[4]) == RANK
+    assert np.array_equal(
+        perturb.subspace_key(base, 2, REFRESH), perturb.subspace_key(base, 0, REFRESH)
+    ) and not np.array_equal(
+        perturb.subspace_key(base, 3, REFRESH), perturb.subspace_key(base, 2, REFRESH)
+    )
+
+
+# --- option validation ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"perturbation": "lowrank"}, "perturbation"),
+        ({"perturbation": "subspace", "refresh_every": 10}, "rank"),
+        ({"perturbation": "subspace", "rank": 4}, "refresh_every"),
+        ({"perturbation": "subspace", "rank": 0, "refresh_every": 10}, "rank"),
+        ({"perturbation": "subspace", "rank": 2.5, "refresh_every": 10}, "rank"),
+        ({"perturbation": "subspace", "rank": 4, "refresh_every": 0}, "refresh_every"),
+        ({"perturbation": "subspace", "rank": 4, "refresh_every": True}, "refresh_every"),
+        ({"rank": 4}, "rank"),
+        ({"refresh_every": 4}, "refresh_every"),
+    ],
+)
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_invalid_options_raise(name: str, kw: dict, match: str) -> None:
+    method = zojax.METHODS[name]
+    with pytest.raises(ValueError, match=match):
+        method.transform(**kw)
+    with pytest.raises(ValueError, match=match):
+        method.optimizer(1e-3, **kw)
+    assert set(kw) <= set(method.options)
+
+
+def test_estimator_rejects_a_non_subspace():
+    params, loss, _ = matrix_problem()
+    with pytest.raises(ValueError, match="subspace"):
+        estimators.estimate_spsa(loss, params, perturb.key_data(0), subspace=(4, 10))
+
+
+# --- the tiny model: full tuning and LoRA, on the fly ---------------------------------------------
+
+
+@functools.cache
+def tiny() -> tuple[Any, Any, Any]:
+    model = zm.init_model(zm.llama_config("tiny"), 0)
+    ids = jax.random.randint(jax.random.key(5), (2, 8), 0, 256)
+    return model, ids, jnp.ones_like(ids)
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_tiny_model_on_the_fly_and_training(mode: str) -> None:
+    model, ids, mask = tiny()
+    if mode == "full":
+        params, fn = model.params, model
+    else:
+        params, fn = zm.lora.init(model, 1, rank=4, alpha=8, targets=("q", "v", "down"))
+        params = jax.tree.map(lambda x: x + 0.05, params)
+    sub = Subspace(perturb.subspace_key(perturb.key_data(1), 0, 10), 8)
+    d = Direction(perturb.candidate_keys(perturb.key_data(2), 2), jnp.array([1.0, -0.5]), "gaussian", sub)
+    fly = jax.jit(lambda p: fn.logits(p, ids, mask, perturbation=(d, 0.05)))(params)
+    ref = jax.jit(lambda p: fn.logits(perturb.perturb(p, d, 0.05), ids, mask))(params)
+    base = fn.logits(params, ids, mask)
+    assert float(jnp.max(jnp.abs(ref - base))) > 1e-3
+    np.testing.assert_allclose(fly, ref, rtol=1e-5, atol=1e-5)
+
+    loss = zm.next_token_loss(fn, ids, mask)
+    for lr, check in ((0.0, "bitwise"), (1e-3, "descends")):
+        tx = zojax.mezo_gv(lr, eps=1e-3, num_candidates=4, perturbation="subspace", rank=8, refresh_every=2)
+        p, _ = run(tx, params, loss, 4 if lr else 1)
+        if check == "bitwise":
+            assert_trees_equal(params, p)
+        else:
+            assert float(loss(p)) < float(loss(params))
