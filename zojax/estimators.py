@@ -5,8 +5,7 @@ from keys (:mod:`zojax.perturb`), and returns an :class:`Estimate` whose ``grad`
 regenerable :class:`~zojax.perturb.Direction`: the estimate ``ĝ`` is never held as M parameter-sized
 buffers. Loops over candidates and queries are ``jax.lax.map``s, so one forward pass is live at a time.
 
-Forward passes per step (static): SPSA 2, n-SPSA ``2q``, guided (MeZO-GV) ``M + 2``, greedy ``M + 2``
-(``M + 1`` when the best candidate's loss is reused).
+Forward passes per step (static) and the option checks of each estimator: :mod:`zojax.specs`.
 """
 
 from __future__ import annotations
