@@ -6,7 +6,7 @@ For a random-weight model of a real shape at a batch size and sequence length, m
   method's process right after its steps (so both see the same load on a shared machine); the
   forward's own process (``forward_s_separate_process``) gives the baseline RSS and temp bytes;
 * ``step_s``: one training step of each method, the trainer's own jitted step
-  (:func:`zojax.train.loop.build_step`: on-the-fly perturbable loss, parameters and optimizer state
+  (:func:`zojax.train.step.build_step`: on-the-fly perturbable loss, parameters and optimizer state
   donated, ``ZO_COMPILER_OPTIONS`` for zeroth-order steps);
 * ``step_over_forwards = step_s / (forwards_per_step × forward_s)``: 1.0 means a ZO step costs
   exactly its forward passes (the noise generation and the update are free). For first-order Adam
@@ -62,8 +62,8 @@ from bench_memory import malloc_trim, reset_peak_rss, vm_hwm_bytes, vm_rss_bytes
 import zojax.models as zm
 from zojax import perturb, registry
 from zojax.train.heap import returning_freed_memory
-from zojax.train.loop import Tuned, build_step
 from zojax.train.loss import task_loss
+from zojax.train.step import Tuned, build_step
 
 FORWARD = "forward"
 FO_ADAM = "ft-adam"

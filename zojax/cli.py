@@ -17,6 +17,7 @@ from typing import Any
 
 from zojax import registry
 from zojax.train import config as C
+from zojax.train import run_dir
 from zojax.train.cache import enable_compile_cache
 
 _SUPPRESS = argparse.SUPPRESS
@@ -479,23 +480,7 @@ def config_from_args(argv: Sequence[str], prog: str = "zojax finetune") -> C.Tra
     explicit.pop("compile_cache", None)
     cfg = C.from_dict(_nest(ns))
     if cfg.run.resume:
-        if cfg.run.out is None:
-            raise ValueError("--resume: give the run directory with --out")
-        path = Path(cfg.run.out) / "config.json"
-        if not path.is_file():
-            raise ValueError(f"--resume: no run to resume in {cfg.run.out} (no config.json)")
-        saved = C.to_dict(C.from_dict(json.loads(path.read_text())["config"]))
-        saved["run"]["stop_after"] = None  # per invocation: never carried into a resume
-        if saved["optim"]["forward_budget"] is not None:
-            saved["optim"]["steps"] = None
-        if "optim.steps" in explicit:
-            saved["optim"]["forward_budget"] = None
-        if "optim.forward_budget" in explicit:
-            saved["optim"]["steps"] = None
-        for k, v in explicit.items():
-            sec, field = k.split(".", 1)
-            saved[sec][field] = list(v) if isinstance(v, tuple) else v
-        cfg = C.from_dict(saved)
+        cfg = run_dir.saved_with_flags(cfg.run.out, explicit)
     return cfg.resolve()
 
 
@@ -513,7 +498,8 @@ def dry_run(cfg: C.TrainConfig) -> dict[str, Any]:
     from zojax.errors import UserError
     from zojax.models.loading import check_model_files
     from zojax.tasks import TaskDataMissingError, get_task
-    from zojax.train.loop import Trainer, check_model_name
+    from zojax.train.loop import Trainer
+    from zojax.train.models import check_model_name
     from zojax.train.preflight import check_out_writable, check_train_split
 
     try:

@@ -9,8 +9,7 @@ Every estimator takes ``subspace=``: ``None`` draws i.i.d. noise (MeZO); a
 :class:`~zojax.perturb.Subspace` draws SubZero's low-rank ``U Z Vᵀ`` noise on the matrix leaves, which
 turns SPSA into SubZero, guided into SubZero-GV and greedy into SubZero-Greedy.
 
-Forward passes per step (static): SPSA 2, n-SPSA ``2q``, guided (MeZO-GV) ``M + 2``, greedy ``M + 2``
-(``M + 1`` when the best candidate's loss is reused).
+Forward passes per step (static) and the option checks of each estimator: :mod:`zojax.specs`.
 """
 
 from __future__ import annotations

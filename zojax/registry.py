@@ -8,7 +8,7 @@ from typing import Any
 
 import optax
 
-from zojax import estimators, transforms
+from zojax import estimators, specs, transforms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,8 +19,8 @@ class Method:
       name: the CLI name (``--method``).
       transform: builds the estimator-only transformation from options (``eps``, ...).
       optimizer: builds the estimator followed by SGD from ``learning_rate`` and options.
-      estimate: the pure estimator function.
-      forwards_per_step: forward passes per step for the given options.
+      estimate: the pure estimator function (from :mod:`zojax.specs`).
+      forwards_per_step: forward passes per step for the given options (from :mod:`zojax.specs`).
       unbiased: whether ``E[ĝ] = ∇L`` holds on quadratics (for any ``ε``).
       options: the method-specific option names the CLI may pass (besides ``eps`` and ``key``).
       description: one line for ``--help``.
@@ -47,8 +47,8 @@ METHODS: dict[str, Method] = {
             name="mezo",
             transform=transforms.spsa,
             optimizer=transforms.mezo,
-            estimate=estimators.estimate_spsa,
-            forwards_per_step=lambda **_: 2,
+            estimate=specs.SPSA.estimate,
+            forwards_per_step=specs.SPSA.num_forwards,
             unbiased=True,
             options=("one_sided", "distribution", *PERTURBATION_OPTIONS),
             description="MeZO: two-point SPSA along one Gaussian direction (2 forwards/step)",
@@ -57,8 +57,8 @@ METHODS: dict[str, Method] = {
             name="nspsa",
             transform=transforms.nspsa,
             optimizer=transforms.mezo_nspsa,
-            estimate=estimators.estimate_nspsa,
-            forwards_per_step=lambda num_queries=2, **_: 2 * num_queries,
+            estimate=specs.NSPSA.estimate,
+            forwards_per_step=specs.NSPSA.num_forwards,
             unbiased=True,
             options=("num_queries", "distribution", *PERTURBATION_OPTIONS),
             description="n-SPSA: SPSA averaged over q directions (2q forwards/step)",
@@ -67,8 +67,8 @@ METHODS: dict[str, Method] = {
             name="mezo-gv",
             transform=transforms.guided,
             optimizer=transforms.mezo_gv,
-            estimate=estimators.estimate_guided,
-            forwards_per_step=lambda num_candidates=4, **_: num_candidates + 2,
+            estimate=specs.GUIDED.estimate,
+            forwards_per_step=specs.GUIDED.num_forwards,
             unbiased=False,
             options=("num_candidates", "elite_ratio", "weighting", "normalize", "distribution", *PERTURBATION_OPTIONS),
             description="MeZO-GV: SPSA along mean(low-loss) - mean(high-loss) of M candidates (M+2 forwards/step)",
@@ -77,13 +77,11 @@ METHODS: dict[str, Method] = {
             name="mezo-greedy",
             transform=transforms.greedy,
             optimizer=transforms.mezo_greedy,
-            estimate=estimators.estimate_greedy,
-            forwards_per_step=lambda num_candidates=4, reuse_best_loss=False, **_: (
-                num_candidates + (1 if reuse_best_loss else 2)
-            ),
+            estimate=specs.GREEDY.estimate,
+            forwards_per_step=specs.GREEDY.num_forwards,
             unbiased=False,
             options=("num_candidates", "reuse_best_loss", "distribution", *PERTURBATION_OPTIONS),
-            description="MeZO-Greedy: SPSA along the best of M candidates (M+2 forwards/step)",
+            description="MeZO-Greedy: SPSA along the best of M candidates (M+2 forwards/step, M+1 reusing its loss)",
         ),
     )
 }

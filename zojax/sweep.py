@@ -315,7 +315,7 @@ def plan(spec: SweepSpec, check_data: bool = True, forward_seconds: Mapping[str,
 def check_cell_data(cfg: C.TrainConfig) -> None:
     """What a real run would reject before training: the model name and the task's splits."""
     from zojax.tasks import TaskDataMissingError, get_task
-    from zojax.train.loop import check_model_name
+    from zojax.train.models import check_model_name
 
     check_model_name(cfg.model.name)
     d = cfg.data
@@ -382,7 +382,7 @@ def measure_forward_seconds(spec: SweepSpec, repeats: int = 3) -> dict[str, floa
 
     from zojax.tasks import get_task
     from zojax.train.data import TrainBatches
-    from zojax.train.loop import build_model
+    from zojax.train.models import build_model
     out: dict[str, float] = {}
     models: dict[tuple[str, str], Any] = {}
     for cell in spec.cells():

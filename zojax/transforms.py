@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from zojax import estimators, perturb
+from zojax import estimators, perturb, specs
 from zojax.estimators import Estimate
 
 PyTree = Any
@@ -155,6 +155,22 @@ def zeroth_order(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def _from_spec(
+    spec: specs.Spec,
+    key: int | jax.Array,
+    *,
+    perturbation: str = "iid",
+    rank: int | None = None,
+    refresh_every: int | None = None,
+    **options: Any,
+) -> optax.GradientTransformationExtraArgs:
+    """The transformation of ``spec`` with ``options`` (checked once, by ``spec.validate``) and the
+    perturbation family (i.i.d., or SubZero's subspace: :func:`zojax.estimators.check_perturbation`)."""
+    options = spec.validate(**options)
+    subspace = estimators.check_perturbation(perturbation, rank, refresh_every)
+    return zeroth_order(functools.partial(spec.estimate, **options), spec.num_forwards(**options), key, subspace)
+
+
 def spsa(
     eps: float = 1e-3,
     *,
@@ -175,14 +191,8 @@ def spsa(
       >>> state = tx.init(params)
       >>> updates, state = tx.update(params, state, params, value_fn=lambda p: jnp.sum(p["w"] ** 2))
     """
-    estimators.check_eps(eps)
-    estimators.check_distribution(distribution)
-    one_sided = estimators.check_flag("one_sided", one_sided)
-    subspace = estimators.check_perturbation(perturbation, rank, refresh_every)
-    fn = functools.partial(
-        estimators.estimate_spsa, eps=eps, one_sided=one_sided, distribution=distribution
-    )
-    return zeroth_order(fn, 2, key, subspace)
+    sub = {"perturbation": perturbation, "rank": rank, "refresh_every": refresh_every}
+    return _from_spec(specs.SPSA, key, eps=eps, one_sided=one_sided, distribution=distribution, **sub)
 
 
 def nspsa(
@@ -199,14 +209,8 @@ def nspsa(
 
     See :func:`zojax.estimators.estimate_nspsa` for the arguments.
     """
-    estimators.check_eps(eps)
-    estimators.check_distribution(distribution)
-    num_queries = estimators.check_num_queries(num_queries)
-    subspace = estimators.check_perturbation(perturbation, rank, refresh_every)
-    fn = functools.partial(
-        estimators.estimate_nspsa, eps=eps, num_queries=num_queries, distribution=distribution
-    )
-    return zeroth_order(fn, 2 * num_queries, key, subspace)
+    sub = {"perturbation": perturbation, "rank": rank, "refresh_every": refresh_every}
+    return _from_spec(specs.NSPSA, key, eps=eps, num_queries=num_queries, distribution=distribution, **sub)
 
 
 def guided(
@@ -227,22 +231,9 @@ def guided(
     ``v = mean(z_i, low-loss group) − mean(z_i, rest)`` from ``M`` candidates ``L(θ + εz_i)``, then
     ``ĝ = (L(θ+εv) − L(θ−εv)) / 2ε · v``. See :func:`zojax.estimators.estimate_guided`.
     """
-    estimators.check_eps(eps)
-    estimators.check_distribution(distribution)
-    num_candidates = estimators.check_guided_options(
-        num_candidates, elite_ratio, weighting, normalize
-    )
-    subspace = estimators.check_perturbation(perturbation, rank, refresh_every)
-    fn = functools.partial(
-        estimators.estimate_guided,
-        eps=eps,
-        num_candidates=num_candidates,
-        elite_ratio=elite_ratio,
-        weighting=weighting,
-        normalize=normalize,
-        distribution=distribution,
-    )
-    return zeroth_order(fn, num_candidates + 2, key, subspace)
+    sub = {"perturbation": perturbation, "rank": rank, "refresh_every": refresh_every}
+    options = {"num_candidates": num_candidates, "elite_ratio": elite_ratio, "weighting": weighting}
+    return _from_spec(specs.GUIDED, key, eps=eps, normalize=normalize, distribution=distribution, **options, **sub)
 
 
 def greedy(
@@ -260,19 +251,9 @@ def greedy(
 
     See :func:`zojax.estimators.estimate_greedy`.
     """
-    estimators.check_eps(eps)
-    estimators.check_distribution(distribution)
-    num_candidates = estimators.check_num_candidates(num_candidates, 1)
-    reuse_best_loss = estimators.check_flag("reuse_best_loss", reuse_best_loss)
-    subspace = estimators.check_perturbation(perturbation, rank, refresh_every)
-    fn = functools.partial(
-        estimators.estimate_greedy,
-        eps=eps,
-        num_candidates=num_candidates,
-        reuse_best_loss=reuse_best_loss,
-        distribution=distribution,
-    )
-    return zeroth_order(fn, num_candidates + (1 if reuse_best_loss else 2), key, subspace)
+    sub = {"perturbation": perturbation, "rank": rank, "refresh_every": refresh_every}
+    options = {"num_candidates": num_candidates, "reuse_best_loss": reuse_best_loss}
+    return _from_spec(specs.GREEDY, key, eps=eps, distribution=distribution, **options, **sub)
 
 
 _NO_DECAY = re.compile(r"bias|norm|(^|[^a-z])ln([^a-z]|$)", re.IGNORECASE)

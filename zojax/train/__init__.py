@@ -22,8 +22,10 @@ from zojax.train.config import (
 )
 from zojax.train.data import ByteTokenizer, TrainBatches, step_indices
 from zojax.train.logging import MetricsLogger, read_events, read_metrics, strip_timing
-from zojax.train.loop import Trainer, build_model, build_optimizer, build_step, prepare_tuning
+from zojax.train.loop import Trainer
 from zojax.train.loss import classification_from_logprobs, lm_from_logprobs, task_loss
+from zojax.train.models import build_model
+from zojax.train.step import build_optimizer, build_step, prepare_tuning
 
 __all__ = [
     "ByteTokenizer",

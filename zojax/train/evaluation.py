@@ -14,12 +14,15 @@ with :math:`\ell_b` the per-example cross-entropy and :math:`w_b = 1` (classific
 value does not depend on the evaluation batch size. :class:`BestTracker` keeps the best step by
 that loss (lower is better) or by the task metric (higher is better); ties go to the later step,
 and the untrained step-0 parameters are never chosen unless asked (``select_initial``).
+:class:`Evaluator` evaluates parameters on a split: the task metric, and these losses.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -28,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zojax.tasks import Example, Task
+from zojax.train.config import TrainConfig
 from zojax.train.data import TrainBatches
 from zojax.train.loss import (
     candidate_nll,
@@ -168,3 +172,104 @@ class BestTracker:
             "metric_value": metric_value,
         }
         return True
+
+
+def _adapted_logits(template: Any, p: Mapping[str, PyTree], input_ids: Array, attention_mask: Array) -> Array:
+    """``logits_fn`` of an adapter for evaluation: ``p = {"frozen", "trainable"}``."""
+    lm = dataclasses.replace(template, model=template.model.replace(params=p["frozen"]))
+    return lm.logits(p["trainable"], input_ids, attention_mask)
+
+
+class Evaluator:
+    """Evaluates trainable parameters on the dev or test split of a run.
+
+    Attributes:
+      dev_objective: the training objective on dev, for ``lm`` tasks (classification tasks take
+        it from the candidate scores the metric needs anyway), else ``None``.
+    """
+
+    def __init__(self, config: TrainConfig, task: Task, splits: Any, tokenizer: Any, tuned: Any) -> None:
+        """Encodes the dev objective's batches once.
+
+        Args:
+          config: the run's (resolved) configuration.
+          task: the task.
+          splits: its splits (``train_pool``, ``dev``, ``test``).
+          tokenizer: the tokenizer.
+          tuned: the :class:`~zojax.train.step.Tuned` model (its ``template`` and ``frozen``).
+        """
+        c = config
+        self.config, self.task, self.splits, self.tokenizer, self.tuned = c, task, splits, tokenizer, tuned
+        self.dev_objective: DevObjective | None = None
+        self._dev_sums: Callable | None = None
+        if task.objective == "lm" and len(splits.dev) > 0:
+            # the dev loss of the training objective (MeZO's selection rule) needs its own forwards
+            self.dev_objective = DevObjective(
+                task, splits.dev.examples, tokenizer, c.optim.batch_size, c.data.max_length, c.data.max_new_tokens
+            )
+            self._dev_sums = jitted_objective_sums(tuned.bind, task.objective)
+        if c.model.tuning == "full":
+            self._logits = tuned.template.logits
+        else:
+            self._logits = functools.partial(_adapted_logits, tuned.template)
+
+    def __call__(self, params: PyTree, split: str) -> dict[str, Any]:
+        """Evaluates ``params`` on ``split`` (``"dev"`` or ``"test"``).
+
+        Returns:
+          ``{metric, value, n, loss, eval_time}``: ``loss`` is the training objective on the split
+          (candidate cross-entropy for classification; the LM loss on the gold answer for
+          ``lm`` tasks, dev only), and ``choice_loss`` the candidate cross-entropy of
+          multiple-choice tasks.
+        """
+        from zojax.tasks import evaluate
+
+        c, tuned = self.config, self.tuned
+        examples = getattr(self.splits, split).examples
+        num_demos = c.eval.num_demos if c.optim.method == "icl" else 0
+        full = c.model.tuning == "full"
+        eval_params = params if full else {"frozen": tuned.frozen, "trainable": params}
+
+        def generate_fn(prompt_ids: list[int]) -> list[int]:
+            out = tuned.bind(tuned.frozen).generate(
+                params,
+                prompt_ids,
+                max_new_tokens=c.data.max_new_tokens,
+                stop_strings=("\n",),
+                stop_rule=c.eval.stop_rule,
+                return_text=False,
+            )
+            return list(out)
+
+        kw: dict[str, Any] = {"max_length": c.data.eval_max_length, "progress": c.run.progress}
+        if self.task.generation:
+            kw.update(max_new_tokens=c.data.max_new_tokens, stop_rule=c.eval.stop_rule)
+        else:
+            kw.update(token_budget=c.eval.token_budget, pad_to_multiple_of=8)
+        t0 = time.perf_counter()
+        res = evaluate(
+            self.task,
+            examples,
+            self.tokenizer,
+            logits_fn=self._logits,
+            params=eval_params,
+            generate_fn=generate_fn,
+            num_demos=num_demos,
+            demo_pool=self.splits.train_pool,
+            **kw,
+        )
+        out: dict[str, Any] = {"metric": res.metric, "value": float(res.value), "n": res.n}
+        if res.scores:
+            ce = []
+            for s, ex in zip(res.scores, examples, strict=True):
+                s = np.asarray(s, np.float64)
+                lse = s.max() + np.log(np.sum(np.exp(s - s.max())))
+                ce.append(lse - s[ex.label])
+            out["loss"] = float(np.mean(ce))
+        if self.task.objective == "lm":
+            if "loss" in out:
+                out["choice_loss"] = out.pop("loss")
+            if split == "dev" and self.dev_objective is not None:
+                out["loss"] = self.dev_objective(self._dev_sums, params, tuned.frozen)
+        out["eval_time"] = time.perf_counter() - t0
+        return out

@@ -1,0 +1,82 @@
+r"""One spec per zeroth-order estimator: its function, its forward count and its option checks.
+
+The transformations (:mod:`zojax.transforms`) and the registry (:mod:`zojax.registry`, which the
+CLI and the tests read) take all three from here, so a method's cost and checks are written once.
+Forward passes per step:
+
+.. math::
+
+   \text{SPSA: } 2, \qquad \text{n-SPSA: } 2q, \qquad \text{guided (MeZO-GV): } M + 2, \qquad
+   \text{greedy: } M + 2 \ (M + 1 \text{ when the best candidate's loss is reused}).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from zojax import estimators
+from zojax.estimators import Estimate
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """A zeroth-order estimator.
+
+    Attributes:
+      estimate: the pure estimator ``estimate(value_fn, params, key, **options)``.
+      num_forwards: ``num_forwards(**options)``, forward passes per call (options default as in
+        :attr:`estimate`; unknown options are ignored).
+      validate: ``validate(**options)`` raises ``ValueError`` naming a bad option and returns the
+        options with ``eps`` and ``distribution``, normalised (integers as ``int``, flags as ``bool``).
+    """
+
+    estimate: Callable[..., Estimate]
+    num_forwards: Callable[..., int]
+    validate: Callable[..., dict[str, Any]]
+
+
+def _common(eps: Any, distribution: str) -> dict[str, Any]:
+    estimators.check_eps(eps)
+    estimators.check_distribution(distribution)
+    return {"eps": eps, "distribution": distribution}
+
+
+def _validate_spsa(eps: Any = 1e-3, one_sided: Any = False, distribution: str = "gaussian") -> dict[str, Any]:
+    return {**_common(eps, distribution), "one_sided": estimators.check_flag("one_sided", one_sided)}
+
+
+def _validate_nspsa(eps: Any = 1e-3, num_queries: Any = 2, distribution: str = "gaussian") -> dict[str, Any]:
+    return {**_common(eps, distribution), "num_queries": estimators.check_num_queries(num_queries)}
+
+
+def _validate_guided(
+    eps: Any = 1e-3,
+    num_candidates: Any = 4,
+    elite_ratio: Any = 0.5,
+    weighting: str = "mean_diff",
+    normalize: Any = False,
+    distribution: str = "gaussian",
+) -> dict[str, Any]:
+    common = _common(eps, distribution)
+    m = estimators.check_guided_options(num_candidates, elite_ratio, weighting, normalize)
+    return {**common, "num_candidates": m, "elite_ratio": elite_ratio, "weighting": weighting, "normalize": normalize}
+
+
+def _validate_greedy(
+    eps: Any = 1e-3, num_candidates: Any = 4, reuse_best_loss: Any = False, distribution: str = "gaussian"
+) -> dict[str, Any]:
+    common = _common(eps, distribution)
+    m = estimators.check_num_candidates(num_candidates, 1)
+    return {**common, "num_candidates": m, "reuse_best_loss": estimators.check_flag("reuse_best_loss", reuse_best_loss)}
+
+
+SPSA = Spec(estimators.estimate_spsa, lambda **_: 2, _validate_spsa)
+NSPSA = Spec(estimators.estimate_nspsa, lambda num_queries=2, **_: 2 * num_queries, _validate_nspsa)
+GUIDED = Spec(estimators.estimate_guided, lambda num_candidates=4, **_: num_candidates + 2, _validate_guided)
+GREEDY = Spec(
+    estimators.estimate_greedy,
+    lambda num_candidates=4, reuse_best_loss=False, **_: num_candidates + (1 if reuse_best_loss else 2),
+    _validate_greedy,
+)

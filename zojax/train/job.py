@@ -1,0 +1,93 @@
+r"""A run's pieces, assembled from its configuration: task splits, model, trainable/frozen split,
+fixed-shape batches, optimizer, jitted step and evaluator."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import optax
+
+from zojax.models import Model
+from zojax.train.config import TrainConfig, is_zo
+from zojax.train.data import TrainBatches
+from zojax.train.evaluation import Evaluator
+from zojax.train.models import build_model
+from zojax.train.step import StepFn, Tuned, build_optimizer, build_step, prepare_tuning
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """What a run works with (everything but the parameters, which the loop owns and donates).
+
+    Attributes:
+      task: the task.
+      splits: its MeZO splits (``train``, ``dev``, ``test``, ``train_pool``, ``meta``).
+      tokenizer: the model's tokenizer.
+      model_desc: ``repr`` of the model (for logs and the report).
+      tuned: the tuning split with its initial ``params`` taken out (``None``).
+      forwards_per_step: forward passes per training step.
+      data: the training batches (``None`` for evaluation-only methods).
+      tx: the optimizer (``None`` for evaluation-only methods).
+      step_fn: the jitted step (``None`` for evaluation-only methods).
+      evaluate: ``evaluate(params, split)``.
+    """
+
+    task: Any
+    splits: Any
+    tokenizer: Any
+    model_desc: str
+    tuned: Tuned
+    forwards_per_step: int
+    data: TrainBatches | None
+    tx: optax.GradientTransformation | None
+    step_fn: StepFn | None
+    evaluate: Evaluator
+
+
+def build_job(config: TrainConfig, model: Model | None = None) -> tuple[Job, PyTree]:
+    """The job of ``config`` (resolved) and its initial trainable parameters.
+
+    Args:
+      config: the run's configuration.
+      model: an already loaded model (else ``config.model.name`` is loaded).
+    """
+    from zojax.tasks import get_task
+
+    c = config
+    task = get_task(c.data.task)
+    splits = task.splits(
+        seed=c.run.seed,
+        num_train=c.data.num_train,
+        num_dev=c.data.num_dev,
+        num_test=c.data.num_test,
+        data_dir=c.data.data_dir,
+    )
+    if model is None:
+        model = build_model(c.model.name, c.model.dtype, c.model.opt_bos)
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise ValueError("--model: the model has no tokenizer")
+    model_desc = repr(model)
+    tuned = prepare_tuning(model, c)
+    del model
+    data = tx = step_fn = None
+    if c.training:
+        data = TrainBatches(
+            task,
+            splits.train.examples,
+            tokenizer,
+            c.optim.batch_size,
+            c.run.seed,
+            c.data.max_length,
+            c.data.max_new_tokens,
+        )
+        tx = build_optimizer(c)
+        step_fn = build_step(tuned, task.objective, tx, is_zo(c.optim.method))
+    params = tuned.params
+    tuned = dataclasses.replace(tuned, params=None)  # the loop owns (donates) them
+    evaluate = Evaluator(c, task, splits, tokenizer, tuned)
+    job = Job(task, splits, tokenizer, model_desc, tuned, c.forwards_per_step(), data, tx, step_fn, evaluate)
+    return job, params

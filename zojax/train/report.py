@@ -1,0 +1,76 @@
+r"""What a run tells its user: the opening description, the final report (``results.json``), the
+closing summary lines."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from zojax.train.config import TrainConfig
+
+
+def size_notes(config: TrainConfig, sizes: Mapping[str, int]) -> list[str]:
+    """Notes for splits smaller than requested (a small train pool or validation split)."""
+    d = config.data
+    notes = []
+    for split, asked in (("train", d.num_train), ("dev", d.num_dev), ("test", d.num_test)):
+        if asked is not None and sizes[split] < asked:
+            notes.append(f"{split} has {sizes[split]} examples, fewer than the {asked} asked for (all the data allows)")
+    return notes
+
+
+def describe(config: TrainConfig, splits: Any, model_desc: str, fps: int, data: Any, run_dir: Path) -> list[str]:
+    """The lines printed when a run starts: task, model, budget, notes, run directory."""
+    c = config
+    lines = [
+        f"[zojax] {c.optim.method} on {splits.meta['display']} ({splits.describe()}), model "
+        f"{model_desc}, tuning {c.model.tuning}",
+    ]
+    if c.training:
+        lines.append(
+            f"[zojax] {c.optim.steps} steps x {fps} forwards/step = "
+            f"{c.optim.steps * fps} forward passes; batch {c.optim.batch_size}, "
+            f"lr {c.optim.lr:g}, eps {c.optim.eps:g}, train seq len {data.seq_len}"
+            + (f" ({data.truncated} sequences truncated)" if data.truncated else "")
+        )
+    for note in [*splits.meta.get("notes", []), *size_notes(c, splits.meta["sizes"])]:
+        lines.append(f"[zojax] note: {note}")
+    lines.append(f"[zojax] run dir: {run_dir}")
+    return lines
+
+
+def write_results(run_dir: Path, report: Mapping[str, Any]) -> None:
+    """Writes ``<run_dir>/results.json`` atomically."""
+    tmp = run_dir / "results.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2, default=str))
+    os.replace(tmp, run_dir / "results.json")
+
+
+def summary(report: Mapping[str, Any], training: bool, run_dir: Path) -> list[str]:
+    """The closing lines: dev before/after, the selected step, the test metric."""
+
+    def pct(d: Mapping[str, Any] | None) -> str:
+        return "-" if not d else f"{100 * d['value']:.1f}%"
+
+    r = report
+    metric = (r["test"] or r["dev_after"] or r["dev_before"] or {"metric": "metric"})["metric"]
+    lines = [
+        f"[zojax] ===== {r['method']} / {r['task']} / {r['tuning']}: {r['steps']} steps, "
+        f"{r['forwards']} forward passes, {r['wall_time']:.0f}s ====="
+    ]
+    if training:
+        lines.append(f"[zojax] dev {metric} before: {pct(r['dev_before'])}   after: {pct(r['dev_after'])}")
+        if r["best"] is not None:
+            lines.append(f"[zojax] best dev ({r['best']['select_by']}) at step {r['best']['step']}")
+    elif r["dev_after"]:
+        lines.append(f"[zojax] dev {metric}: {pct(r['dev_after'])}")
+    if r["test"] is not None:
+        lines.append(
+            f"[zojax] test {metric} (params of step {r['selected_step']}): "
+            f"{pct(r['test'])} on {r['test']['n']} examples"
+        )
+    lines.append(f"[zojax] results: {run_dir / 'results.json'}")
+    return lines

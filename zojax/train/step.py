@@ -1,0 +1,129 @@
+r"""One training step: the trainable/frozen split, the method's optimizer, the jitted update.
+
+:func:`prepare_tuning` splits a model into the parameters a tuning scheme trains (all of them,
+LoRA's or the prefix's) and the frozen rest; :func:`build_optimizer` is the registered estimator
+plus SGD (zeroth order) or Adam(W) (``ft``); :func:`build_step` compiles one update
+
+.. math::
+
+   \theta_{t+1} = \theta_t + \mathrm{tx}(\hat g_t),\qquad
+   \hat g_t = \frac{L(\theta_t + \epsilon z) - L(\theta_t - \epsilon z)}{2\epsilon}\,z
+   \ \text{(MeZO; the registry's estimator in general) or}\ \nabla L(\theta_t)\ \text{(ft)},
+
+with the parameters and optimizer state donated, zeroth-order steps perturbing the model on the fly
+(:class:`~zojax.models.PerturbableModelLoss`, compiled with :data:`~zojax.models.ZO_COMPILER_OPTIONS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import optax
+
+from zojax import registry
+from zojax.models import ZO_COMPILER_OPTIONS, Model
+from zojax.train.config import FO_METHOD, TrainConfig, is_zo
+from zojax.train.loss import task_loss
+from zojax.transforms import decay_mask, zo_state
+
+PyTree = Any
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Tuned:
+    """A model prepared for a tuning scheme.
+
+    Attributes:
+      template: the :class:`~zojax.models.Model` (full) or :class:`~zojax.models.Adapted` whose
+        frozen parameters have been taken out (``None``), so that jitted functions do not close
+        over them; :meth:`bind` puts them back from a traced argument.
+      params: the initial trainable parameters.
+      frozen: the frozen base parameters (``None`` for full tuning).
+    """
+
+    template: Any
+    params: PyTree
+    frozen: PyTree
+
+    def bind(self, frozen: PyTree) -> Any:
+        """The model (full) or adapter with ``frozen`` as its base parameters."""
+        if frozen is None:
+            return self.template
+        return dataclasses.replace(self.template, model=self.template.model.replace(params=frozen))
+
+
+def prepare_tuning(model: Model, config: TrainConfig) -> Tuned:
+    """Splits ``model`` into trainable and frozen parameters for ``config.model.tuning``."""
+    m = config.model
+    if m.tuning == "full":
+        return Tuned(model.replace(params=None), model.params, None)
+    from zojax.models import lora, prefix
+
+    if m.tuning == "lora":
+        trainable, adapted = lora.init(
+            model,
+            config.run.seed,
+            rank=m.lora_rank,
+            alpha=m.lora_alpha,
+            targets=tuple(m.lora_targets),
+        )
+    else:
+        trainable, adapted = prefix.init(model, config.run.seed, num_virtual_tokens=m.num_virtual_tokens)
+    template = dataclasses.replace(adapted, model=model.replace(params=None))
+    return Tuned(template, trainable, model.params)
+
+
+def build_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """The method's optimizer: the registered estimator + SGD, or Adam(W) for ``ft``."""
+    o = config.optim
+    if is_zo(o.method):
+        return registry.get(o.method).optimizer(
+            o.lr, weight_decay=o.weight_decay, key=config.run.seed, **config.method_options()
+        )
+    if o.method == FO_METHOD:
+        if o.weight_decay:
+            return optax.adamw(o.lr, weight_decay=o.weight_decay, mask=decay_mask)
+        return optax.adam(o.lr)
+    raise ValueError(f"--method: {o.method} does not train")
+
+
+StepFn = Callable[[PyTree, PyTree, PyTree, Mapping[str, Any]], tuple[PyTree, PyTree, dict]]
+
+
+def build_step(tuned: Tuned, objective: str, tx: optax.GradientTransformation, zeroth_order: bool) -> StepFn:
+    """One jitted step ``(params, opt_state, frozen, batch) -> (params, opt_state, stats)``.
+
+    Zeroth-order: ``tx.update(params, state, params, value_fn=loss)`` with the perturbable task
+    loss, compiled with :data:`~zojax.models.ZO_COMPILER_OPTIONS`. First order:
+    ``jax.value_and_grad`` of the same loss, then ``tx``. ``params`` and ``opt_state`` are donated.
+
+    Returns:
+      the jitted step; ``stats`` holds ``loss`` (ZO: ``(L(θ+εv) + L(θ−εv)) / 2``) and
+      ``projected_grad`` (ZO) or ``grad_norm`` (first order), plus ``nonfinite`` (ZO: skipped steps
+      so far).
+    """
+
+    def step(
+        params: PyTree, opt_state: PyTree, frozen: PyTree, batch: Mapping[str, Any]
+    ) -> tuple[PyTree, PyTree, dict[str, Array]]:
+        loss = task_loss(tuned.bind(frozen), objective, batch)
+        if zeroth_order:
+            updates, opt_state = tx.update(params, opt_state, params, value_fn=loss)
+            s = zo_state(opt_state)
+            stats = {
+                "loss": s.loss,
+                "projected_grad": s.projected_grad,
+                "nonfinite": s.nonfinite_count,
+            }
+        else:
+            value, grads = jax.value_and_grad(loss)(params)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            stats = {"loss": value, "grad_norm": optax.tree.norm(grads)}
+        return optax.apply_updates(params, updates), opt_state, stats
+
+    options = ZO_COMPILER_OPTIONS if zeroth_order else None
+    return jax.jit(step, donate_argnums=(0, 1), compiler_options=options)
