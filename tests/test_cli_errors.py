@@ -216,9 +216,6 @@ def test_bad_squad_json_names_the_line(capsys, tmp_path: Path) -> None:
     assert_one_line(err, f"{path}, line 2: not valid UTF-8 (byte 0xff at byte 3 of the line)")
 
 
-@pytest.mark.xfail(
-    reason="needs Trainer._setup (zojax/train/loop.py) to call preflight.check_train_split", strict=False
-)
 def test_real_run_rejects_an_empty_training_split(capsys, tmp_path: Path) -> None:
     d = tmp_path / "data"
     (d / "SST-2").mkdir(parents=True)

@@ -262,6 +262,23 @@ def add_finetune_arguments(p: argparse.ArgumentParser, suppress_defaults: bool =
     )
     add(
         g,
+        "--perturbation",
+        "optim.perturbation",
+        d.optim.perturbation,
+        choices=C.PERTURBATIONS,
+        help="iid noise (MeZO; default) or SubZero's low-rank subspace noise U Z V^T on matrix leaves",
+    )
+    add(g, "--rank", "optim.rank", d.optim.rank, type=int, help="subspace rank (default 32 with subspace noise)")
+    add(
+        g,
+        "--refresh-every",
+        "optim.refresh_every",
+        d.optim.refresh_every,
+        type=int,
+        help="steps between subspace refreshes (default 1000 with --perturbation subspace)",
+    )
+    add(
+        g,
         "--weight-decay",
         "optim.weight_decay",
         d.optim.weight_decay,

@@ -33,6 +33,8 @@ EVAL_METHODS = ("zero-shot", "icl")
 TUNINGS = ("full", "lora", "prefix")
 SELECT_BY = ("loss", "metric")
 PROTOCOLS = ("quick", "mezo")
+PERTURBATIONS = ("iid", "subspace")
+SUBSPACE_DEFAULTS = {"rank": 32, "refresh_every": 1000}
 STOP_RULES = ("text", "mezo")
 OPT_BOS = ("mezo", "checkpoint")
 DTYPES = ("float32", "bfloat16")
@@ -154,6 +156,12 @@ class OptimArgs:
       normalize: rescale MeZO-GV's guiding vector so that ``E‖v‖² = d``.
       reuse_best_loss: MeZO-Greedy reuses ``L(θ+εz*)`` (``M + 1`` forwards instead of ``M + 2``).
       distribution: ``gaussian`` or ``rademacher`` perturbations.
+      perturbation: ``iid`` (MeZO) or ``subspace`` (SubZero's low-rank ``U Z Vᵀ`` noise on matrix
+        leaves: SubZero, SubZero-GV, SubZero-Greedy with the matching method).
+      rank: the subspace rank (``None``: 32 with ``subspace``; the paper's grid {32, 64} for full
+        and LoRA tuning, {8, 16} for prefix).
+      refresh_every: steps between subspace refreshes (``None``: 1000 with ``subspace``; the
+        paper's grid {500, 1000, 2000}).
       weight_decay: MeZO's decoupled weight decay (none on biases and norms).
       batch_size: examples per step (the paper: 16).
       steps: number of steps (exclusive with ``forward_budget``).
@@ -170,6 +178,9 @@ class OptimArgs:
     normalize: bool = False
     reuse_best_loss: bool = False
     distribution: str = "gaussian"
+    perturbation: str = "iid"
+    rank: int | None = None
+    refresh_every: int | None = None
     weight_decay: float = 0.0
     batch_size: int = 16
     steps: int | None = None
@@ -266,6 +277,9 @@ class TrainConfig:
             "normalize": o.normalize,
             "reuse_best_loss": o.reuse_best_loss,
             "distribution": o.distribution,
+            "perturbation": o.perturbation,
+            "rank": o.rank,
+            "refresh_every": o.refresh_every,
         }
         return registry.select_options(method, opts)
 
@@ -301,6 +315,14 @@ class TrainConfig:
         if e.eval_every is None:
             e.eval_every = sizes["eval_every"]
         _choice("--distribution", o.distribution, ("gaussian", "rademacher"))
+        _choice("--perturbation", o.perturbation, PERTURBATIONS)
+        if o.perturbation == "subspace":
+            o.rank = SUBSPACE_DEFAULTS["rank"] if o.rank is None else o.rank
+            o.refresh_every = SUBSPACE_DEFAULTS["refresh_every"] if o.refresh_every is None else o.refresh_every
+            _positive("--rank", o.rank)
+            _positive("--refresh-every", o.refresh_every)
+        elif o.rank is not None or o.refresh_every is not None:
+            raise ValueError("--rank and --refresh-every: only with --perturbation subspace")
         _choice("--weighting", o.weighting, ("mean_diff", "rank"))
         try:
             from zojax.tasks import get_task

@@ -65,6 +65,9 @@ def build_job(config: TrainConfig, model: Model | None = None) -> tuple[Job, PyT
         num_test=c.data.num_test,
         data_dir=c.data.data_dir,
     )
+    from zojax.train.preflight import check_train_split
+
+    check_train_split(c, splits)  # before the model is loaded
     if model is None:
         model = build_model(c.model.name, c.model.dtype, c.model.opt_bos)
     tokenizer = model.tokenizer
