@@ -349,3 +349,29 @@ def test_tiny_model_on_the_fly_and_training(mode: str) -> None:
             assert_trees_equal(params, p)
         else:
             assert float(loss(p)) < float(loss(params))
+
+
+def test_finetune_with_subspace_perturbations(tmp_path) -> None:
+    """``zojax finetune --perturbation subspace`` trains (SubZero-GV on the tiny model); the options
+    are checked and saved with the run."""
+    import json
+
+    from zojax.cli import config_from_args, finetune_main
+
+    d = tmp_path / "data" / "SST-2"
+    d.mkdir(parents=True)
+    rows = "sentence\tlabel\n" + "".join(f"a {'good' if i % 2 else 'bad'} film {i}\t{i % 2}\n" for i in range(32))
+    (d / "train.tsv").write_text(rows)
+    (d / "dev.tsv").write_text(rows)
+    out = tmp_path / "run"
+    argv = ["--model", "random:tiny", "--data-dir", str(d.parent), "--num-train", "16", "--num-dev", "4",
+            "--num-test", "4", "--method", "mezo-gv", "--num-candidates", "2", "--lr", "1e-3", "--batch-size", "4",
+            "--steps", "3", "--perturbation", "subspace", "--rank", "2", "--refresh-every", "2", "--out", str(out),
+            "--no-progress"]  # fmt: skip
+    assert finetune_main(argv) == 0
+    saved = json.loads((out / "config.json").read_text())["config"]["optim"]
+    assert (saved["perturbation"], saved["rank"], saved["refresh_every"]) == ("subspace", 2, 2)
+    assert json.loads((out / "results.json").read_text())["status"] == "done"
+    assert config_from_args(["--perturbation", "subspace"]).optim.rank == 32
+    with pytest.raises(ValueError, match="--rank and --refresh-every: only with --perturbation subspace"):
+        config_from_args(["--rank", "8"])
