@@ -693,12 +693,14 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
         p.error(str(e))
     result = S.SweepRunner(spec, jobs=args.jobs, extra_args=extra, progress=args.progress).run(cells)
     failed = {k: v for k, v in result.items() if v.startswith("failed")}
-    counts = {s: sum(v == s for v in result.values()) for s in ("done", "skipped", "interrupted")}
-    print(f"[zojax sweep] {spec.name}: {counts['done']} done now, {counts['skipped']} already done, "
-          f"{counts['interrupted']} interrupted, {len(failed)} failed")  # fmt: skip
+    counts = {s: sum(v == s for v in result.values()) for s in ("done", "skipped", "interrupted", "not started")}
+    print(
+        f"[zojax sweep] {spec.name}: {counts['done']} done now, {counts['skipped']} already done, "
+        f"{counts['interrupted']} interrupted, {counts['not started']} not started, {len(failed)} failed"
+    )
     for k, v in failed.items():
         print(f"[zojax sweep] {k}: {v}")
-    if counts["interrupted"]:
+    if counts["interrupted"] or counts["not started"]:
         return 128 + signal.SIGTERM
     return 1 if failed else 0
 

@@ -448,7 +448,8 @@ class SweepRunner:
 
     def run(self, cells: Sequence[Cell] | None = None) -> dict[str, str]:
         """Runs every cell that is not done; returns ``{cell id: final status}``
-        (``done``, ``skipped`` (already done), ``failed (exit N)`` or ``interrupted``)."""
+        (``done``, ``skipped`` (already done), ``failed (exit N)``, ``interrupted`` or, after a stop,
+        ``not started``)."""
         cells = list(self.spec.cells() if cells is None else cells)
         todo = [c for c in cells if cell_status(self.spec.out / c.id) != "done"]
         result = {c.id: "skipped" for c in cells if c not in todo}
@@ -490,7 +491,7 @@ class SweepRunner:
             if pbar is not None:
                 pbar.close()
         for c in todo:
-            result.setdefault(c.id, "interrupted")
+            result.setdefault(c.id, "not started")
         return result
 
     def _on_signal(self, signum: int, frame: Any) -> None:
