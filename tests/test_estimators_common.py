@@ -39,19 +39,24 @@ def quadratic_problem(dtype: Any = jnp.float32) -> tuple[dict, Any, np.ndarray]:
         "a": jnp.asarray(rng.normal(size=(3,)), dtype),
         "nested": {"w": jnp.asarray(rng.normal(size=(2, 2)), dtype)},
     }
-    flat, unravel = ravel_pytree(params)
+    loss, grad = quadratic_loss(params, rng, shift=3.0)
+    return params, loss, grad
+
+
+def quadratic_loss(params: Any, rng: np.random.Generator, shift: float) -> tuple[Any, np.ndarray]:
+    """A random SPD quadratic ``½ (θ−c)ᵀ A (θ−c)`` of ``params`` (``c ~ N(shift, 1)``) and its float64
+    gradient at ``params``, flattened in ``ravel_pytree``'s order."""
+    flat, _ = ravel_pytree(params)
     d = flat.shape[0]
     q = rng.normal(size=(d, d))
     a_mat = q @ q.T / d + np.eye(d)
-    center = rng.normal(size=(d,)) + 3.0
+    center = rng.normal(size=(d,)) + shift
 
     def loss(p: Any) -> jax.Array:
         x = ravel_pytree(p)[0].astype(jnp.float32) - center
         return 0.5 * x @ jnp.asarray(a_mat, jnp.float32) @ x
 
-    grad = a_mat @ (np.asarray(flat, np.float64) - center)
-    del unravel
-    return params, loss, grad
+    return loss, a_mat @ (np.asarray(flat, np.float64) - center)
 
 
 def sample_grads(estimate_fn: Any, params: Any, loss: Any, n: int, seed: int = 0) -> np.ndarray:

@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.flatten_util import ravel_pytree
 
 import zojax
 import zojax.models as zm
@@ -34,6 +33,7 @@ from tests.test_estimators_common import (
     METHOD_NAMES,
     TEST_OPTIONS,
     jitted_step,
+    quadratic_loss,
     sample_grads,
 )
 from zojax import estimators, perturb
@@ -53,17 +53,7 @@ def matrix_problem(dtype: Any = jnp.float32) -> tuple[dict, Any, dict]:
         "e": jnp.asarray(rng.normal(size=(6, 3)), dtype),
         "b": jnp.asarray(rng.normal(size=(4,)), dtype),
     }
-    flat, _ = ravel_pytree(params)
-    d = flat.shape[0]
-    q = rng.normal(size=(d, d))
-    a_mat = q @ q.T / d + np.eye(d)
-    center = rng.normal(size=(d,)) + 1.0
-
-    def loss(p: Any) -> jax.Array:
-        x = ravel_pytree(p)[0].astype(jnp.float32) - center
-        return 0.5 * x @ jnp.asarray(a_mat, jnp.float32) @ x
-
-    grad = a_mat @ (np.asarray(flat, np.float64) - center)
+    loss, grad = quadratic_loss(params, rng, shift=1.0)
     # the float64 gradient, leaf by leaf in ravel_pytree's order
     sizes = [x.size for x in jax.tree.leaves(params)]
     parts = np.split(grad, np.cumsum(sizes)[:-1])

@@ -514,7 +514,8 @@ def dry_run(cfg: C.TrainConfig) -> dict[str, Any]:
     """
     from zojax.errors import UserError
     from zojax.models.loading import check_model_files
-    from zojax.tasks import TaskDataMissingError, get_task
+    from zojax.tasks import TaskDataMissingError
+    from zojax.train.job import load_splits
     from zojax.train.loop import Trainer
     from zojax.train.models import check_model_name
     from zojax.train.preflight import check_out_writable, check_train_split
@@ -527,15 +528,8 @@ def dry_run(cfg: C.TrainConfig) -> dict[str, Any]:
     trainer = Trainer(cfg)  # the run directory a real run would use (the default one too)
     trainer.check_run_dir()
     check_out_writable(trainer.run_dir)
-    task = get_task(cfg.data.task)
     try:
-        splits = task.splits(
-            seed=cfg.run.seed,
-            num_train=cfg.data.num_train,
-            num_dev=cfg.data.num_dev,
-            num_test=cfg.data.num_test,
-            data_dir=cfg.data.data_dir,
-        )
+        splits = load_splits(cfg)
     except TaskDataMissingError as e:
         raise ValueError(f"--task: {e}") from None
     check_train_split(cfg, splits)

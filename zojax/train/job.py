@@ -47,6 +47,16 @@ class Job:
     evaluate: Evaluator
 
 
+def load_splits(config: TrainConfig) -> Any:
+    """The task's MeZO splits for ``config``'s seed, sizes and data folder (:meth:`Task.splits`)."""
+    from zojax.tasks import get_task
+
+    d = config.data
+    return get_task(d.task).splits(
+        seed=config.run.seed, num_train=d.num_train, num_dev=d.num_dev, num_test=d.num_test, data_dir=d.data_dir
+    )
+
+
 def build_job(config: TrainConfig, model: Model | None = None) -> tuple[Job, PyTree]:
     """The job of ``config`` (resolved) and its initial trainable parameters.
 
@@ -58,13 +68,7 @@ def build_job(config: TrainConfig, model: Model | None = None) -> tuple[Job, PyT
 
     c = config
     task = get_task(c.data.task)
-    splits = task.splits(
-        seed=c.run.seed,
-        num_train=c.data.num_train,
-        num_dev=c.data.num_dev,
-        num_test=c.data.num_test,
-        data_dir=c.data.data_dir,
-    )
+    splits = load_splits(c)
     from zojax.train.preflight import check_train_split
 
     check_train_split(c, splits)  # before the model is loaded
