@@ -94,10 +94,14 @@ FLAG_OPTIONS = [
 
 def test_every_count_and_flag_option_is_covered() -> None:
     names = {o for m in zojax.METHODS.values() for o in m.options}
+    # the subspace family's options are checked in tests/test_subspace.py::test_invalid_options_raise
     assert names == {o for _, o in INTEGER_OPTIONS + FLAG_OPTIONS} | {
         "distribution",
         "elite_ratio",
         "weighting",
+        "perturbation",
+        "rank",
+        "refresh_every",
     }
 
 
