@@ -77,6 +77,13 @@ def add_finetune_arguments(p: argparse.ArgumentParser, suppress_defaults: bool =
         "hub id, or random:<preset> (random weights, byte tokenizer; e.g. random:tiny)",
     )
     add(g, "--dtype", "model.dtype", d.model.dtype, choices=C.DTYPES, help="parameter dtype")
+    flag_pair(
+        g,
+        "--master-weights",
+        "model.master_weights",
+        d.model.master_weights,
+        "with --dtype bfloat16: float32 trained weights, bfloat16 compute (default: off)",
+    )
     add(
         g,
         "--opt-bos",
@@ -287,6 +294,14 @@ def add_finetune_arguments(p: argparse.ArgumentParser, suppress_defaults: bool =
     )
     add(
         g,
+        "--update-rounding",
+        "optim.update_rounding",
+        d.optim.update_rounding,
+        choices=C.ROUNDINGS,
+        help="rounding of updates into bfloat16 weights: nearest or stochastic (default nearest)",
+    )
+    add(
+        g,
         "--batch-size",
         "optim.batch_size",
         d.optim.batch_size,
@@ -373,6 +388,13 @@ def add_finetune_arguments(p: argparse.ArgumentParser, suppress_defaults: bool =
     )
 
     g = p.add_argument_group("run")
+    add(
+        g,
+        "--mesh",
+        "run.mesh",
+        d.run.mesh,
+        help="devices: auto (all, on the fsdp axis), none (one device) or data=D,fsdp=F (default auto)",
+    )
     add(
         g,
         "--seed",

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any
 
 from zojax import registry
+from zojax.precision import ROUNDINGS
 
 FO_METHOD = "ft"
 EVAL_METHODS = ("zero-shot", "icl")
@@ -38,6 +40,8 @@ SUBSPACE_DEFAULTS = {"rank": 32, "refresh_every": 1000}
 STOP_RULES = ("text", "mezo")
 OPT_BOS = ("mezo", "checkpoint")
 DTYPES = ("float32", "bfloat16")
+MESH_ENV = "ZOJAX_MESH"
+"""Environment variable that replaces ``--mesh auto`` (e.g. ``none`` for a test suite)."""
 
 # Defaults by tuning. ε and the LoRA / prefix rates are MeZO's (and the paper's Table III). The
 # full-tuning ZO rate is for short runs of a small model: 3e-5 moves SmolLM2-135M's SST-2 dev
@@ -67,6 +71,7 @@ RESUMABLE_CHANGES = (
     "run.progress",
     "run.dry_run",
     "run.stop_after",
+    "run.mesh",
     "data.data_dir",
 )
 
@@ -89,6 +94,9 @@ class ModelArgs:
       name: ``zojax.models.load_model`` name or path (default: the embedded SmolLM2-135M-Instruct),
         or ``random:<preset>`` for a randomly initialised model with a byte tokenizer (tests).
       dtype: ``float32`` or ``bfloat16`` parameters and compute.
+      master_weights: with ``dtype=bfloat16``: keep the trained parameters in float32 and compute
+        in bfloat16 (the float32 parameter memory; a frozen base stays bfloat16), so that updates
+        below half a bfloat16 ulp are not lost.
       tuning: ``full``, ``lora`` or ``prefix``.
       lora_rank: LoRA rank ``r``.
       lora_alpha: LoRA ``α``.
@@ -100,6 +108,7 @@ class ModelArgs:
 
     name: str = "smollm2-135m-instruct"
     dtype: str = "float32"
+    master_weights: bool = False
     tuning: str = "full"
     lora_rank: int = 8
     lora_alpha: float = 16.0
@@ -163,6 +172,8 @@ class OptimArgs:
       refresh_every: steps between subspace refreshes (``None``: 1000 with ``subspace``; the
         paper's grid {500, 1000, 2000}).
       weight_decay: MeZO's decoupled weight decay (none on biases and norms).
+      update_rounding: how an update is rounded into bfloat16 weights: ``nearest`` (plain) or
+        ``stochastic`` (unbiased, :func:`zojax.precision.stochastic_rounding`; no extra memory).
       batch_size: examples per step (the paper: 16).
       steps: number of steps (exclusive with ``forward_budget``).
       forward_budget: total forward passes; ``steps = forward_budget // forwards_per_step``.
@@ -182,6 +193,7 @@ class OptimArgs:
     rank: int | None = None
     refresh_every: int | None = None
     weight_decay: float = 0.0
+    update_rounding: str = "nearest"
     batch_size: int = 16
     steps: int | None = None
     forward_budget: int | None = None
@@ -222,6 +234,9 @@ class RunArgs:
     """Seed, outputs, checkpoints and control.
 
     Attributes:
+      mesh: devices of the run (:func:`zojax.train.placement.parse_mesh`): ``auto`` (every device
+        on the ``fsdp`` axis; nothing on one device; ``$ZOJAX_MESH`` when set), ``none``, or
+        ``data=D,fsdp=F``.
       seed: seeds the data sampling (MeZO's ``train_set_seed``), the data order, the adapters'
         initialisation and the perturbations.
       out: run directory (metrics, TensorBoard events, checkpoints, results).
@@ -237,6 +252,7 @@ class RunArgs:
         process; for tests and time-sliced jobs.
     """
 
+    mesh: str = "auto"
     seed: int = 0
     out: str | None = None
     resume: bool = False
@@ -308,6 +324,17 @@ class TrainConfig:
         _choice("--protocol", d.protocol, PROTOCOLS)
         _choice("--stop-rule", e.stop_rule, STOP_RULES)
         _choice("--opt-bos", m.opt_bos, OPT_BOS)
+        _choice("--update-rounding", o.update_rounding, ROUNDINGS)
+        if m.master_weights and m.dtype != "bfloat16":
+            raise ValueError("--master-weights: needs --dtype bfloat16 (float32 weights are already the master copy)")
+        if o.update_rounding == "stochastic" and (m.dtype != "bfloat16" or m.master_weights):
+            raise ValueError(
+                "--update-rounding stochastic: rounds bfloat16 weights; needs --dtype bfloat16 "
+                "without --master-weights"
+            )
+        if r.mesh.strip().lower() == "auto" and os.environ.get(MESH_ENV, "").strip():
+            r.mesh = os.environ[MESH_ENV].strip()
+        _check_mesh_spec(r.mesh)
         sizes = PROTOCOL_SIZES[d.protocol]
         for name in ("num_train", "num_dev", "num_test"):
             if getattr(d, name) is None:
@@ -407,6 +434,16 @@ class TrainConfig:
                     flag = "--" + name.replace("_", "-")
                     raise ValueError(flag + msg[len(name) :]) from None
             raise
+
+
+def _check_mesh_spec(spec: str) -> None:
+    """Checks the syntax of ``--mesh`` (the device count is checked when the run starts)."""
+    import re
+
+    text = spec.strip().lower()
+    part = r"(data|fsdp)=\d+"
+    if text not in ("auto", "none") and not re.fullmatch(rf"{part}(,{part})?", text.replace(" ", "")):
+        raise ValueError(f"--mesh: expected 'auto', 'none' or 'data=D,fsdp=F', got {spec!r}")
 
 
 DEFAULT_FORWARD_BUDGET = 150

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from zojax.models import Model
@@ -13,6 +15,7 @@ from zojax.train.config import TrainConfig, is_zo
 from zojax.train.data import TrainBatches
 from zojax.train.evaluation import Evaluator
 from zojax.train.models import build_model
+from zojax.train.placement import Placement, parse_mesh
 from zojax.train.step import StepFn, Tuned, build_optimizer, build_step, prepare_tuning
 
 PyTree = Any
@@ -33,6 +36,7 @@ class Job:
       tx: the optimizer (``None`` for evaluation-only methods).
       step_fn: the jitted step (``None`` for evaluation-only methods).
       evaluate: ``evaluate(params, split)``.
+      placement: where the parameters and batches live (``--mesh``).
     """
 
     task: Any
@@ -45,6 +49,7 @@ class Job:
     tx: optax.GradientTransformation | None
     step_fn: StepFn | None
     evaluate: Evaluator
+    placement: Placement = dataclasses.field(default_factory=Placement)
 
 
 def load_splits(config: TrainConfig) -> Any:
@@ -72,14 +77,22 @@ def build_job(config: TrainConfig, model: Model | None = None) -> tuple[Job, PyT
     from zojax.train.preflight import check_train_split
 
     check_train_split(c, splits)  # before the model is loaded
+    placement = Placement(parse_mesh(c.run.mesh))
     if model is None:
-        model = build_model(c.model.name, c.model.dtype, c.model.opt_bos)
+        # master weights: float32 parameters, bfloat16 compute (the model's dtype)
+        model = build_model(c.model.name, "float32" if c.model.master_weights else c.model.dtype, c.model.opt_bos)
+    if c.model.master_weights:
+        model = model.replace(dtype="bfloat16")
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise ValueError("--model: the model has no tokenizer")
     model_desc = repr(model)
     tuned = prepare_tuning(model, c)
     del model
+    frozen = tuned.frozen
+    if c.model.master_weights and frozen is not None:  # only the trained weights need float32
+        frozen = jax.tree.map(lambda x: x.astype(jnp.bfloat16), frozen)
+    tuned = dataclasses.replace(tuned, params=placement.params(tuned.params), frozen=placement.params(frozen))
     data = tx = step_fn = None
     if c.training:
         data = TrainBatches(
@@ -96,5 +109,7 @@ def build_job(config: TrainConfig, model: Model | None = None) -> tuple[Job, PyT
     params = tuned.params
     tuned = dataclasses.replace(tuned, params=None)  # the loop owns (donates) them
     evaluate = Evaluator(c, task, splits, tokenizer, tuned)
-    job = Job(task, splits, tokenizer, model_desc, tuned, c.forwards_per_step(), data, tx, step_fn, evaluate)
+    job = Job(
+        task, splits, tokenizer, model_desc, tuned, c.forwards_per_step(), data, tx, step_fn, evaluate, placement
+    )
     return job, params

@@ -38,6 +38,7 @@ import jax
 from zojax.models import Model
 from zojax.train import checkpoint as ckpt_lib
 from zojax.train import report as report_lib
+from zojax.train.report import precision_warning
 from zojax.train import run_dir as run_dir_lib
 from zojax.train.config import TrainConfig
 from zojax.train.evaluation import BestTracker
@@ -181,7 +182,7 @@ class Trainer:
         )
         self._ckpts = ckpt_lib.Checkpoints(self.run_dir / "checkpoints", c.run.keep_checkpoints)
         self.state = RunState()
-        opt_state = job.tx.init(params) if c.training else None
+        opt_state = job.placement.init(job.tx.init, params) if c.training else None
         if c.run.resume and c.training:
             params, opt_state = self._restore(params, opt_state)
         self._tracker = BestTracker(c.eval.select_by, c.eval.select_initial, self.state.best)
@@ -209,7 +210,10 @@ class Trainer:
 
     def _run(self, params: PyTree, opt_state: PyTree, frozen: PyTree) -> dict[str, Any]:
         c, job, total = self.config, self.job, self.config.optim.steps
-        for line in report_lib.describe(c, job.splits, job.model_desc, job.forwards_per_step, job.data, self.run_dir):
+        placed = job.placement.describe(params) if job.placement.mesh is not None else None
+        for line in report_lib.describe(
+            c, job.splits, job.model_desc, job.forwards_per_step, job.data, self.run_dir, placed
+        ):
             self.say(line)
         has_dev = len(job.splits.dev) > 0
         if not c.training:
@@ -237,7 +241,7 @@ class Trainer:
         while state.step < total:
             if self._stop_signal is not None:
                 return params, opt_state, "interrupted" if self._stop_signal else "stopped"
-            batch = job.data.batch(state.step)
+            batch = job.placement.batch(job.data.batch(state.step))
             # the first call compiles: give the compiler's garbage back as it goes (zojax.train.heap)
             first = self._steps_this_process == 0
             with returning_freed_memory() if first else contextlib.nullcontext():
@@ -281,9 +285,12 @@ class Trainer:
             "loss": info.stats["loss"],
             "lr": self.config.optim.lr,
         }
-        for k in ("projected_grad", "grad_norm", "nonfinite"):
+        for k in ("projected_grad", "grad_norm", "nonfinite", "changed"):
             if k in info.stats:
                 rec[k] = info.stats[k]
+        nearest = self.config.optim.update_rounding == "nearest"
+        if nearest and self._steps_this_process == 1 and info.stats.get("changed", 1.0) < 0.5:
+            self.say(precision_warning(self.config, info.stats["changed"]))
         rec.update(
             step_time=dt,
             forwards_per_s=fps / dt if dt > 0 else None,

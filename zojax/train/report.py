@@ -22,7 +22,35 @@ def size_notes(config: TrainConfig, sizes: Mapping[str, int]) -> list[str]:
     return notes
 
 
-def describe(config: TrainConfig, splits: Any, model_desc: str, fps: int, data: Any, run_dir: Path) -> list[str]:
+def precision_line(config: TrainConfig) -> str:
+    """How the weights are stored, computed and updated (``--dtype``, ``--master-weights``,
+    ``--update-rounding``)."""
+    m, o = config.model, config.optim
+    if m.dtype == "float32":
+        return "precision: float32"
+    if m.master_weights:
+        return "precision: float32 master weights, bfloat16 compute"
+    return f"precision: bfloat16 weights and compute, {o.update_rounding} rounding of updates"
+
+
+def precision_warning(config: TrainConfig, changed: float) -> str:
+    """The warning printed when most of a low-precision step's updates rounded away."""
+    return (
+        f"[zojax] warning: only {changed:.1%} of the weights changed in the first step: at lr "
+        f"{config.optim.lr:g} most updates are below half a bfloat16 ulp and round away; use "
+        "--update-rounding stochastic or --master-weights"
+    )
+
+
+def describe(
+    config: TrainConfig,
+    splits: Any,
+    model_desc: str,
+    fps: int,
+    data: Any,
+    run_dir: Path,
+    placement_line: str | None = None,
+) -> list[str]:
     """The lines printed when a run starts: task, model, budget, notes, run directory."""
     c = config
     lines = [
@@ -36,6 +64,8 @@ def describe(config: TrainConfig, splits: Any, model_desc: str, fps: int, data: 
             f"lr {c.optim.lr:g}, eps {c.optim.eps:g}, train seq len {data.seq_len}"
             + (f" ({data.truncated} sequences truncated)" if data.truncated else "")
         )
+    if placement_line or c.model.dtype != "float32":
+        lines.append(f"[zojax] {'; '.join(filter(None, [precision_line(c), placement_line]))}")
     for note in [*splits.meta.get("notes", []), *size_notes(c, splits.meta["sizes"])]:
         lines.append(f"[zojax] note: {note}")
     lines.append(f"[zojax] run dir: {run_dir}")

@@ -21,9 +21,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
-from zojax import registry
+from zojax import precision, registry
 from zojax.models import ZO_COMPILER_OPTIONS, Model
 from zojax.train.config import FO_METHOD, TrainConfig, is_zo
 from zojax.train.loss import task_loss
@@ -81,14 +82,19 @@ def build_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     """The method's optimizer: the registered estimator + SGD, or Adam(W) for ``ft``."""
     o = config.optim
     if is_zo(o.method):
-        return registry.get(o.method).optimizer(
+        tx = registry.get(o.method).optimizer(
             o.lr, weight_decay=o.weight_decay, key=config.run.seed, **config.method_options()
         )
-    if o.method == FO_METHOD:
+    elif o.method == FO_METHOD:
         if o.weight_decay:
-            return optax.adamw(o.lr, weight_decay=o.weight_decay, mask=decay_mask)
-        return optax.adam(o.lr)
-    raise ValueError(f"--method: {o.method} does not train")
+            tx = optax.adamw(o.lr, weight_decay=o.weight_decay, mask=decay_mask)
+        else:
+            tx = optax.adam(o.lr)
+    else:
+        raise ValueError(f"--method: {o.method} does not train")
+    if o.update_rounding == "stochastic":
+        tx = optax.chain(tx, precision.stochastic_rounding(config.run.seed))
+    return tx
 
 
 StepFn = Callable[[PyTree, PyTree, PyTree, Mapping[str, Any]], tuple[PyTree, PyTree, dict]]
@@ -104,7 +110,8 @@ def build_step(tuned: Tuned, objective: str, tx: optax.GradientTransformation, z
     Returns:
       the jitted step; ``stats`` holds ``loss`` (ZO: ``(L(θ+εv) + L(θ−εv)) / 2``) and
       ``projected_grad`` (ZO) or ``grad_norm`` (first order), plus ``nonfinite`` (ZO: skipped steps
-      so far).
+      so far) and, for low-precision parameters, ``changed`` (the fraction of weights whose stored
+      value changed).
     """
 
     def step(
@@ -123,7 +130,10 @@ def build_step(tuned: Tuned, objective: str, tx: optax.GradientTransformation, z
             value, grads = jax.value_and_grad(loss)(params)
             updates, opt_state = tx.update(grads, opt_state, params)
             stats = {"loss": value, "grad_norm": optax.tree.norm(grads)}
-        return optax.apply_updates(params, updates), opt_state, stats
+        new_params = optax.apply_updates(params, updates)
+        if any(jnp.dtype(x.dtype) != jnp.dtype(jnp.float32) for x in jax.tree.leaves(params)):
+            stats["changed"] = precision.changed_fraction(params, new_params)
+        return new_params, opt_state, stats
 
     options = ZO_COMPILER_OPTIONS if zeroth_order else None
     return jax.jit(step, donate_argnums=(0, 1), compiler_options=options)
