@@ -46,12 +46,13 @@ def temp_bytes(name: str, **options: Any) -> int:
     )
 
 
-@pytest.mark.parametrize(
-    ("name", "options"),
-    [("mezo", {}), ("nspsa", {"num_queries": 4}), ("mezo-greedy", {"num_candidates": 8})],
-)
-def test_plain_loss_step_holds_at_most_two_parameter_copies(name: str, options: dict) -> None:
-    assert temp_bytes(name, **options) <= 2 * PARAM_BYTES + 64 * 1024
+# several forwards per step where a method has a count; MeZO-GV over M in the next test
+MEMORY_OPTIONS = {"nspsa": {"num_queries": 4}, "mezo-greedy": {"num_candidates": 8}}
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(zojax.METHODS) if n != "mezo-gv"])
+def test_plain_loss_step_holds_at_most_two_parameter_copies(name: str) -> None:
+    assert temp_bytes(name, **MEMORY_OPTIONS.get(name, {})) <= 2 * PARAM_BYTES + 64 * 1024
 
 
 def test_guided_step_memory_is_constant_in_num_candidates() -> None:

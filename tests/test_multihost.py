@@ -6,13 +6,13 @@ global ``("data", "fsdp") = (1, 4)`` mesh over the 4 devices of both processes, 
 Llama's parameters and the batch over all 4 devices (so every layer's forward all-gathers weights
 across the two processes and the loss reduces across them), and run 3 MeZO steps with on-the-fly
 perturbation. A third subprocess runs the same 3 steps unsharded on one device. The test compares
-what the processes write (``python -m zojax.distributed --out``). jaxlib 0.10.2's CPU client has
+what the processes write (``python experiments/multihost_smoke.py --out``). jaxlib 0.10.2's CPU client has
 gloo collectives built in (``jax_cpu_collectives_implementation="gloo"``, the default), and
 ``jax_num_cpu_devices=2`` gives each process two devices; no MPI or extra package is needed.
 
 MeZO only: compiling a MeZO-GV step of the tiny model takes ~25-50 s per process on the shared
 2-core CPU (M unrolled candidate draws), which would not fit the test's budget; the multi-host
-mechanics are the same (``python -m zojax.distributed --runs tiny:mezo-gv`` on each process), and
+mechanics are the same (``experiments/multihost_smoke.py --runs tiny:mezo-gv`` on each process), and
 GV's sharding invariance is tested on 8 local devices in ``test_sharding.py``.
 
 Equalities asserted, and why:
@@ -44,6 +44,7 @@ import zojax.models as zm
 from zojax import distributed
 
 REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "experiments" / "multihost_smoke.py"
 STEPS = 3
 EPS = 1e-2
 TIMEOUT_S = 240  # hard limit for the whole run; 20-35 s on the shared 2-core CPU
@@ -87,7 +88,7 @@ def run_children(cmds: dict[str, list[str]], logs: Path) -> dict[str, str]:
     for name, cmd in cmds.items():
         files[name] = (open(logs / f"{name}.out", "w+"), open(logs / f"{name}.err", "w+"))  # noqa: SIM115
         procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "zojax.distributed", *cmd],
+            [sys.executable, str(SMOKE), *cmd],
             cwd=REPO,
             env=env,
             stdout=files[name][0],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.test_tasks_fakes import BOS, PAD, CharTokenizer
+from tests.fakes import TOK
 from zojax.tasks import (
     Encoded,
     Example,
@@ -17,7 +17,7 @@ from zojax.tasks import (
 )
 from zojax.tasks.encode import left_pad, render_demos
 
-TOK = CharTokenizer()
+BOS, PAD = TOK.bos_id, TOK.pad_id
 
 
 def ex(task: str, row: dict, i: int = 0) -> Example:

@@ -15,13 +15,11 @@ from zojax.tasks.base import Example, RawData, Split, TaskSplits
 from zojax.tasks.data import TaskDataMissingError, candidate_data_dirs, resolve_data_dir
 from zojax.tasks.encode import (
     Encoded,
-    GenerationBatch,
     TokenizerLike,
     classification_batch,
     encode_candidates,
     encode_generation_prompt,
     encode_gold,
-    generation_batch,
     lm_batch,
     train_batch,
     truncate_keep_bos,
@@ -39,22 +37,20 @@ from zojax.tasks.metrics import accuracy, exact_match, f1_score, normalize_answe
 from zojax.tasks.registry import TASKS, Task, get_task
 from zojax.tasks.sampling import carve_from_validation, icl_demo_sets, mezo_subset, split_train_dev
 from zojax.tasks.scoring import (
-    candidate_scores,
+    OBJECTIVES,
     classification_loss,
     lm_loss,
-    negative_accuracy,
-    negative_f1,
     objective_for,
     sequence_scores,
     token_logprobs,
 )
 
 __all__ = [
+    "OBJECTIVES",
     "TASKS",
     "Encoded",
     "EvalResult",
     "Example",
-    "GenerationBatch",
     "RawData",
     "Split",
     "Task",
@@ -63,7 +59,6 @@ __all__ = [
     "TokenizerLike",
     "accuracy",
     "candidate_data_dirs",
-    "candidate_scores",
     "carve_from_validation",
     "classification_batch",
     "classification_loss",
@@ -75,15 +70,12 @@ __all__ = [
     "evaluate_generation",
     "exact_match",
     "f1_score",
-    "generation_batch",
     "get_task",
     "icl",
     "icl_demo_sets",
     "lm_batch",
     "lm_loss",
     "mezo_subset",
-    "negative_accuracy",
-    "negative_f1",
     "normalize_answer",
     "objective_for",
     "resolve_data_dir",

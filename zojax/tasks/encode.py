@@ -180,7 +180,7 @@ def classification_batch(
     pad_to_multiple_of: int = 8,
     demos: Sequence[Sequence[Example]] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Batch for :func:`zojax.tasks.scoring.classification_loss` / ``negative_accuracy``.
+    """Batch for :func:`zojax.tasks.scoring.classification_loss`.
 
     ``num_candidates``/``seq_len`` fix the shapes (default: the batch's maximum, ``seq_len``
     rounded up to ``pad_to_multiple_of``). ``demos[i]`` are ICL demonstrations for example i."""
@@ -235,32 +235,6 @@ def lm_batch(
         first = mask.argmax(axis=1)
         tmask[np.arange(len(enc)), first] = 0.0
     return {"input_ids": ids, "attention_mask": mask, "target_mask": tmask}
-
-
-@dataclass(frozen=True)
-class GenerationBatch:
-    """Prompts (ragged token lists) and gold answers for generation metrics/objectives."""
-
-    prompts: list[list[int]]
-    answers: list[tuple[str, ...]]
-
-
-def generation_batch(
-    task: Task,
-    examples: Sequence[Example],
-    tokenizer: TokenizerLike,
-    max_length: int = 2048,
-    max_new_tokens: int = 50,
-    demos: Sequence[Sequence[Example]] | None = None,
-) -> GenerationBatch:
-    """Batch for :func:`zojax.tasks.scoring.negative_f1` and generation evaluation."""
-    prompts = [
-        encode_generation_prompt(
-            task, ex, tokenizer, demos[i] if demos else (), max_length, max_new_tokens
-        )
-        for i, ex in enumerate(examples)
-    ]
-    return GenerationBatch(prompts, [ex.answers for ex in examples])
 
 
 def train_batch(

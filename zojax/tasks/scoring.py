@@ -1,15 +1,21 @@
-"""Candidate log-prob scoring and MeZO's training objectives, for any model.
+r"""Candidate log-prob scoring and MeZO's training objectives, for any model.
 
-Everything takes a generic ``logits_fn(params, input_ids int32[N, T], attention_mask int32[N, T])
--> float[N, T, V]`` (left padding) and a batch dict from :mod:`zojax.tasks.encode`, so the
-objectives are pure and jittable: ``jax.jit(partial(classification_loss, logits_fn))``.
+The objectives are reductions of token log-probabilities, written once here:
 
-* :func:`classification_loss`: cross-entropy over candidates whose logits are the mean
-  log-probabilities of each candidate's option tokens (SST-2, RTE, CB, BoolQ, WSC, WiC, MultiRC).
-* :func:`lm_loss`: teacher-forced LM cross-entropy on the gold answer tokens (COPA, ReCoRD, SQuAD,
-  DROP), averaged over all answer tokens of the batch (as torch's ``CrossEntropyLoss``).
-* Non-differentiable ZO objectives: :func:`negative_accuracy` (jittable) and
-  :func:`negative_f1` (greedy generation; host-side).
+* ``classification`` (:func:`classification_from_logprobs`): cross-entropy over candidates whose
+  logits are the mean log-probabilities of each candidate's option tokens (SST-2, RTE, CB, BoolQ,
+  WSC, WiC, MultiRC); :func:`shared_classification_from_logits` is the same objective when every
+  candidate is one token after a shared prompt.
+* ``lm`` (:func:`lm_from_logprobs`): teacher-forced cross-entropy on the gold answer tokens (COPA,
+  ReCoRD, SQuAD, DROP), averaged over all answer tokens of the batch (as torch's
+  ``CrossEntropyLoss``).
+
+:data:`OBJECTIVES` maps ``Task.objective`` to them. The trainer feeds them the model's
+memory-friendly log-probabilities (:func:`zojax.train.loss.task_loss`); for any other model,
+:func:`classification_loss` and :func:`lm_loss` take a generic ``logits_fn(params, input_ids
+int32[N, T], attention_mask int32[N, T]) -> float[N, T, V]`` (left padding) and a batch dict from
+:mod:`zojax.tasks.encode`, so they are pure and jittable:
+``jax.jit(partial(classification_loss, logits_fn))``.
 """
 
 from __future__ import annotations
@@ -19,20 +25,21 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from zojax.tasks.encode import GenerationBatch, TokenizerLike
-from zojax.tasks.metrics import clean_generation, f1_score
+from zojax.tasks.encode import TokenizerLike
+from zojax.tasks.metrics import clean_generation
 from zojax.tasks.registry import Task
 
 LogitsFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 GenerateFn = Callable[[list[int]], Sequence[int]]
 Batch = Mapping[str, Any]
+Array = jax.Array
 
 NEG = -1e9  # finite "minus infinity" for masked candidates (keeps gradients NaN-free)
 
 
-def token_logprobs(logits: jax.Array, input_ids: jax.Array) -> jax.Array:
+# ---------------------------------------------------------------------- log-probabilities
+def token_logprobs(logits: Array, input_ids: Array) -> Array:
     """``out[n, t] = log p(input_ids[n, t] | input_ids[n, :t])``; ``out[:, 0] = 0``.
 
     Computed as ``logit[target] - logsumexp(logits)`` in float32, without materialising a
@@ -44,10 +51,18 @@ def token_logprobs(logits: jax.Array, input_ids: jax.Array) -> jax.Array:
     return jnp.pad(lp, ((0, 0), (1, 0)))
 
 
+def target_mean(logprobs: Array, target_mask: Array) -> Array:
+    """``Σ_t m_t log p_t / max(Σ_t m_t, 1)`` over the last axis: a sequence's mean target log-prob."""
+    return jnp.sum(logprobs * target_mask, -1) / jnp.maximum(jnp.sum(target_mask, -1), 1.0)
+
+
 def sequence_scores(
-    logits_fn: LogitsFn, params: Any, input_ids: jax.Array, attention_mask: jax.Array,
-    target_mask: jax.Array,
-) -> jax.Array:
+    logits_fn: LogitsFn,
+    params: Any,
+    input_ids: Array,
+    attention_mask: Array,
+    target_mask: Array,
+) -> Array:
     """Mean log-prob of the target tokens of each sequence; leading dims are flattened for the
     forward pass and restored (e.g. [B, C, T] -> [B, C])."""
     lead = input_ids.shape[:-1]
@@ -56,80 +71,137 @@ def sequence_scores(
     mask = attention_mask.reshape(-1, t).astype(jnp.int32)
     tm = target_mask.reshape(-1, t).astype(jnp.float32)
     lp = token_logprobs(logits_fn(params, ids, mask), ids)
-    mean = (lp * tm).sum(-1) / jnp.maximum(tm.sum(-1), 1.0)
-    return mean.reshape(lead)
+    return target_mean(lp, tm).reshape(lead)
 
 
-def candidate_scores(logits_fn: LogitsFn, params: Any, batch: Batch) -> jax.Array:
-    """float32[B, C] candidate logits (mean option log-prob); padded candidates get ``NEG``."""
-    s = sequence_scores(
-        logits_fn, params, batch["input_ids"], batch["attention_mask"], batch["target_mask"]
-    )
-    return jnp.where(jnp.asarray(batch["candidate_mask"]) > 0, s, NEG)
+# ---------------------------------------------------------------------- the objectives
+def shifted_target_mask(target_mask: Array) -> Array:
+    """``target_mask[..., 1:]``: the weights of next-token log-probabilities (targets ``t ≥ 1``)."""
+    return jnp.asarray(target_mask, jnp.float32)[..., 1:]
 
 
-def classification_loss(logits_fn: LogitsFn, params: Any, batch: Batch) -> jax.Array:
-    """MeZO's ``train_as_classification`` loss: mean over examples of cross-entropy between the
-    candidate scores and ``labels``."""
-    logp = jax.nn.log_softmax(candidate_scores(logits_fn, params, batch), axis=-1)
+def classification_from_logprobs(logprobs: Array, batch: Batch) -> Array:
+    r"""Cross-entropy over candidates from token log-probabilities.
+
+    .. math::
+
+       s_{bc} = \frac{\sum_t m_{bct} \log p(x_{bct})}{\max(\sum_t m_{bct}, 1)}, \qquad
+       L = -\frac{1}{B} \sum_b \log \operatorname{softmax}(s_{b\cdot})_{y_b},
+
+    with padded candidates' scores set to a large negative value.
+
+    Args:
+      logprobs: ``float32[B·C, T−1]``, ``log p(x_{t+1} | x_{≤t})``.
+      batch: a classification batch (``target_mask [B, C, T]``, ``candidate_mask``, ``labels``).
+
+    Returns:
+      the scalar loss.
+    """
+    tm = shifted_target_mask(batch["target_mask"])
+    b, c = tm.shape[:2]
+    lp = logprobs.reshape(b, c, -1)
+    return candidate_nll(target_mean(lp, tm), batch).mean()
+
+
+def candidate_nll(scores: Array, batch: Batch) -> Array:
+    r"""Per-example cross-entropy over candidates: :math:`-\log \operatorname{softmax}(s_{b\cdot})_{y_b}`.
+
+    Args:
+      scores: ``float32[B, C]`` candidate scores (padded candidates are masked here).
+      batch: ``candidate_mask [B, C]`` and ``labels [B]``.
+
+    Returns:
+      ``float32[B]``.
+    """
+    scores = jnp.where(jnp.asarray(batch["candidate_mask"]) > 0, scores, NEG)
+    logp = jax.nn.log_softmax(scores, axis=-1)
     labels = jnp.asarray(batch["labels"], jnp.int32)
-    return -jnp.take_along_axis(logp, labels[:, None], axis=-1).mean()
+    return -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
 
 
-def negative_accuracy(logits_fn: LogitsFn, params: Any, batch: Batch) -> jax.Array:
-    """Non-differentiable ZO objective: minus the fraction of examples whose arg-max candidate is
-    gold (``gold_mask``, so ReCoRD's several golds count)."""
-    pred = jnp.argmax(candidate_scores(logits_fn, params, batch), axis=-1)
-    hit = jnp.take_along_axis(jnp.asarray(batch["gold_mask"]), pred[:, None], axis=-1)[:, 0]
-    return -hit.mean()
+def lm_from_logprobs(logprobs: Array, batch: Batch) -> Array:
+    """Teacher-forced cross-entropy on the target tokens: ``−Σ m log p / max(Σ m, 1)``.
+
+    Args:
+      logprobs: ``float32[B, T−1]``.
+      batch: an ``lm`` batch (``target_mask [B, T]``).
+
+    Returns:
+      the scalar loss.
+    """
+    tm = shifted_target_mask(batch["target_mask"])
+    return -jnp.sum(logprobs * tm) / jnp.maximum(jnp.sum(tm), 1.0)
 
 
-def lm_loss(logits_fn: LogitsFn, params: Any, batch: Batch) -> jax.Array:
-    """Teacher-forced LM cross-entropy on the target (gold answer) tokens, averaged over all
-    target tokens of the batch."""
+def shared_candidate_scores(logits: Array, batch: Batch) -> Array:
+    """``float32[B, C]``: each single-token candidate's log-probability after its prompt."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logp, jnp.asarray(batch["candidate_ids"], jnp.int32), axis=-1)
+
+
+def shared_classification_from_logits(logits: Array, batch: Batch) -> Array:
+    r"""Cross-entropy over single-token candidates from the next-token logits of the prompts.
+
+    .. math::
+
+       s_{bc} = \log \operatorname{softmax}(\ell_b)_{k_{bc}}, \qquad
+       L = -\frac{1}{B} \sum_b \log \operatorname{softmax}(s_{b\cdot})_{y_b},
+
+    with ``k_{bc}`` the token of candidate ``c`` (``candidate_ids``) and padded candidates masked.
+
+    Args:
+      logits: ``float32[B, V]`` logits after each prompt's last token.
+      batch: a shared-prompt batch (``candidate_ids [B, C]``, ``candidate_mask``, ``labels``).
+
+    Returns:
+      the scalar loss (equal to :func:`classification_from_logprobs` on the per-candidate batch).
+    """
+    return candidate_nll(shared_candidate_scores(logits, batch), batch).mean()
+
+
+OBJECTIVES: dict[str, Callable[[Array, Batch], Array]] = {
+    "classification": classification_from_logprobs,
+    "lm": lm_from_logprobs,
+}
+"""``Task.objective`` -> the objective as a function of ``(logprobs float32[N, T−1], batch)``."""
+
+
+# ---------------------------------------------------------------------- from a logits function
+def _next_token_logprobs(logits_fn: LogitsFn, params: Any, batch: Batch) -> Array:
+    """``float32[N, T−1]`` next-token log-probabilities of the batch's (flattened) rows."""
     ids = jnp.asarray(batch["input_ids"], jnp.int32)
-    lp = token_logprobs(logits_fn(params, ids, jnp.asarray(batch["attention_mask"])), ids)
-    tm = jnp.asarray(batch["target_mask"], jnp.float32)
-    return -(lp * tm).sum() / jnp.maximum(tm.sum(), 1.0)
+    ids = ids.reshape(-1, ids.shape[-1])
+    mask = jnp.asarray(batch["attention_mask"], jnp.int32).reshape(ids.shape)
+    return token_logprobs(logits_fn(params, ids, mask), ids)[:, 1:]
+
+
+def classification_loss(logits_fn: LogitsFn, params: Any, batch: Batch) -> Array:
+    """MeZO's ``train_as_classification`` loss (:func:`classification_from_logprobs`) of a model
+    given by its ``logits_fn``."""
+    return classification_from_logprobs(_next_token_logprobs(logits_fn, params, batch), batch)
+
+
+def lm_loss(logits_fn: LogitsFn, params: Any, batch: Batch) -> Array:
+    """Teacher-forced LM cross-entropy on the target tokens (:func:`lm_from_logprobs`) of a model
+    given by its ``logits_fn``."""
+    return lm_from_logprobs(_next_token_logprobs(logits_fn, params, batch), batch)
+
+
+def objective_for(task: Task) -> Callable[[LogitsFn, Any, Batch], Array]:
+    """MeZO's objective for ``task`` as a function of ``(logits_fn, params, batch)``:
+    :func:`classification_loss` or :func:`lm_loss`."""
+    return {"classification": classification_loss, "lm": lm_loss}[task.objective]
 
 
 def generate_texts(
-    generate_fn: GenerateFn, tokenizer: TokenizerLike, prompts: Sequence[list[int]],
-    stop: str = "\n", stop_rule: str = "text",
+    generate_fn: GenerateFn,
+    tokenizer: TokenizerLike,
+    prompts: Sequence[list[int]],
+    stop: str = "\n",
+    stop_rule: str = "text",
 ) -> list[str]:
     """Greedy generations (``generate_fn(prompt_ids) -> new token ids``), decoded and cleaned by
     :func:`~zojax.tasks.metrics.clean_generation` (``"text"``: cut at ``stop`` and stripped;
     ``"mezo"``: stripped). ``generate_fn`` should stop by the same ``stop_rule``
     (:meth:`zojax.models.Model.generate`)."""
-    return [
-        clean_generation(tokenizer.decode(list(generate_fn(list(p)))), stop, stop_rule)
-        for p in prompts
-    ]
-
-
-def negative_f1(
-    generate_fn: GenerateFn, tokenizer: TokenizerLike, batch: GenerationBatch,
-    stop_rule: str = "text",
-) -> float:
-    """Non-differentiable ZO objective (MeZO's ``--non_diff`` for SQuAD): minus the mean F1 of
-    greedy generations. ``generate_fn`` closes over the (perturbed) parameters."""
-    texts = generate_texts(generate_fn, tokenizer, batch.prompts, stop_rule=stop_rule)
-    return -float(np.mean([f1_score(t, a) for t, a in zip(texts, batch.answers, strict=True)]))
-
-
-OBJECTIVES: dict[str, Callable[[LogitsFn, Any, Batch], jax.Array]] = {
-    "classification": classification_loss,
-    "lm": lm_loss,
-    "accuracy": negative_accuracy,
-}
-
-
-def objective_for(task: Task, non_diff: bool = False) -> Callable[[LogitsFn, Any, Batch], Any]:
-    """MeZO's objective for ``task``: ``classification_loss`` or ``lm_loss``; with ``non_diff``,
-    ``negative_accuracy`` for candidate tasks (generation tasks use :func:`negative_f1`, which
-    needs a ``generate_fn`` rather than a ``logits_fn``)."""
-    if non_diff:
-        if task.generation:
-            raise ValueError(f"{task.name}: use negative_f1(generate_fn, tokenizer, batch)")
-        return negative_accuracy
-    return OBJECTIVES[task.objective]
+    return [clean_generation(tokenizer.decode(list(generate_fn(list(p)))), stop, stop_rule) for p in prompts]

@@ -10,6 +10,7 @@ Quick use::
 or ``zojax finetune --method mezo --out runs/sst2_mezo`` (see :mod:`zojax.cli`).
 """
 
+from zojax.tasks.scoring import classification_from_logprobs, lm_from_logprobs
 from zojax.train.checkpoint import Checkpoints, CheckpointWarning
 from zojax.train.config import (
     DataArgs,
@@ -21,9 +22,9 @@ from zojax.train.config import (
     method_names,
 )
 from zojax.train.data import ByteTokenizer, TrainBatches, step_indices
-from zojax.train.logging import MetricsLogger, read_events, read_metrics, strip_timing
+from zojax.train.logging import MetricsLogger, Tracker, read_events, read_metrics, strip_timing
 from zojax.train.loop import Trainer
-from zojax.train.loss import classification_from_logprobs, lm_from_logprobs, task_loss
+from zojax.train.loss import task_loss
 from zojax.train.models import build_model
 from zojax.train.step import build_optimizer, build_step, prepare_tuning
 
@@ -37,6 +38,7 @@ __all__ = [
     "ModelArgs",
     "OptimArgs",
     "RunArgs",
+    "Tracker",
     "TrainBatches",
     "TrainConfig",
     "Trainer",

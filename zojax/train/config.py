@@ -29,6 +29,7 @@ from typing import Any
 
 from zojax import registry
 from zojax.precision import ROUNDINGS
+from zojax.train.logging import TRACKERS, WANDB_MISSING, wandb_installed
 
 FO_METHOD = "ft"
 EVAL_METHODS = ("zero-shot", "icl")
@@ -250,6 +251,10 @@ class RunArgs:
       dry_run: validate the configuration and exit.
       stop_after: stop (checkpointing, as on Ctrl-C) once this many steps have run in this
         process; for tests and time-sliced jobs.
+      trackers: where the metrics go besides ``metrics.jsonl`` (always written): any of
+        ``"tensorboard"`` (event files in ``out/tb``) and ``"wandb"`` (Weights & Biases; needs
+        ``pip install 'zojax[wandb]'``; ``WANDB_MODE=offline`` keeps it on disk); see
+        :mod:`zojax.train.logging`.
     """
 
     mesh: str = "auto"
@@ -262,6 +267,7 @@ class RunArgs:
     progress: bool = True
     dry_run: bool = False
     stop_after: int | None = None
+    trackers: tuple[str, ...] = ("tensorboard",)
 
 
 @dataclasses.dataclass
@@ -376,6 +382,7 @@ class TrainConfig:
         _positive("--num-demos", e.num_demos, minimum=0)
         if r.stop_after is not None:
             _positive("--stop-after", r.stop_after)
+        _check_trackers(r.trackers)
         if not (r.checkpoint_minutes >= 0 and math.isfinite(r.checkpoint_minutes)):
             raise ValueError(f"--checkpoint-minutes: must be a finite number >= 0, got {r.checkpoint_minutes}")
         if o.weight_decay < 0:
@@ -459,6 +466,15 @@ def default_steps(method: str, forwards_per_step: int) -> int:
 def _choice(flag: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{flag}: invalid choice {value!r}; choose from {', '.join(choices)}")
+
+
+def _check_trackers(trackers: tuple[str, ...]) -> None:
+    for t in trackers:
+        _choice("--trackers", t, TRACKERS)
+    if len(set(trackers)) != len(trackers):
+        raise ValueError(f"--trackers: {', '.join(trackers)} names a tracker twice")
+    if "wandb" in trackers and not wandb_installed():
+        raise ValueError(WANDB_MISSING)
 
 
 def _positive(flag: str, value: Any, minimum: int = 1) -> None:

@@ -31,14 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from zojax.tasks import Example, Task
+from zojax.tasks.scoring import candidate_nll, shared_candidate_scores, shifted_target_mask, target_mean
 from zojax.train.config import TrainConfig
 from zojax.train.data import TrainBatches
-from zojax.train.loss import (
-    candidate_nll,
-    last_token_logits,
-    shared_candidate_scores,
-    shifted_target_mask,
-)
+from zojax.train.loss import last_token_logits
 
 PyTree = Any
 Array = jax.Array
@@ -66,9 +62,7 @@ def objective_sums(lm: Any, objective: str, params: PyTree, batch: Mapping[str, 
     tm = shifted_target_mask(batch["target_mask"])
     if objective == "classification":
         b, c = tm.shape[:2]
-        lp = logprobs.reshape(b, c, -1)
-        scores = jnp.sum(lp * tm, -1) / jnp.maximum(jnp.sum(tm, -1), 1.0)
-        nll = candidate_nll(scores, batch)
+        nll = candidate_nll(target_mean(logprobs.reshape(b, c, -1), tm), batch)
         return jnp.sum(w * nll), jnp.sum(w)
     tm = tm * w[:, None]
     return -jnp.sum(logprobs * tm), jnp.sum(tm)

@@ -1,18 +1,31 @@
-"""Run logs: metrics as JSON lines and TensorBoard-compatible scalar summaries.
+r"""Run logs: ``metrics.jsonl`` and the trackers a run reports to (TensorBoard, Weights & Biases).
 
-* ``metrics.jsonl``: one JSON object per line; every line has ``event``, ``step`` and ``forwards``
-  (cumulative training forward passes). Timing fields (:data:`TIMING_KEYS`) are the only ones that
-  differ between an interrupted-and-resumed run and an uninterrupted one.
-* ``tb/events.out.tfevents.*``: TensorBoard event files written by a small built-in writer (the
-  TFRecord framing with masked CRC-32C and hand-encoded ``Event``/``Summary`` protobufs; no
-  TensorFlow, ``tensorboardX`` or protobuf dependency). Numeric fields are written as scalars under
-  ``<event>/<field>`` with the step as x-axis and again under ``<event>_by_forwards/<field>`` with
-  the cumulative forward passes as x-axis (timing fields excepted), so TensorBoard can compare
-  methods at equal compute.
+A run's records are dicts with ``event`` (``train``, ``eval``, ``test``), ``step``, ``forwards``
+(cumulative training forward passes) and fields. :class:`MetricsLogger` hands every record to each
+:class:`Tracker` of the run:
 
-Both files are append-only; :meth:`MetricsLogger.offsets` records their sizes in a checkpoint and a
-resumed run truncates them back to those sizes, so the logs continue exactly where the checkpoint
-was taken.
+* :class:`JsonlTracker`, always: ``metrics.jsonl``, one JSON object per line (non-finite numbers
+  as ``null``). It is what the report, ``zojax table``, the plots and the tests read. Timing fields
+  (:data:`TIMING_KEYS`) are the only ones that differ between an interrupted-and-resumed run and
+  an uninterrupted one.
+* :class:`TensorBoardTracker` (``"tensorboard"``, the default): ``tb/events.out.tfevents.*`` written
+  with ``tensorboardX``. Numeric fields are scalars under ``<event>/<field>`` with the step as
+  x-axis and again under ``<event>_by_forwards/<field>`` with the cumulative forward passes as
+  x-axis (timing fields excepted), so TensorBoard can compare methods at equal compute.
+* :class:`WandbTracker` (``"wandb"``; ``pip install 'zojax[wandb]'``): Weights & Biases, scalars
+  under ``<event>/<field>`` at the step with ``forwards`` alongside, and the configuration.
+  ``WANDB_MODE=offline`` (W&B's own variable) keeps the run on disk under ``<run dir>/wandb``;
+  ``WANDB_PROJECT`` names the project (default ``zojax``).
+
+``TrainConfig.run.trackers`` names the optional ones; another tracker is a class with ``log``,
+``log_config`` and ``close`` (:class:`Tracker`), passed to :class:`MetricsLogger` as an object.
+
+Resume: ``metrics.jsonl`` and the event files are append-only. :meth:`MetricsLogger.offsets`
+records their sizes in a checkpoint, and a resumed run truncates them back to those sizes (and
+removes event files written after the checkpoint), so the logs continue exactly where the
+checkpoint was taken. Each process writes a new event file (numbered ``.zojax.NNN``, in order);
+TensorBoard reads a folder's event files one after another. W&B runs are not rewound: each process
+is its own W&B run.
 """
 
 from __future__ import annotations
@@ -20,116 +33,82 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
-import struct
+import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
+
+from zojax.errors import UserError
 
 TIMING_KEYS = frozenset({"time", "wall_time", "step_time", "forwards_per_s", "eval_time"})
 """Fields that measure time (they differ between otherwise identical runs)."""
 
+TRACKERS = ("tensorboard", "wandb")
+"""Names of the optional trackers (``TrainConfig.run.trackers``); ``metrics.jsonl`` is always written."""
 
-# ---------------------------------------------------------------------- CRC-32C (Castagnoli)
-def _crc32c_table() -> list[int]:
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return table
+WANDB_MISSING = "--trackers: 'wandb' needs the wandb package: pip install 'zojax[wandb]'"
+
+_KEYS = frozenset({"event", "step", "forwards"})
 
 
-_CRC_TABLE = _crc32c_table()
+@runtime_checkable
+class Tracker(Protocol):
+    """Where a run's records go (see the module docstring)."""
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        """One record: ``event``, ``step``, ``forwards`` and JSON-able fields (``None`` for NaN)."""
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        """The run's configuration (nested JSON-able dicts), once per process, before any record."""
+
+    def close(self) -> None:
+        """Flushes and releases the tracker."""
 
 
-def crc32c(data: bytes) -> int:
-    """CRC-32C (Castagnoli) of ``data``, as TFRecord framing uses."""
-    crc = 0xFFFFFFFF
-    for b in data:
-        crc = _CRC_TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
+def scalars(record: Mapping[str, Any], *, by_forwards: bool = False) -> dict[str, float]:
+    """The numeric fields of ``record`` as ``{"<event>/<field>": value}``.
 
-
-def masked_crc32c(data: bytes) -> int:
-    """TFRecord's masked CRC: ``((c >> 15) | (c << 17)) + 0xa282ead8 (mod 2³²)``."""
-    c = crc32c(data)
-    return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-# ---------------------------------------------------------------------- protobuf encoding
-def _varint(n: int) -> bytes:
-    n &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _len_field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def encode_event(
-    wall_time: float, step: int, *, file_version: str | None = None, scalars: Mapping[str, float]
-) -> bytes:
-    """A serialised ``tensorflow.Event``.
-
-    Fields: ``wall_time`` (1, double), ``step`` (2, int64), ``file_version`` (3, string) or
-    ``summary`` (5) with ``Summary.value`` (1) entries ``{tag (1): string, simple_value (2):
-    float}``.
+    ``time`` is left out; with ``by_forwards`` the tags are ``<event>_by_forwards/<field>`` and
+    every timing field is left out.
     """
-    out = _varint(1 << 3 | 1) + struct.pack("<d", wall_time) + _varint(2 << 3) + _varint(step)
-    if file_version is not None:
-        out += _len_field(3, file_version.encode())
-    if scalars:
-        values = b"".join(
-            _len_field(1, _len_field(1, tag.encode()) + _varint(2 << 3 | 5) + struct.pack("<f", v))
-            for tag, v in scalars.items()
-        )
-        out += _len_field(5, values)
-    return out
+    event = record["event"] + ("_by_forwards" if by_forwards else "")
+    skip = _KEYS | (TIMING_KEYS if by_forwards else {"time"})
+    return {f"{event}/{k}": float(v) for k, v in record.items() if k not in skip and _numeric(v)}
 
 
-def frame_record(data: bytes) -> bytes:
-    """TFRecord framing: ``len u64 | masked_crc(len) u32 | data | masked_crc(data) u32``."""
-    header = struct.pack("<Q", len(data))
-    return header + struct.pack("<I", masked_crc32c(header)) + data + struct.pack("<I", masked_crc32c(data))
+def _numeric(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-class EventFileWriter:
-    """Appends scalar summaries to a TensorBoard event file.
+# ---------------------------------------------------------------------- metrics.jsonl
+class JsonlTracker:
+    """``metrics.jsonl``: every record as one JSON line, flushed at once (``tail -f`` works and a
+    crash loses nothing logged).
 
     Attributes:
-      path: the event file.
+      path: the file.
     """
 
-    def __init__(self, logdir: str | os.PathLike[str], path: str | None = None) -> None:
-        """Opens ``path`` (an existing file in ``logdir`` to append to) or a new file."""
-        Path(logdir).mkdir(parents=True, exist_ok=True)
-        new = path is None or not (Path(logdir) / path).exists()
-        if path is None:
-            path = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.zojax"
-        self.path = Path(logdir) / path
-        self._f = open(self.path, "ab")  # noqa: SIM115 (kept open for the run)
-        if new:
-            self._f.write(frame_record(encode_event(time.time(), 0, file_version="brain.Event:2", scalars={})))
+    def __init__(self, path: str | os.PathLike[str], offset: int | None = None) -> None:
+        """Opens ``path`` for appending: truncated to ``offset`` bytes (a resume) or, without one,
+        emptied (a new run)."""
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if offset is not None:
+            _truncate(self.path, int(offset))
+        elif self.path.exists():
+            self.path.unlink()
+        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)
 
-    def add_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-        """Writes one event holding ``scalars`` (tag -> value) at ``step``."""
-        if scalars:
-            self._f.write(frame_record(encode_event(time.time(), int(step), scalars=scalars)))
-
-    def flush(self) -> None:
-        """Flushes to the OS."""
+    def log(self, record: Mapping[str, Any]) -> None:
+        """Appends ``record`` as a line."""
+        self._f.write(json.dumps(dict(record), sort_keys=False) + "\n")
         self._f.flush()
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        """Nothing: the configuration is in ``config.json``."""
+        del config
 
     def tell(self) -> int:
         """Bytes written so far."""
@@ -139,160 +118,6 @@ class EventFileWriter:
     def close(self) -> None:
         """Closes the file."""
         self._f.close()
-
-
-def read_events(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, float]]]:
-    """Decodes an event file written by :class:`EventFileWriter` into ``(step, {tag: value})``,
-    checking every CRC (raises ``ValueError`` on corruption)."""
-    data = Path(path).read_bytes()
-    i = 0
-    while i < len(data):
-        header = data[i : i + 8]
-        (n,) = struct.unpack("<Q", header)
-        (hc,) = struct.unpack("<I", data[i + 8 : i + 12])
-        body = data[i + 12 : i + 12 + n]
-        (bc,) = struct.unpack("<I", data[i + 12 + n : i + 16 + n])
-        if hc != masked_crc32c(header) or bc != masked_crc32c(body):
-            raise ValueError(f"{path}: bad CRC in the record at byte {i}")
-        i += 16 + n
-        yield _decode_event(body)
-
-
-def _read_varint(b: bytes, i: int) -> tuple[int, int]:
-    n = shift = 0
-    while True:
-        c = b[i]
-        i += 1
-        n |= (c & 0x7F) << shift
-        shift += 7
-        if not c & 0x80:
-            return n, i
-
-
-def _fields(b: bytes) -> Iterator[tuple[int, int, Any]]:
-    i = 0
-    while i < len(b):
-        key, i = _read_varint(b, i)
-        num, wt = key >> 3, key & 7
-        if wt == 0:
-            v, i = _read_varint(b, i)
-        elif wt == 1:
-            v, i = b[i : i + 8], i + 8
-        elif wt == 5:
-            v, i = b[i : i + 4], i + 4
-        elif wt == 2:
-            n, i = _read_varint(b, i)
-            v, i = b[i : i + n], i + n
-        else:
-            raise ValueError(f"unsupported wire type {wt}")
-        yield num, wt, v
-
-
-def _decode_event(body: bytes) -> tuple[int, dict[str, float]]:
-    step, scalars = 0, {}
-    for num, _, v in _fields(body):
-        if num == 2:
-            step = v
-        elif num == 5:
-            for vnum, _, value in _fields(v):
-                if vnum != 1:
-                    continue
-                tag, val = "", math.nan
-                for fnum, _, f in _fields(value):
-                    if fnum == 1:
-                        tag = f.decode()
-                    elif fnum == 2:
-                        (val,) = struct.unpack("<f", f)
-                scalars[tag] = val
-    return step, scalars
-
-
-# ---------------------------------------------------------------------- metrics logger
-def _numeric(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-class MetricsLogger:
-    """Writes ``metrics.jsonl`` and TensorBoard scalars for a run directory.
-
-    Attributes:
-      run_dir: the run directory.
-      path: ``run_dir/metrics.jsonl``.
-    """
-
-    def __init__(self, run_dir: str | os.PathLike[str], offsets: Mapping[str, Any] | None = None):
-        """Opens the logs; with ``offsets`` (from a checkpoint) truncates them back to it first.
-
-        Args:
-          run_dir: the run directory.
-          offsets: ``{"metrics": bytes, "events_file": name, "events": bytes}`` (see
-            :meth:`offsets`); ``None`` for a fresh run.
-        """
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.run_dir / "metrics.jsonl"
-        tb = self.run_dir / "tb"
-        events_name = None
-        if offsets is not None:
-            _truncate(self.path, int(offsets["metrics"]))
-            events_name = offsets.get("events_file")
-            if events_name:
-                _truncate(tb / events_name, int(offsets["events"]))
-        elif self.path.exists():
-            self.path.unlink()
-        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
-        self.tb = EventFileWriter(tb, events_name)
-
-    def log(self, record: Mapping[str, Any]) -> None:
-        """Appends ``record`` (needs ``event``, ``step``, ``forwards``) to both logs."""
-        rec = {k: _jsonable(v) for k, v in record.items()}
-        self._f.write(json.dumps(rec, sort_keys=False) + "\n")
-        event, step, fwd = rec["event"], int(rec["step"]), int(rec["forwards"])
-        skip = {"step", "forwards", "event"} | {"time"}
-        scalars = {f"{event}/{k}": float(v) for k, v in rec.items() if k not in skip and _numeric(v)}
-        self.tb.add_scalars(step, scalars)
-        by_fwd = {
-            f"{event}_by_forwards/{k}": float(v)
-            for k, v in rec.items()
-            if k not in skip and k not in TIMING_KEYS and _numeric(v)
-        }
-        self.tb.add_scalars(fwd, by_fwd)
-        self.flush()  # a line at a time: `tail -f` works and a crash loses nothing logged
-
-    def offsets(self) -> dict[str, Any]:
-        """Current sizes of both logs (flushed), to be stored with a checkpoint."""
-        self._f.flush()
-        return {
-            "metrics": self._f.tell(),
-            "events_file": self.tb.path.name,
-            "events": self.tb.tell(),
-        }
-
-    def flush(self) -> None:
-        """Flushes both logs."""
-        self._f.flush()
-        self.tb.flush()
-
-    def close(self) -> None:
-        """Closes both logs."""
-        self._f.close()
-        self.tb.close()
-
-
-def _jsonable(v: Any) -> Any:
-    if hasattr(v, "item") and getattr(v, "shape", None) == ():
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
-def _truncate(path: Path, size: int) -> None:
-    if path.exists():
-        with open(path, "r+b") as f:
-            f.truncate(size)
-    elif size:
-        raise FileNotFoundError(f"{path}: log file missing; cannot resume its contents")
 
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -309,3 +134,255 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 def strip_timing(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``records`` without the :data:`TIMING_KEYS` fields (for comparing runs)."""
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+# ---------------------------------------------------------------------- TensorBoard
+_EVENT_FILE = "events.out.tfevents."
+_INDEX = re.compile(r"\.zojax\.(\d+)$")
+
+
+def event_files(logdir: str | os.PathLike[str]) -> list[Path]:
+    """The event files of ``logdir`` in the order they were written (by their ``.zojax.NNN``
+    number; files without one, from before numbering, first)."""
+    d = Path(logdir)
+    if not d.is_dir():
+        return []
+
+    def order(p: Path) -> tuple[int, str]:
+        m = _INDEX.search(p.name)
+        return (int(m.group(1)) if m else -1, p.name)
+
+    return sorted((p for p in d.iterdir() if p.name.startswith(_EVENT_FILE) and p.is_file()), key=order)
+
+
+def event_sizes(logdir: str | os.PathLike[str]) -> dict[str, int]:
+    """``{file name: bytes}`` of the event files of ``logdir`` (a checkpoint's ``events`` offsets)."""
+    return {p.name: p.stat().st_size for p in event_files(logdir)}
+
+
+def rewind_events(logdir: str | os.PathLike[str], sizes: Mapping[str, int]) -> None:
+    """Truncates each event file of ``logdir`` to its size in ``sizes`` and removes the others
+    (written after the checkpoint that recorded ``sizes``; ``{}``: a new run removes them all).
+
+    Raises:
+      FileNotFoundError: a file of ``sizes`` with data is missing.
+    """
+    present = {p.name: p for p in event_files(logdir)}
+    for name, p in present.items():
+        if name not in sizes:
+            p.unlink()
+    for name, size in sizes.items():
+        _truncate(Path(logdir) / name, int(size))
+
+
+class TensorBoardTracker:
+    """Scalars in a new TensorBoard event file of ``logdir`` (``tensorboardX``, written and
+    flushed synchronously so that a checkpoint's file sizes cover every record logged before it).
+
+    Attributes:
+      path: the event file.
+    """
+
+    def __init__(self, logdir: str | os.PathLike[str]) -> None:
+        """Creates the next numbered event file in ``logdir``."""
+        from tensorboardX.event_file_writer import EventsWriter
+
+        Path(logdir).mkdir(parents=True, exist_ok=True)
+        before = set(event_files(logdir))
+        index = 1 + max((int(m.group(1)) for p in before if (m := _INDEX.search(p.name))), default=-1)
+        self._writer = EventsWriter(os.path.join(logdir, "events"), f".zojax.{index:03d}")
+        (self.path,) = set(event_files(logdir)) - before
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        """Writes the numeric fields at ``step`` and, without timing fields, at ``forwards``."""
+        self._write(int(record["step"]), scalars(record))
+        self._write(int(record["forwards"]), scalars(record, by_forwards=True))
+        self._writer.flush()
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        """The configuration as a text summary (``config``, step 0)."""
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.summary import text
+
+        body = "```\n" + json.dumps(config, indent=2) + "\n```"
+        self._writer.write_event(Event(wall_time=time.time(), step=0, summary=text("config", body)))
+        self._writer.flush()
+
+    def _write(self, step: int, values: Mapping[str, float]) -> None:
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.proto.summary_pb2 import Summary
+
+        if values:
+            summary = Summary(value=[Summary.Value(tag=t, simple_value=v) for t, v in values.items()])
+            self._writer.write_event(Event(wall_time=time.time(), step=step, summary=summary))
+
+    def close(self) -> None:
+        """Flushes and closes the file."""
+        self._writer.close()
+
+
+def read_events(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, float]]]:
+    """The scalar events of an event file, or of all event files of a folder in order, as
+    ``(step, {tag: value})`` (events without scalars skipped; every record's CRC checked).
+
+    Raises:
+      ValueError: a corrupt record.
+    """
+    from tensorboardX.proto.event_pb2 import Event
+    from tensorboardX.record_writer import masked_crc32c
+
+    p = Path(path)
+    for f in event_files(p) if p.is_dir() else [p]:
+        data, i = f.read_bytes(), 0
+        while i < len(data):
+            header, body_at = data[i : i + 8], i + 12
+            n = int.from_bytes(header, "little")
+            body, end = data[body_at : body_at + n], body_at + n + 4
+            crcs = int.from_bytes(data[i + 8 : body_at], "little"), int.from_bytes(data[end - 4 : end], "little")
+            if crcs != (masked_crc32c(header), masked_crc32c(body)):
+                raise ValueError(f"{f}: bad CRC in the record at byte {i}")
+            i = end
+            event = Event.FromString(body)
+            values = {v.tag: v.simple_value for v in event.summary.value if v.HasField("simple_value")}
+            if values:
+                yield event.step, values
+
+
+# ---------------------------------------------------------------------- Weights & Biases
+class WandbTracker:
+    """A Weights & Biases run (``wandb``, imported here; see the module docstring)."""
+
+    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
+        """Starts a W&B run named after ``run_dir``, its files under ``run_dir/wandb``.
+
+        Raises:
+          UserError: ``wandb`` is not installed.
+        """
+        try:
+            import wandb
+        except ImportError:
+            raise UserError(WANDB_MISSING) from None
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT") or "zojax",
+            name=run_dir.name,
+            dir=str(run_dir),
+            reinit="create_new",
+        )
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        """The numeric fields at ``step``, with ``forwards``."""
+        self.run.log({**scalars(record), "forwards": int(record["forwards"])}, step=int(record["step"]))
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        """The configuration as the run's config."""
+        self.run.config.update(dict(config), allow_val_change=True)
+
+    def close(self) -> None:
+        """Finishes the run."""
+        self.run.finish()
+
+
+def wandb_installed() -> bool:
+    """Whether ``wandb`` can be imported (without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("wandb") is not None
+
+
+# ---------------------------------------------------------------------- a run's logs
+class MetricsLogger:
+    """Writes ``metrics.jsonl`` and the run's trackers for a run directory.
+
+    Attributes:
+      run_dir: the run directory.
+      path: ``run_dir/metrics.jsonl``.
+      trackers: the :class:`JsonlTracker`, then the others in the order given.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        offsets: Mapping[str, Any] | None = None,
+        trackers: Iterable[str | Tracker] = ("tensorboard",),
+    ) -> None:
+        """Opens the logs; with ``offsets`` (from a checkpoint) rewinds them to it first.
+
+        Args:
+          run_dir: the run directory.
+          offsets: ``{"metrics": bytes, "events": {event file: bytes}}`` (:meth:`offsets`);
+            ``None`` for a new run (which removes old logs).
+          trackers: names from :data:`TRACKERS` or :class:`Tracker` objects.
+        """
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "metrics.jsonl"
+        self._tb_dir = self.run_dir / "tb"
+        rewind_events(self._tb_dir, _event_offsets(offsets))
+        self._jsonl = JsonlTracker(self.path, None if offsets is None else int(offsets["metrics"]))
+        self.trackers: list[Tracker] = [self._jsonl]
+        try:
+            for t in trackers:
+                self.trackers.append(self._make(t) if isinstance(t, str) else t)
+        except BaseException:
+            self.close()
+            raise
+
+    def _make(self, name: str) -> Tracker:
+        if name == "tensorboard":
+            return TensorBoardTracker(self._tb_dir)
+        if name == "wandb":
+            return WandbTracker(self.run_dir)
+        raise ValueError(f"--trackers: unknown tracker {name!r}; choose from {', '.join(TRACKERS)}")
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        """Hands ``record`` (needs ``event``, ``step``, ``forwards``) to every tracker."""
+        rec = {k: _jsonable(v) for k, v in record.items()}
+        for t in self.trackers:
+            t.log(rec)
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        """Hands the run's configuration to every tracker."""
+        for t in self.trackers:
+            t.log_config(config)
+
+    def offsets(self) -> dict[str, Any]:
+        """Current sizes of the logs (flushed), to be stored with a checkpoint."""
+        return {"metrics": self._jsonl.tell(), "events": event_sizes(self._tb_dir)}
+
+    def close(self) -> None:
+        """Closes every tracker (all of them, even if one fails)."""
+        errors = []
+        for t in self.trackers:
+            try:
+                t.close()
+            except Exception as err:
+                errors.append(err)
+        if errors:
+            raise errors[0]
+
+
+def _event_offsets(offsets: Mapping[str, Any] | None) -> dict[str, int]:
+    """The event files' sizes of ``offsets`` (also the older ``events_file``/``events`` form)."""
+    if offsets is None:
+        return {}
+    events = offsets.get("events") or {}
+    if not isinstance(events, Mapping):
+        return {offsets["events_file"]: int(events)} if offsets.get("events_file") else {}
+    return {k: int(v) for k, v in events.items()}
+
+
+def _jsonable(v: Any) -> Any:
+    if hasattr(v, "item") and getattr(v, "shape", None) == ():
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _truncate(path: Path, size: int) -> None:
+    if path.exists():
+        with open(path, "r+b") as f:
+            f.truncate(size)
+    elif size:
+        raise FileNotFoundError(f"{path}: log file missing; cannot resume its contents")

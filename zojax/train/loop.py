@@ -40,7 +40,7 @@ from zojax.train import checkpoint as ckpt_lib
 from zojax.train import report as report_lib
 from zojax.train.report import precision_warning
 from zojax.train import run_dir as run_dir_lib
-from zojax.train.config import TrainConfig
+from zojax.train.config import TrainConfig, to_dict
 from zojax.train.evaluation import BestTracker
 from zojax.train.heap import returning_freed_memory
 from zojax.train.hooks import Hooks, ProgressBar, StepInfo
@@ -186,9 +186,10 @@ class Trainer:
         if c.run.resume and c.training:
             params, opt_state = self._restore(params, opt_state)
         self._tracker = BestTracker(c.eval.select_by, c.eval.select_initial, self.state.best)
-        self._logger = MetricsLogger(self.run_dir, self.state.log_offsets)
+        self._logger = MetricsLogger(self.run_dir, self.state.log_offsets, c.run.trackers)
         previous = self._install_signals()
         try:
+            self._logger.log_config(to_dict(c))
             return self._run(params, opt_state, job.tuned.frozen)
         finally:
             for s, h in previous.items():

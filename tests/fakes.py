@@ -1,35 +1,20 @@
-"""Tiny stand-ins for a model and tokenizer so the task tests need no real LM.
+"""A tiny stand-in model for the task tests (no real LM), and the byte tokenizer they use.
 
-* :class:`CharTokenizer`: byte-level ids 0..255, BOS 256, PAD 257, EOS 258.
+* :data:`TOK`: :class:`zojax.train.data.ByteTokenizer` (ids 0..255, BOS 256, PAD 257, EOS 258).
 * :func:`tiny_logits_fn`: embedding + position embedding (positions counted from the first real
   token, so left padding does not change the output) + causal masked-mean mixing + MLP head.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-VOCAB = 259
-BOS, PAD, EOS = 256, 257, 258
+from zojax.train.data import ByteTokenizer
 
-
-class CharTokenizer:
-    """Byte-level tokenizer with the interface the task code expects."""
-
-    bos_id = BOS
-    pad_id = PAD
-    eos_id = EOS
-
-    def encode(self, text: str, add_bos: bool = True) -> list[int]:
-        ids = list(text.encode("utf-8"))
-        return [BOS, *ids] if add_bos else ids
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return bytes(int(i) for i in ids if int(i) < 256).decode("utf-8", errors="ignore")
+TOK = ByteTokenizer()
+VOCAB = TOK.vocab_size
 
 
 def tiny_params(seed: int = 0, d: int = 16, max_pos: int = 4096) -> dict[str, jax.Array]:
@@ -43,8 +28,7 @@ def tiny_params(seed: int = 0, d: int = 16, max_pos: int = 4096) -> dict[str, ja
     }
 
 
-def tiny_logits_fn(params: dict[str, jax.Array], input_ids: jax.Array,
-                   attention_mask: jax.Array) -> jax.Array:
+def tiny_logits_fn(params: dict[str, jax.Array], input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
     """float32[B, T, V] logits of a tiny causal model that supports left padding."""
     m = attention_mask.astype(jnp.float32)
     pos = jnp.clip(jnp.cumsum(attention_mask, axis=-1) - 1, 0, None)
@@ -61,9 +45,7 @@ def numpy_logits(params: dict[str, jax.Array], ids: list[int]) -> np.ndarray:
     return np.tanh(h @ p["w1"]) @ p["out"]
 
 
-def brute_force_option_score(
-    params: dict[str, jax.Array], ids: list[int], option_len: int
-) -> float:
+def brute_force_option_score(params: dict[str, jax.Array], ids: list[int], option_len: int) -> float:
     """Reference: one unpadded sequence, numpy log-softmax, mean log-prob of the last
     ``option_len`` tokens."""
     logits = numpy_logits(params, ids)
