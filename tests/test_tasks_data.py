@@ -113,10 +113,13 @@ def test_listing_shows_every_task(default_lookup: Path, capsys: pytest.CaptureFi
     for name in TASKS:
         assert f"\n{name} " in out
     assert "11/11 tasks available" in out and "MISSING" not in out and "carved" in out
+    assert "--protocol quick" in out and "--protocol mezo" in out  # the default's sizes next to MeZO's
     drop = next(line for line in out.splitlines() if line.startswith("drop "))
-    assert drop.split()[4:9] == ["3419", "1000", "1000", "500", "1000"]  # pool, valid, train, dev, test
+    # pool, valid, then train, dev, test of --protocol quick (the default) and of --protocol mezo
+    assert drop.split()[4:12] == ["3419", "1000", "1000", "100", "200", "1000", "500", "1000"]
     boolq = next(line for line in out.splitlines() if line.startswith("boolq "))
-    assert boolq.split()[4:9] == ["1000", "3270", "500", "500", "1000"] and "carved" not in boolq
+    assert boolq.split()[4:12] == ["1000", "3270", "900", "100", "200", "500", "500", "1000"]
+    assert "carved" not in boolq
     assert "random 1,000-question subset of the official validation split" in out
     assert "the first 1,000 rows of the official train split" in out
 

@@ -3,52 +3,40 @@
 The estimators (MeZO's SPSA, n-SPSA, MeZO-GV, MeZO-Greedy) are pure functions over parameter pytrees
 (:mod:`zojax.estimators`) exposed as optax transformations (:mod:`zojax.transforms`) that regenerate
 their perturbations from PRNG keys (:mod:`zojax.perturb`).
+
+The names below are imported on first use (:mod:`zojax._lazy`), so that the ``zojax`` command's help
+and listings do not wait for JAX.
 """
 
-from zojax import estimators, perturb, registry
-from zojax.estimators import Estimate
-from zojax.perturb import Direction, PerturbableLoss
-from zojax.registry import METHODS, Method
-from zojax.transforms import (
-    SkipNonfiniteState,
-    ZOState,
-    decay_mask,
-    greedy,
-    guided,
-    mezo,
-    mezo_greedy,
-    mezo_gv,
-    mezo_nspsa,
-    nspsa,
-    skip_nonfinite,
-    spsa,
-    zeroth_order,
-    zo_state,
-)
+from zojax._lazy import attach
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "METHODS",
-    "Direction",
-    "Estimate",
-    "Method",
-    "PerturbableLoss",
-    "SkipNonfiniteState",
-    "ZOState",
-    "decay_mask",
-    "estimators",
-    "greedy",
-    "guided",
-    "mezo",
-    "mezo_greedy",
-    "mezo_gv",
-    "mezo_nspsa",
-    "nspsa",
-    "perturb",
-    "registry",
-    "skip_nonfinite",
-    "spsa",
-    "zeroth_order",
-    "zo_state",
-]
+_EXPORTS = {
+    "Estimate": "estimators",
+    "Direction": "perturb",
+    "PerturbableLoss": "perturb",
+    "METHODS": "registry",
+    "Method": "registry",
+    **dict.fromkeys(
+        (
+            "SkipNonfiniteState",
+            "ZOState",
+            "decay_mask",
+            "greedy",
+            "guided",
+            "mezo",
+            "mezo_greedy",
+            "mezo_gv",
+            "mezo_nspsa",
+            "nspsa",
+            "skip_nonfinite",
+            "spsa",
+            "zeroth_order",
+            "zo_state",
+        ),
+        "transforms",
+    ),
+}
+__getattr__, __dir__ = attach(__name__, _EXPORTS)
+__all__ = sorted([*_EXPORTS, "estimators", "perturb", "registry"])

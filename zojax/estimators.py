@@ -27,11 +27,11 @@ import numpy as np
 
 from zojax import perturb
 from zojax.perturb import Direction, PerturbableLoss
+from zojax.specs import WEIGHTINGS, OptionError
 
 PyTree = Any
 ValueFn = Callable[[PyTree], jax.Array] | PerturbableLoss
 Weighting = Literal["mean_diff", "rank"]
-WEIGHTINGS: tuple[str, ...] = ("mean_diff", "rank")
 
 
 class Estimate(NamedTuple):
@@ -60,21 +60,17 @@ def _is_concrete(x: Any) -> bool:
 
 def check_eps(eps: Any) -> None:
     if _is_concrete(eps) and not float(eps) > 0:
-        raise ValueError(f"eps: the perturbation scale must be > 0, got {eps}")
+        raise OptionError("eps", f"the perturbation scale must be > 0, got {eps}")
 
 
 def check_distribution(distribution: str) -> None:
     if distribution not in perturb.DISTRIBUTIONS:
-        raise ValueError(
-            f"distribution: expected one of {perturb.DISTRIBUTIONS}, got {distribution!r}"
-        )
+        raise OptionError("distribution", f"expected one of {perturb.DISTRIBUTIONS}, got {distribution!r}")
 
 
 def check_subspace(subspace: Any) -> None:
     if subspace is not None and not isinstance(subspace, perturb.Subspace):
-        raise ValueError(
-            f"subspace: expected None or a zojax.perturb.Subspace, got {type(subspace).__name__}"
-        )
+        raise OptionError("subspace", f"expected None or a zojax.perturb.Subspace, got {type(subspace).__name__}")
 
 
 def check_perturbation(
@@ -87,26 +83,23 @@ def check_perturbation(
     between subspace refreshes).
     """
     if perturbation not in perturb.PERTURBATIONS:
-        raise ValueError(
-            f"perturbation: expected one of {perturb.PERTURBATIONS}, got {perturbation!r}"
-        )
+        raise OptionError("perturbation", f"expected one of {perturb.PERTURBATIONS}, got {perturbation!r}")
     if perturbation == "iid":
         for name, value in (("rank", rank), ("refresh_every", refresh_every)):
             if value is not None:
-                raise ValueError(
-                    f"{name}: only used with perturbation='subspace' (got {name}={value!r} with "
-                    f"perturbation='iid')"
+                raise OptionError(
+                    name, f"only used with perturbation='subspace' (got {name}={value!r} with perturbation='iid')"
                 )
         return None
     for name, value in (("rank", rank), ("refresh_every", refresh_every)):
         if value is None:
-            raise ValueError(f"{name}: perturbation='subspace' needs {name} (an integer >= 1)")
+            raise OptionError(name, f"perturbation='subspace' needs {name} (an integer >= 1)")
     r = check_integer("rank", rank)
     k = check_integer("refresh_every", refresh_every)
     if r < 1:
-        raise ValueError(f"rank: expected r >= 1, got {r}")
+        raise OptionError("rank", f"expected r >= 1, got {r}")
     if k < 1:
-        raise ValueError(f"refresh_every: expected k >= 1 steps, got {k}")
+        raise OptionError("refresh_every", f"expected k >= 1 steps, got {k}")
     return r, k
 
 
@@ -126,16 +119,14 @@ def check_integer(name: str, value: Any) -> int:
             if isinstance(value, (jax.Array, np.ndarray))
             else ""
         )
-        raise ValueError(
-            f"{name}: expected an integer, got {value!r} of type {type(value).__name__}{hint}"
-        )
+        raise OptionError(name, f"expected an integer, got {value!r} of type {type(value).__name__}{hint}")
     return index
 
 
 def check_num_queries(num_queries: Any) -> int:
     q = check_integer("num_queries", num_queries)
     if q < 1:
-        raise ValueError(f"num_queries: expected q >= 1, got {q}")
+        raise OptionError("num_queries", f"expected q >= 1, got {q}")
     return q
 
 
@@ -143,15 +134,15 @@ def check_num_candidates(num_candidates: Any, minimum: int) -> int:
     m = check_integer("num_candidates", num_candidates)
     if m < minimum:
         if minimum == 2:
-            raise ValueError(f"num_candidates: guided directions need M >= 2 candidates, got {m}")
-        raise ValueError(f"num_candidates: expected M >= {minimum}, got {m}")
+            raise OptionError("num_candidates", f"guided directions need M >= 2 candidates, got {m}")
+        raise OptionError("num_candidates", f"expected M >= {minimum}, got {m}")
     return m
 
 
 def check_flag(name: str, value: Any) -> bool:
     """``value`` as a Python ``bool``; a ``ValueError`` naming the option otherwise."""
     if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name}: expected True or False, got {value!r}")
+        raise OptionError(name, f"expected True or False, got {value!r}")
     return bool(value)
 
 
@@ -177,20 +168,19 @@ def num_elite(num_candidates: int, elite_ratio: float) -> int:
     """
     m = check_num_candidates(num_candidates, 2)
     if isinstance(elite_ratio, (bool, np.bool_, jax.core.Tracer)):
-        raise ValueError(
-            f"elite_ratio: expected a concrete number 0 < alpha < 1, got {elite_ratio!r} "
-            f"(under optax.inject_hyperparams, list it in static_args)"
+        raise OptionError(
+            "elite_ratio",
+            f"expected a concrete number 0 < alpha < 1, got {elite_ratio!r} "
+            f"(under optax.inject_hyperparams, list it in static_args)",
         )
     try:
         if not isinstance(elite_ratio, (numbers.Real, np.ndarray, jax.Array)):
             raise TypeError
         alpha = float(elite_ratio)
     except (TypeError, ValueError):
-        raise ValueError(
-            f"elite_ratio: expected a number 0 < alpha < 1, got {elite_ratio!r}"
-        ) from None
+        raise OptionError("elite_ratio", f"expected a number 0 < alpha < 1, got {elite_ratio!r}") from None
     if not 0.0 < alpha < 1.0:
-        raise ValueError(f"elite_ratio: expected 0 < alpha < 1, got {elite_ratio}")
+        raise OptionError("elite_ratio", f"expected 0 < alpha < 1, got {elite_ratio}")
     dtype = getattr(elite_ratio, "dtype", np.float64)
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = np.float64
@@ -199,10 +189,10 @@ def num_elite(num_candidates: int, elite_ratio: float) -> int:
     nearest = round(product)
     top = nearest if abs(product - nearest) <= 4 * ulp * product else math.floor(product)
     if not 1 <= top <= m - 1:
-        raise ValueError(
-            f"elite_ratio: alpha={elite_ratio} with num_candidates={m} puts "
-            f"floor(alpha*M)={top} candidates in the low-loss group; both groups need at least one "
-            f"(choose 1/M <= alpha < 1)"
+        raise OptionError(
+            "elite_ratio",
+            f"alpha={elite_ratio} with num_candidates={m} puts floor(alpha*M)={top} candidates in the "
+            "low-loss group; both groups need at least one (choose 1/M <= alpha < 1)",
         )
     return top
 
@@ -212,7 +202,7 @@ def check_guided_options(
 ) -> int:
     """Validates MeZO-GV's options; returns ``M`` as an ``int``."""
     if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting: expected one of {WEIGHTINGS}, got {weighting!r}")
+        raise OptionError("weighting", f"expected one of {WEIGHTINGS}, got {weighting!r}")
     check_flag("normalize", normalize)
     if weighting == "mean_diff":
         num_elite(num_candidates, elite_ratio)

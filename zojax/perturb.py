@@ -71,11 +71,13 @@ import jax.numpy as jnp
 import jax.scipy.linalg
 import numpy as np
 
+from zojax.specs import DISTRIBUTIONS
+from zojax.specs import PERTURBATIONS as PERTURBATIONS  # re-exported (zojax.estimators checks it)
+
 KEY_IMPL = "threefry4x32"
 UNROLL_MAX = 4  # directions with more keys are drawn as one vmap and reduced (see Direction.leaf)
 STACKED_ENTRY = "layers"
 Distribution = Literal["gaussian", "rademacher"]
-DISTRIBUTIONS: tuple[str, ...] = ("gaussian", "rademacher")
 
 PyTree = Any
 KeyPath = Sequence[Any]
@@ -314,7 +316,6 @@ def leaf_noise(
 
 
 _SUBSPACE_DOMAIN = np.array([0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344], np.uint32)
-PERTURBATIONS: tuple[str, ...] = ("iid", "subspace")
 
 
 @jax.tree_util.register_dataclass

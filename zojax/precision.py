@@ -36,9 +36,11 @@ import numpy as np
 import optax
 
 from zojax import perturb
+from zojax.specs import ROUNDINGS
+
+__all__ = ["ROUNDINGS", "below_half_ulp_fraction", "changed_fraction", "stochastic_round", "stochastic_rounding"]
 
 PyTree = Any
-ROUNDINGS: tuple[str, ...] = ("nearest", "stochastic")
 _LOW_HALF = np.uint32(0xFFFF)
 _HIGH_HALF = np.uint32(0xFFFF0000)
 

@@ -1,14 +1,23 @@
-"""The registry of zeroth-order methods: one entry per estimator, iterated by the tests and the CLI."""
+"""The registry of zeroth-order methods: one entry per estimator, iterated by the tests and the CLI.
+
+A method's names in one place: its ``--method`` name, its transformation and optax alias in
+:mod:`zojax.transforms`, and its :class:`~zojax.specs.Spec` (estimator function, forward count,
+checks). Like :mod:`zojax.specs`, this module imports no JAX: the transformations are imported
+when first used, so ``zojax methods`` answers without loading it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optax
+from zojax import specs
 
-from zojax import estimators, specs, transforms
+if TYPE_CHECKING:
+    import optax
+
+    from zojax.estimators import Estimate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,23 +26,45 @@ class Method:
 
     Attributes:
       name: the CLI name (``--method``).
-      transform: builds the estimator-only transformation from options (``eps``, ...).
-      optimizer: builds the estimator followed by SGD from ``learning_rate`` and options.
-      estimate: the pure estimator function (from :mod:`zojax.specs`).
-      forwards_per_step: forward passes per step for the given options (from :mod:`zojax.specs`).
+      spec: the estimator's :class:`~zojax.specs.Spec` (function, forward count, checks).
+      transform_name: the :mod:`zojax.transforms` function of :attr:`transform`.
+      optimizer_name: the :mod:`zojax.transforms` function of :attr:`optimizer`.
       unbiased: whether ``E[ĝ] = ∇L`` holds on quadratics (for any ``ε``).
       options: the method-specific option names the CLI may pass (besides ``eps`` and ``key``).
       description: one line for ``--help``.
     """
 
     name: str
-    transform: Callable[..., optax.GradientTransformationExtraArgs]
-    optimizer: Callable[..., optax.GradientTransformationExtraArgs]
-    estimate: Callable[..., estimators.Estimate]
-    forwards_per_step: Callable[..., int]
+    spec: specs.Spec
+    transform_name: str
+    optimizer_name: str
     unbiased: bool
     options: tuple[str, ...]
     description: str
+
+    @property
+    def transform(self) -> Callable[..., optax.GradientTransformationExtraArgs]:
+        """Builds the estimator-only transformation from options (``eps``, ...)."""
+        from zojax import transforms
+
+        return getattr(transforms, self.transform_name)
+
+    @property
+    def optimizer(self) -> Callable[..., optax.GradientTransformationExtraArgs]:
+        """Builds the estimator followed by SGD from ``learning_rate`` and options."""
+        from zojax import transforms
+
+        return getattr(transforms, self.optimizer_name)
+
+    @property
+    def estimate(self) -> Callable[..., Estimate]:
+        """The pure estimator function (``spec.estimate``)."""
+        return self.spec.estimate
+
+    @property
+    def forwards_per_step(self) -> Callable[..., int]:
+        """Forward passes per step for the given options (``spec.num_forwards``)."""
+        return self.spec.num_forwards
 
 
 PERTURBATION_OPTIONS: tuple[str, ...] = ("perturbation", "rank", "refresh_every")
@@ -45,40 +76,36 @@ METHODS: dict[str, Method] = {
     for m in (
         Method(
             name="mezo",
-            transform=transforms.spsa,
-            optimizer=transforms.mezo,
-            estimate=specs.SPSA.estimate,
-            forwards_per_step=specs.SPSA.num_forwards,
+            spec=specs.SPSA,
+            transform_name="spsa",
+            optimizer_name="mezo",
             unbiased=True,
             options=("one_sided", "distribution", *PERTURBATION_OPTIONS),
             description="MeZO: two-point SPSA along one Gaussian direction (2 forwards/step)",
         ),
         Method(
             name="nspsa",
-            transform=transforms.nspsa,
-            optimizer=transforms.mezo_nspsa,
-            estimate=specs.NSPSA.estimate,
-            forwards_per_step=specs.NSPSA.num_forwards,
+            spec=specs.NSPSA,
+            transform_name="nspsa",
+            optimizer_name="mezo_nspsa",
             unbiased=True,
             options=("num_queries", "distribution", *PERTURBATION_OPTIONS),
             description="n-SPSA: SPSA averaged over q directions (2q forwards/step)",
         ),
         Method(
             name="mezo-gv",
-            transform=transforms.guided,
-            optimizer=transforms.mezo_gv,
-            estimate=specs.GUIDED.estimate,
-            forwards_per_step=specs.GUIDED.num_forwards,
+            spec=specs.GUIDED,
+            transform_name="guided",
+            optimizer_name="mezo_gv",
             unbiased=False,
             options=("num_candidates", "elite_ratio", "weighting", "normalize", "distribution", *PERTURBATION_OPTIONS),
             description="MeZO-GV: SPSA along mean(low-loss) - mean(high-loss) of M candidates (M+2 forwards/step)",
         ),
         Method(
             name="mezo-greedy",
-            transform=transforms.greedy,
-            optimizer=transforms.mezo_greedy,
-            estimate=specs.GREEDY.estimate,
-            forwards_per_step=specs.GREEDY.num_forwards,
+            spec=specs.GREEDY,
+            transform_name="greedy",
+            optimizer_name="mezo_greedy",
             unbiased=False,
             options=("num_candidates", "reuse_best_loss", "distribution", *PERTURBATION_OPTIONS),
             description="MeZO-Greedy: SPSA along the best of M candidates (M+2 forwards/step, M+1 reusing its loss)",

@@ -217,12 +217,6 @@ def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
 def finetune_argv(config: C.TrainConfig, defaults: C.TrainConfig | None = None) -> list[str]:
     """The ``zojax finetune`` arguments that reproduce ``config`` (options that differ from the
     defaults; ``optim.steps`` is left out when ``optim.forward_budget`` sets it)."""
-    from zojax.cli import finetune_parser
-
-    flags: dict[str, Any] = {}
-    for action in finetune_parser()._actions:
-        if action.option_strings and action.dest and "." in action.dest:
-            flags[action.dest] = action
     base = C.flat_items(defaults or C.TrainConfig())
     always = {"model.name", "data.task", "optim.method", "optim.lr", "run.seed"}
     if C.is_zo(config.optim.method):
@@ -231,10 +225,9 @@ def finetune_argv(config: C.TrainConfig, defaults: C.TrainConfig | None = None) 
     for key, value in C.flat_items(config).items():
         if key in ("run.resume", "run.dry_run") or (key == "optim.steps" and config.optim.forward_budget):
             continue
-        if (value == base.get(key) and key not in always) or value is None or key not in flags:
+        if (value == base.get(key) and key not in always) or value is None:
             continue
-        action = flags[key]
-        flag = action.option_strings[0]
+        flag = C.flag(key)
         if isinstance(value, bool):
             argv.append(flag if value else "--no-" + flag[2:])
         elif isinstance(value, list | tuple):

@@ -11,6 +11,7 @@ Quick use::
     res = zero_shot(task, splits.test.examples, tokenizer, logits_fn=logits_fn, params=params)
 """
 
+from zojax._lazy import attach
 from zojax.tasks.base import Example, RawData, Split, TaskSplits
 from zojax.tasks.data import TaskDataMissingError, candidate_data_dirs, resolve_data_dir
 from zojax.tasks.encode import (
@@ -24,26 +25,37 @@ from zojax.tasks.encode import (
     train_batch,
     truncate_keep_bos,
 )
-from zojax.tasks.evaluate import (
-    EvalResult,
-    evaluate,
-    evaluate_candidates,
-    evaluate_generation,
-    icl,
-    score_sequences,
-    zero_shot,
-)
 from zojax.tasks.metrics import accuracy, exact_match, f1_score, normalize_answer, token_f1
 from zojax.tasks.registry import TASKS, Task, get_task
 from zojax.tasks.sampling import carve_from_validation, icl_demo_sets, mezo_subset, split_train_dev
-from zojax.tasks.scoring import (
-    OBJECTIVES,
-    classification_loss,
-    lm_loss,
-    objective_for,
-    sequence_scores,
-    token_logprobs,
-)
+
+# Evaluation and scoring need JAX: imported on first use, so that `zojax tasks` does not load it.
+_EXPORTS = {
+    **dict.fromkeys(
+        (
+            "EvalResult",
+            "evaluate",
+            "evaluate_candidates",
+            "evaluate_generation",
+            "icl",
+            "score_sequences",
+            "zero_shot",
+        ),
+        "evaluate",
+    ),
+    **dict.fromkeys(
+        (
+            "OBJECTIVES",
+            "classification_loss",
+            "lm_loss",
+            "objective_for",
+            "sequence_scores",
+            "token_logprobs",
+        ),
+        "scoring",
+    ),
+}
+__getattr__, __dir__ = attach(__name__, _EXPORTS)
 
 __all__ = [
     "OBJECTIVES",

@@ -8,50 +8,25 @@ Quick use::
     report = Trainer(cfg).run()                # dev before/after, best-by-dev, test
 
 or ``zojax finetune --method mezo --out runs/sst2_mezo`` (see :mod:`zojax.cli`).
+
+The names below are imported on first use (:mod:`zojax._lazy`): the CLI reads the configuration
+without loading JAX, orbax or the models.
 """
 
-from zojax.tasks.scoring import classification_from_logprobs, lm_from_logprobs
-from zojax.train.checkpoint import Checkpoints, CheckpointWarning
-from zojax.train.config import (
-    DataArgs,
-    EvalArgs,
-    ModelArgs,
-    OptimArgs,
-    RunArgs,
-    TrainConfig,
-    method_names,
-)
-from zojax.train.data import ByteTokenizer, TrainBatches, step_indices
-from zojax.train.logging import MetricsLogger, Tracker, read_events, read_metrics, strip_timing
-from zojax.train.loop import Trainer
-from zojax.train.loss import task_loss
-from zojax.train.models import build_model
-from zojax.train.step import build_optimizer, build_step, prepare_tuning
+from zojax._lazy import attach
 
-__all__ = [
-    "ByteTokenizer",
-    "CheckpointWarning",
-    "Checkpoints",
-    "DataArgs",
-    "EvalArgs",
-    "MetricsLogger",
-    "ModelArgs",
-    "OptimArgs",
-    "RunArgs",
-    "Tracker",
-    "TrainBatches",
-    "TrainConfig",
-    "Trainer",
-    "build_model",
-    "build_optimizer",
-    "build_step",
-    "classification_from_logprobs",
-    "lm_from_logprobs",
-    "method_names",
-    "prepare_tuning",
-    "read_events",
-    "read_metrics",
-    "step_indices",
-    "strip_timing",
-    "task_loss",
-]
+_EXPORTS = {
+    "Checkpoints": "checkpoint",
+    "CheckpointWarning": "checkpoint",
+    **dict.fromkeys(
+        ("DataArgs", "EvalArgs", "ModelArgs", "OptimArgs", "RunArgs", "TrainConfig", "method_names"), "config"
+    ),
+    **dict.fromkeys(("ByteTokenizer", "TrainBatches", "step_indices"), "data"),
+    **dict.fromkeys(("MetricsLogger", "Tracker", "read_events", "read_metrics", "strip_timing"), "logging"),
+    "Trainer": "loop",
+    **dict.fromkeys(("classification_from_logprobs", "lm_from_logprobs", "task_loss"), "loss"),
+    "build_model": "models",
+    **dict.fromkeys(("build_optimizer", "build_step", "prepare_tuning"), "step"),
+}
+__getattr__, __dir__ = attach(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

@@ -25,10 +25,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Any
+from typing import Any, ClassVar
 
-from zojax import registry
-from zojax.precision import ROUNDINGS
+from zojax import registry, specs
 from zojax.train.logging import TRACKERS, WANDB_MISSING, wandb_installed
 
 FO_METHOD = "ft"
@@ -36,7 +35,6 @@ EVAL_METHODS = ("zero-shot", "icl")
 TUNINGS = ("full", "lora", "prefix")
 SELECT_BY = ("loss", "metric")
 PROTOCOLS = ("quick", "mezo")
-PERTURBATIONS = ("iid", "subspace")
 SUBSPACE_DEFAULTS = {"rank": 32, "refresh_every": 1000}
 STOP_RULES = ("text", "mezo")
 OPT_BOS = ("mezo", "checkpoint")
@@ -53,6 +51,9 @@ DEFAULT_ZO_LR = {"full": 3e-5, "lora": 1e-4, "prefix": 1e-2}
 DEFAULT_FT_LR = {"full": 1e-5, "lora": 1e-4, "prefix": 1e-3}
 DEFAULT_LR_MAX_FORWARDS = 1000
 """Above this many forward passes a full-tuning ZO run must give ``--lr`` (the default was tuned at 150)."""
+DEFAULT_FORWARD_BUDGET = 150
+"""Forward passes of the default job (25 MeZO-GV steps with M = 4, 75 MeZO steps; see
+:func:`default_steps`)."""
 
 # Split sizes and dev cadence by protocol (``None`` num_dev: the task's MeZO dev size).
 PROTOCOL_SIZES: dict[str, dict[str, int | None]] = {
@@ -87,187 +88,164 @@ def is_zo(method: str) -> bool:
     return method in registry.METHODS
 
 
+# ---------------------------------------------------------------------- fields and their flags
+def option(default: Any, help: str, **cli: Any) -> Any:
+    """A configuration field with what its command-line flag needs (``dataclasses.field`` metadata).
+
+    :mod:`zojax.cli.args` turns every field into a flag, so a new option is one such field.
+
+    Args:
+      default: the default value; the help shows it (``(default: X)``).
+      help: the flag's help text, without the default.
+      **cli: ``flag`` (default ``--`` + the name with ``-``), ``choices`` (checked by
+        :meth:`TrainConfig.resolve`; listed in the usage, or after "one of:" when a ``metavar`` is
+        given), ``metavar``, ``parse`` (text to value; a tuple field is comma-separated),
+        ``default_help`` (what a ``None`` default means), ``exclusive`` (a mutually exclusive
+        group's name) and ``action="store_true"`` (a bool flag without its ``--no-`` form).
+    """
+    return dataclasses.field(default=default, metadata={"help": help, **cli})
+
+
+def _by_tuning(table: dict[str, float]) -> str:
+    def short(v: float) -> str:  # 3e-5, not 3e-05
+        mantissa, exponent = f"{v:e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+    return " / ".join(f"{k} {short(v)}" for k, v in table.items())
+
+
+def _by_protocol(name: str, unset: str = "") -> str:
+    sizes = (f"{p} {unset if s[name] is None else s[name]}" for p, s in PROTOCOL_SIZES.items())
+    return "by --protocol: " + ", ".join(sizes)
+
+
+def _sizes(protocol: str) -> str:
+    s = PROTOCOL_SIZES[protocol]
+    return "/".join("the task's" if s[k] is None else str(s[k]) for k in ("num_train", "num_dev", "num_test"))
+
+
 @dataclasses.dataclass
 class ModelArgs:
-    """Which model and which parameters are tuned.
+    """Which model and which parameters are tuned (the fields' help: ``zojax finetune --help``)."""
 
-    Attributes:
-      name: ``zojax.models.load_model`` name or path (default: the embedded SmolLM2-135M-Instruct),
-        or ``random:<preset>`` for a randomly initialised model with a byte tokenizer (tests).
-      dtype: ``float32`` or ``bfloat16`` parameters and compute.
-      master_weights: with ``dtype=bfloat16``: keep the trained parameters in float32 and compute
-        in bfloat16 (the float32 parameter memory; a frozen base stays bfloat16), so that updates
-        below half a bfloat16 ulp are not lost.
-      tuning: ``full``, ``lora`` or ``prefix``.
-      lora_rank: LoRA rank ``r``.
-      lora_alpha: LoRA ``α``.
-      lora_targets: LoRA target projections (short names ``q k v o gate up down fc1 fc2``).
-      num_virtual_tokens: prefix-tuning length.
-      opt_bos: OPT checkpoints only: ``mezo`` (BOS id 0, as MeZO's ``run.py`` sets it) or
-        ``checkpoint`` (the tokenizer's own ``</s>``, id 2).
-    """
-
-    name: str = "smollm2-135m-instruct"
-    dtype: str = "float32"
-    master_weights: bool = False
-    tuning: str = "full"
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    lora_targets: tuple[str, ...] = ("q", "v")
-    num_virtual_tokens: int = 5
-    opt_bos: str = "mezo"
+    TITLE: ClassVar[str] = "model"
+    name: str = option("smollm2-135m-instruct", "the embedded SmolLM2-135M-Instruct, a local HF folder or .gguf, a hub "
+                       "id, or random:<preset> (random weights, byte tokenizer; e.g. random:tiny)",
+                       flag="--model", metavar="NAME")  # fmt: skip
+    dtype: str = option("float32", "parameter and compute dtype", choices=DTYPES)
+    master_weights: bool = option(False, "with --dtype bfloat16: float32 trained weights (their memory), bfloat16 "
+                                  "compute, so updates below half a bfloat16 ulp are kept")  # fmt: skip
+    tuning: str = option("full", "full fine-tuning, LoRA or prefix tuning", choices=TUNINGS)
+    lora_rank: int = option(8, "LoRA rank r")
+    lora_alpha: float = option(16.0, "LoRA alpha")
+    lora_targets: tuple[str, ...] = option(("q", "v"), "comma-separated LoRA targets (q,k,v,o,gate,up,down,fc1,fc2 "
+                                           "or full module names)")  # fmt: skip
+    num_virtual_tokens: int = option(5, "prefix-tuning length")
+    opt_bos: str = option("mezo", "OPT checkpoints only: BOS id 0 as MeZO's run.py sets it (mezo) or the tokenizer's "
+                          "own </s>, id 2 (checkpoint)", choices=OPT_BOS)  # fmt: skip
 
 
 @dataclasses.dataclass
 class DataArgs:
-    """Task, data and MeZO's sampling protocol.
+    """Task, data and MeZO's sampling protocol (the fields' help: ``zojax finetune --help``)."""
 
-    Attributes:
-      task: task name (``python -m zojax.tasks`` lists them).
-      data_dir: data folder (default: ``$ZOJAX_DATA_DIR`` or ``../shared/data``).
-      protocol: default split sizes and dev cadence: ``quick`` (1000 / 100 / 200, dev before and
-        after) or ``mezo`` (MeZO's 1000 / 500 (CB, COPA: 100) / 1000, dev every 1000 steps).
-      num_train: training examples sampled from the train pool (``None``: by protocol).
-      num_dev: dev examples sampled from the train pool (``None``: by protocol); when the pool
-        cannot hold them and a train set, dev takes half the pool (said in the run's notes).
-      num_test: test examples from validation, all when fewer (``None``: by protocol).
-      max_length: cap on training-sequence length in tokens (left truncation keeping BOS, as MeZO
-        does at 2048); every training batch is padded to the longest capped sequence of the train
-        split, so one step compiles once.
-      eval_max_length: the same cap for dev/test scoring and generation prompts.
-      max_new_tokens: generation budget of generation tasks (MeZO: 50).
-    """
-
-    task: str = "sst2"
-    data_dir: str | None = None
-    protocol: str = "quick"
-    num_train: int | None = None
-    num_dev: int | None = None
-    num_test: int | None = None
-    max_length: int = 2048
-    eval_max_length: int = 2048
-    max_new_tokens: int = 50
+    TITLE: ClassVar[str] = "data"
+    task: str = option("sst2", "task (`zojax tasks` lists them)")
+    data_dir: str | None = option(None, "data folder", default_help="$ZOJAX_DATA_DIR or ../shared/data")
+    protocol: str = option("quick", f"default split sizes and dev cadence: quick ({_sizes('quick')} train/dev/"
+                           f"test, dev before and after) or mezo (MeZO's {_sizes('mezo')}, dev every "
+                           f"{PROTOCOL_SIZES['mezo']['eval_every']} steps)", choices=PROTOCOLS)  # fmt: skip
+    num_train: int | None = option(None, "training examples sampled from the train pool",
+                                   default_help=_by_protocol("num_train"))  # fmt: skip
+    num_dev: int | None = option(None, "dev examples sampled from the train pool; when the pool cannot hold them and "
+                                 "a train set, dev takes half the pool (said in the run's notes)",
+                                 default_help=_by_protocol("num_dev", "the task's (`zojax tasks`)"))  # fmt: skip
+    num_test: int | None = option(None, "test examples from validation, all when fewer",
+                                  default_help=_by_protocol("num_test"))  # fmt: skip
+    max_length: int = option(2048, "cap on training sequence length in tokens (left truncation keeping BOS, as "
+                             "MeZO does); batches are padded to the longest capped sequence: one compile")  # fmt: skip
+    eval_max_length: int = option(2048, "the same cap for dev/test scoring and generation prompts")
+    max_new_tokens: int = option(50, "generation budget of SQuAD/DROP in tokens (MeZO's)")
 
 
 @dataclasses.dataclass
 class OptimArgs:
-    """Method, optimiser and budget.
+    """Method, optimiser and budget (the fields' help: ``zojax finetune --help``)."""
 
-    Attributes:
-      method: a registered estimator (``mezo``, ``nspsa``, ``mezo-gv``, ``mezo-greedy``), ``ft``
-        (first-order Adam through ``jax.grad``), ``zero-shot`` or ``icl`` (evaluation only).
-      lr: learning rate; ``None``: by method family and tuning (:data:`DEFAULT_ZO_LR`,
-        :data:`DEFAULT_FT_LR`).
-      eps: perturbation scale ``ε``; ``None``: by tuning (:data:`DEFAULT_EPS`).
-      num_candidates: ``M`` for MeZO-GV / MeZO-Greedy.
-      elite_ratio: ``α`` for MeZO-GV.
-      num_queries: ``q`` for n-SPSA.
-      weighting: MeZO-GV's candidate weighting (``mean_diff`` = the paper's, or ``rank``).
-      normalize: rescale MeZO-GV's guiding vector so that ``E‖v‖² = d``.
-      reuse_best_loss: MeZO-Greedy reuses ``L(θ+εz*)`` (``M + 1`` forwards instead of ``M + 2``).
-      distribution: ``gaussian`` or ``rademacher`` perturbations.
-      perturbation: ``iid`` (MeZO) or ``subspace`` (SubZero's low-rank ``U Z Vᵀ`` noise on matrix
-        leaves: SubZero, SubZero-GV, SubZero-Greedy with the matching method).
-      rank: the subspace rank (``None``: 32 with ``subspace``; the paper's grid {32, 64} for full
-        and LoRA tuning, {8, 16} for prefix).
-      refresh_every: steps between subspace refreshes (``None``: 1000 with ``subspace``; the
-        paper's grid {500, 1000, 2000}).
-      weight_decay: MeZO's decoupled weight decay (none on biases and norms).
-      update_rounding: how an update is rounded into bfloat16 weights: ``nearest`` (plain) or
-        ``stochastic`` (unbiased, :func:`zojax.precision.stochastic_rounding`; no extra memory).
-      batch_size: examples per step (the paper: 16).
-      steps: number of steps (exclusive with ``forward_budget``).
-      forward_budget: total forward passes; ``steps = forward_budget // forwards_per_step``.
-    """
-
-    method: str = "mezo-gv"
-    lr: float | None = None
-    eps: float | None = None
-    num_candidates: int = 4
-    elite_ratio: float = 0.5
-    num_queries: int = 2
-    weighting: str = "mean_diff"
-    normalize: bool = False
-    reuse_best_loss: bool = False
-    distribution: str = "gaussian"
-    perturbation: str = "iid"
-    rank: int | None = None
-    refresh_every: int | None = None
-    weight_decay: float = 0.0
-    update_rounding: str = "nearest"
-    batch_size: int = 16
-    steps: int | None = None
-    forward_budget: int | None = None
+    TITLE: ClassVar[str] = "method and optimisation"
+    method: str = option("mezo-gv", "the method (see below)", choices=method_names(), metavar="METHOD")
+    lr: float | None = option(None, f"learning rate; required for full-tuning ZO runs of more than "
+                              f"{DEFAULT_LR_MAX_FORWARDS} forward passes", default_help=f"by method and tuning: ZO "
+                              f"{_by_tuning(DEFAULT_ZO_LR)}; ft {_by_tuning(DEFAULT_FT_LR)}")  # fmt: skip
+    eps: float | None = option(None, "perturbation scale epsilon",
+                               default_help=f"by --tuning: {_by_tuning(DEFAULT_EPS)}")  # fmt: skip
+    num_candidates: int = option(4, "M candidates of mezo-gv / mezo-greedy")
+    elite_ratio: float = option(0.5, "alpha of mezo-gv: floor(alpha*M) low-loss candidates")
+    num_queries: int = option(2, "q of nspsa")
+    weighting: str = option("mean_diff", "mezo-gv candidate weighting (mean_diff: the paper's)",
+                            choices=specs.WEIGHTINGS)  # fmt: skip
+    normalize: bool = option(False, "mezo-gv: rescale the guiding vector so E|v|^2 = d")
+    reuse_best_loss: bool = option(False, "mezo-greedy: reuse L(theta+eps z*) (M+1 forwards)")
+    distribution: str = option("gaussian", "perturbation distribution", choices=specs.DISTRIBUTIONS)
+    perturbation: str = option("iid", "iid noise (MeZO) or SubZero's low-rank subspace noise U Z V^T on matrix leaves "
+                               "(SubZero, SubZero-GV, SubZero-Greedy with the matching method)",
+                               choices=specs.PERTURBATIONS)  # fmt: skip
+    rank: int | None = option(None, "subspace rank (the paper's grid: 32, 64 for full and LoRA tuning, 8, 16 "
+                              "for prefix)", default_help=f"{SUBSPACE_DEFAULTS['rank']} with --perturbation "
+                              "subspace")  # fmt: skip
+    refresh_every: int | None = option(None, "steps between subspace refreshes (the paper's grid: 500, 1000, 2000)",
+                                       default_help=f"{SUBSPACE_DEFAULTS['refresh_every']} with --perturbation "
+                                       "subspace")  # fmt: skip
+    weight_decay: float = option(0.0, "MeZO's decoupled weight decay, none on biases and norms")
+    update_rounding: str = option("nearest", "rounding of updates into bfloat16 weights (stochastic: unbiased, no "
+                                  "extra memory)", choices=specs.ROUNDINGS)  # fmt: skip
+    batch_size: int = option(16, "examples per step (the paper's)")
+    steps: int | None = option(None, "training steps", exclusive="budget",
+                               default_help=f"a budget of {DEFAULT_FORWARD_BUDGET} forward passes")  # fmt: skip
+    forward_budget: int | None = option(None, "total forward passes; steps = N // forwards per step, so "
+                                        "methods compare at equal cost (`zojax methods`)", metavar="N",
+                                        exclusive="budget")  # fmt: skip
 
 
 @dataclasses.dataclass
 class EvalArgs:
-    """Dev evaluation, model selection and the final test.
+    """Dev evaluation, model selection and the final test (the fields' help: ``zojax finetune --help``)."""
 
-    Attributes:
-      eval_every: evaluate on dev every this many steps (0: only before and after training;
-        ``None``: by protocol).
-      eval_before: evaluate on dev before the first step.
-      select_by: which dev evaluation's parameters are tested: the lowest dev ``loss`` of the
-        training objective (MeZO's rule, the default: candidate cross-entropy for classification,
-        LM loss on the gold answer for COPA, ReCoRD, SQuAD and DROP) or the highest task
-        ``metric`` (accuracy / F1). Ties go to the later step.
-      select_initial: let the untrained step-0 parameters be selected (off: a trained run always
-        tests trained parameters).
-      num_demos: demonstrations per test example for ``icl`` (MeZO: 32).
-      token_budget: tokens per scoring forward pass during evaluation.
-      stop_rule: when SQuAD/DROP generation stops: ``text`` (the decoded text contains a newline;
-        the default) or ``mezo`` (MeZO's rule: the exact newline token id or EOS; a merged token
-        such as SmolLM2's ``"\n\n"`` does not stop it).
-    """
-
-    eval_every: int | None = None
-    eval_before: bool = True
-    select_by: str = "loss"
-    select_initial: bool = False
-    num_demos: int = 32
-    token_budget: int = 1024
-    stop_rule: str = "text"
+    TITLE: ClassVar[str] = "evaluation"
+    eval_every: int | None = option(None, "dev evaluation every N steps (0: before and after training only)",
+                                    default_help=_by_protocol("eval_every"))  # fmt: skip
+    eval_before: bool = option(True, "evaluate on dev before the first step")
+    select_by: str = option("loss", "which dev evaluation's parameters are tested: the lowest dev loss of the "
+                            "training objective (MeZO's rule) or the highest task metric; ties go to the later "
+                            "step", choices=SELECT_BY)  # fmt: skip
+    select_initial: bool = option(False, "let the untrained step-0 parameters be selected")
+    num_demos: int = option(32, "demonstrations per example for --method icl (MeZO's number)")
+    token_budget: int = option(1024, "tokens per scoring forward pass in evaluation", flag="--eval-token-budget")
+    stop_rule: str = option("text", "SQuAD/DROP generation stops when the text holds a newline (text) or at the "
+                            "exact newline token id or EOS (mezo, MeZO's rule)", choices=STOP_RULES)  # fmt: skip
 
 
 @dataclasses.dataclass
 class RunArgs:
-    """Seed, outputs, checkpoints and control.
+    """Seed, outputs, checkpoints and control (the fields' help: ``zojax finetune --help``)."""
 
-    Attributes:
-      mesh: devices of the run (:func:`zojax.train.placement.parse_mesh`): ``auto`` (every device
-        on the ``fsdp`` axis; nothing on one device; ``$ZOJAX_MESH`` when set), ``none``, or
-        ``data=D,fsdp=F``.
-      seed: seeds the data sampling (MeZO's ``train_set_seed``), the data order, the adapters'
-        initialisation and the perturbations.
-      out: run directory (metrics, TensorBoard events, checkpoints, results).
-      resume: continue the run in ``out`` from its latest valid checkpoint.
-      checkpoint_every: save a checkpoint every this many steps (0: only by time, at the end and on
-        interruption).
-      checkpoint_minutes: also save one once this many minutes of training have passed since the
-        last (0: off), so that a ``kill -9`` or a pre-emption loses at most that much work.
-      keep_checkpoints: how many periodic checkpoints to keep (the best-by-dev one is separate).
-      progress: show a progress bar.
-      dry_run: validate the configuration and exit.
-      stop_after: stop (checkpointing, as on Ctrl-C) once this many steps have run in this
-        process; for tests and time-sliced jobs.
-      trackers: where the metrics go besides ``metrics.jsonl`` (always written): any of
-        ``"tensorboard"`` (event files in ``out/tb``) and ``"wandb"`` (Weights & Biases; needs
-        ``pip install 'zojax[wandb]'``; ``WANDB_MODE=offline`` keeps it on disk); see
-        :mod:`zojax.train.logging`.
-    """
-
-    mesh: str = "auto"
-    seed: int = 0
-    out: str | None = None
-    resume: bool = False
-    checkpoint_every: int = 0
-    checkpoint_minutes: float = 10.0
-    keep_checkpoints: int = 2
-    progress: bool = True
-    dry_run: bool = False
-    stop_after: int | None = None
-    trackers: tuple[str, ...] = ("tensorboard",)
+    TITLE: ClassVar[str] = "run"
+    mesh: str = option("auto", "devices: auto (all, on the fsdp axis; $ZOJAX_MESH when set), none (one device) or "
+                       "data=D,fsdp=F")  # fmt: skip
+    seed: int = option(0, "seed of data sampling and order, adapters and perturbations")
+    out: str | None = option(None, "run directory (metrics, TensorBoard events, checkpoints, results)",
+                             default_help="runs/<task>_<method>_<tuning>_s<seed>_<time>")  # fmt: skip
+    resume: bool = option(False, "continue the run in --out from its latest valid checkpoint", action="store_true")
+    checkpoint_every: int = option(0, "checkpoint every N steps (0: only by time, at the end and on Ctrl-C/SIGTERM)")
+    checkpoint_minutes: float = option(10.0, "also checkpoint after this many minutes of training since the last "
+                                       "(0: off): a kill loses at most that much")  # fmt: skip
+    keep_checkpoints: int = option(2, "periodic checkpoints kept (the best-by-dev one is separate)")
+    progress: bool = option(True, "show a progress bar")
+    dry_run: bool = option(False, "validate the configuration, print it and exit", action="store_true")
+    stop_after: int | None = option(None, "checkpoint and stop after N steps in this process (resume later; never "
+                                    "carried into a --resume)", metavar="N")  # fmt: skip
+    trackers: tuple[str, ...] = option(("tensorboard",), "comma-separated trackers besides metrics.jsonl: "
+                                       + ", ".join(TRACKERS) + " (W&B: pip install 'zojax[wandb]')")  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -288,21 +266,8 @@ class TrainConfig:
 
     def method_options(self) -> dict[str, Any]:
         """Options of the zeroth-order method (what ``Method.optimizer`` accepts)."""
-        o = self.optim
-        method = registry.get(o.method)
-        opts = {
-            "eps": o.eps,
-            "num_candidates": o.num_candidates,
-            "elite_ratio": o.elite_ratio,
-            "num_queries": o.num_queries,
-            "weighting": o.weighting,
-            "normalize": o.normalize,
-            "reuse_best_loss": o.reuse_best_loss,
-            "distribution": o.distribution,
-            "perturbation": o.perturbation,
-            "rank": o.rank,
-            "refresh_every": o.refresh_every,
-        }
+        method = registry.get(self.optim.method)
+        opts = {k: getattr(self.optim, k) for k in ("eps", *method.options) if hasattr(self.optim, k)}
         return registry.select_options(method, opts)
 
     def forwards_per_step(self) -> int:
@@ -323,14 +288,10 @@ class TrainConfig:
         """
         c = from_dict(to_dict(self))
         m, d, o, e, r = c.model, c.data, c.optim, c.eval, c.run
-        _choice("--method", o.method, method_names())
-        _choice("--tuning", m.tuning, TUNINGS)
-        _choice("--dtype", m.dtype, DTYPES)
-        _choice("--select-by", e.select_by, SELECT_BY)
-        _choice("--protocol", d.protocol, PROTOCOLS)
-        _choice("--stop-rule", e.stop_rule, STOP_RULES)
-        _choice("--opt-bos", m.opt_bos, OPT_BOS)
-        _choice("--update-rounding", o.update_rounding, ROUNDINGS)
+        known = fields()
+        for key, value in flat_items(c).items():  # argparse checks most choices; config files and sweeps too
+            if "choices" in known[key].metadata:
+                _choice(flag(key), value, known[key].metadata["choices"])
         if m.master_weights and m.dtype != "bfloat16":
             raise ValueError("--master-weights: needs --dtype bfloat16 (float32 weights are already the master copy)")
         if o.update_rounding == "stochastic" and (m.dtype != "bfloat16" or m.master_weights):
@@ -341,14 +302,13 @@ class TrainConfig:
         if r.mesh.strip().lower() == "auto" and os.environ.get(MESH_ENV, "").strip():
             r.mesh = os.environ[MESH_ENV].strip()
         _check_mesh_spec(r.mesh)
+        _check_trackers(r.trackers)
         sizes = PROTOCOL_SIZES[d.protocol]
         for name in ("num_train", "num_dev", "num_test"):
             if getattr(d, name) is None:
                 setattr(d, name, sizes[name])
         if e.eval_every is None:
             e.eval_every = sizes["eval_every"]
-        _choice("--distribution", o.distribution, ("gaussian", "rademacher"))
-        _choice("--perturbation", o.perturbation, PERTURBATIONS)
         if o.perturbation == "subspace":
             o.rank = SUBSPACE_DEFAULTS["rank"] if o.rank is None else o.rank
             o.refresh_every = SUBSPACE_DEFAULTS["refresh_every"] if o.refresh_every is None else o.refresh_every
@@ -356,7 +316,6 @@ class TrainConfig:
             _positive("--refresh-every", o.refresh_every)
         elif o.rank is not None or o.refresh_every is not None:
             raise ValueError("--rank and --refresh-every: only with --perturbation subspace")
-        _choice("--weighting", o.weighting, ("mean_diff", "rank"))
         try:
             from zojax.tasks import get_task
 
@@ -382,7 +341,6 @@ class TrainConfig:
         _positive("--num-demos", e.num_demos, minimum=0)
         if r.stop_after is not None:
             _positive("--stop-after", r.stop_after)
-        _check_trackers(r.trackers)
         if not (r.checkpoint_minutes >= 0 and math.isfinite(r.checkpoint_minutes)):
             raise ValueError(f"--checkpoint-minutes: must be a finite number >= 0, got {r.checkpoint_minutes}")
         if o.weight_decay < 0:
@@ -430,32 +388,15 @@ class TrainConfig:
 
     @staticmethod
     def _check_method(c: TrainConfig) -> None:
-        """Builds the optimizer once so that the estimator's own checks name the option."""
+        """Builds the optimizer once: the estimator's own checks, reported with the option's flag."""
         o = c.optim
         try:
             registry.get(o.method).optimizer(o.lr, **c.method_options())
-        except ValueError as err:
-            msg = str(err)
-            for name in ("num_candidates", "elite_ratio", "num_queries", "eps", "weighting"):
-                if msg.startswith(name + ":"):
-                    flag = "--" + name.replace("_", "-")
-                    raise ValueError(flag + msg[len(name) :]) from None
-            raise
-
-
-def _check_mesh_spec(spec: str) -> None:
-    """Checks the syntax of ``--mesh`` (the device count is checked when the run starts)."""
-    import re
-
-    text = spec.strip().lower()
-    part = r"(data|fsdp)=\d+"
-    if text not in ("auto", "none") and not re.fullmatch(rf"{part}(,{part})?", text.replace(" ", "")):
-        raise ValueError(f"--mesh: expected 'auto', 'none' or 'data=D,fsdp=F', got {spec!r}")
-
-
-DEFAULT_FORWARD_BUDGET = 150
-"""Forward passes of the default job (25 MeZO-GV steps with M = 4, 75 MeZO steps; see
-:func:`default_steps`)."""
+        except specs.OptionError as err:
+            key = f"optim.{err.option}"
+            if key not in fields():
+                raise
+            raise ValueError(f"{flag(key)}: {err.reason}") from None
 
 
 def default_steps(method: str, forwards_per_step: int) -> int:
@@ -466,6 +407,16 @@ def default_steps(method: str, forwards_per_step: int) -> int:
 def _choice(flag: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{flag}: invalid choice {value!r}; choose from {', '.join(choices)}")
+
+
+def _check_mesh_spec(spec: str) -> None:
+    """Checks the syntax of ``--mesh`` (the device count is checked when the run starts)."""
+    import re
+
+    text = spec.strip().lower().replace(" ", "")
+    part = r"(data|fsdp)=\d+"
+    if text not in ("auto", "none") and not re.fullmatch(rf"{part}(,{part})?", text):
+        raise ValueError(f"--mesh: expected 'auto', 'none' or 'data=D,fsdp=F', got {spec!r}")
 
 
 def _check_trackers(trackers: tuple[str, ...]) -> None:
@@ -492,6 +443,18 @@ SECTIONS: dict[str, type] = {
 }
 
 
+def fields() -> dict[str, dataclasses.Field]:
+    """Every option as ``{"section.field": its dataclasses.Field}``, in section and field order."""
+    return {f"{s}.{f.name}": f for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+
+
+def flag(key: str) -> str:
+    """The command-line flag of ``"section.field"`` (``--`` + the field name with ``-``, unless
+    its metadata names another: ``model.name`` is ``--model``)."""
+    f = fields()[key]
+    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+
+
 def to_dict(config: TrainConfig) -> dict[str, dict[str, Any]]:
     """The config as nested JSON-able dicts (tuples become lists)."""
     out = dataclasses.asdict(config)
@@ -507,8 +470,7 @@ def from_dict(data: dict[str, Any]) -> TrainConfig:
     sections = {}
     for name, cls in SECTIONS.items():
         raw = dict(data.get(name, {}))
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = set(raw) - set(fields)
+        unknown = set(raw) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"config: unknown {name} option(s) {sorted(unknown)}")
         for k, v in raw.items():
@@ -535,8 +497,7 @@ def check_resume_compatible(saved: TrainConfig, requested: TrainConfig) -> None:
     for key in sorted(a):
         if key in RESUMABLE_CHANGES or a[key] == b.get(key):
             continue
-        flag = "--" + key.split(".", 1)[1].replace("_", "-")
         raise ValueError(
-            f"{flag}: the run being resumed used {a[key]!r}, got {b.get(key)!r}; resuming must "
+            f"{flag(key)}: the run being resumed used {a[key]!r}, got {b.get(key)!r}; resuming must "
             "not change the trajectory (start a new --out instead)"
         )

@@ -1,0 +1,38 @@
+"""``zojax table RUN_DIRS…``: MeZO's protocol over finished runs (lr by dev, test mean ± std)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def table_main(argv: Sequence[str] | None = None) -> int:
+    """``zojax table RUN_DIRS…``: MeZO's protocol over finished runs (lr by dev, test mean ± std)."""
+    from zojax import table as T
+
+    p = argparse.ArgumentParser(
+        prog="zojax table",
+        description="Per task and method: the learning rate chosen by mean dev metric over seeds, test mean "
+        "± std over seeds, forward passes and wall time; the paired comparison with MeZO.",
+    )
+    p.add_argument("runs", nargs="+", help="run directories or folders holding them (e.g. a sweep's out)")
+    p.add_argument("--baseline", default=T.BASELINE, help="the row others are compared with (default MeZO)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the table as JSON")
+    p.add_argument("--markdown", default=None, metavar="FILE", help="also write the Markdown to FILE")
+    p.add_argument("--plot", default=None, metavar="PNG", help="dev metric vs forward passes, seed bands")
+    args = p.parse_args(argv)
+    try:
+        table = T.table_from_dirs(args.runs, args.baseline)
+    except ValueError as e:
+        p.error(str(e))
+    md = T.markdown(table)
+    print(md)
+    if args.markdown:
+        Path(args.markdown).write_text(md + "\n")
+    if args.json:
+        Path(args.json).write_text(T.to_json(table) + "\n")
+    if args.plot:
+        T.plot(table, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
