@@ -70,7 +70,7 @@ def test_a_new_option_is_one_field() -> None:
     @dataclasses.dataclass
     class Extra:
         TITLE: typing.ClassVar[str] = "extra"
-        mesh: str = C.option("auto", "devices")
+        placement: str = C.option("auto", "devices")
         precision: str = C.option("float32", "weights", choices=("float32", "bfloat16"))
         master: bool = C.option(False, "float32 master weights")
 
@@ -79,10 +79,14 @@ def test_a_new_option_is_one_field() -> None:
         mp.setattr(C, "SECTIONS", sections)
         p = argparse.ArgumentParser()
         A.add_config_arguments(p)
-        ns = p.parse_args(["--mesh", "data=2", "--precision", "bfloat16", "--master"])
-        assert A.explicit_options(ns) == {"extra.mesh": "data=2", "extra.precision": "bfloat16", "extra.master": True}
+        ns = p.parse_args(["--placement", "data=2", "--precision", "bfloat16", "--master"])
+        assert A.explicit_options(ns) == {
+            "extra.placement": "data=2",
+            "extra.precision": "bfloat16",
+            "extra.master": True,
+        }
         text = p.format_help()
-    assert "--mesh MESH" in text and "devices (default: auto)" in text
+    assert "--placement PLACEMENT" in text and "devices (default: auto)" in text
     assert "--precision {float32,bfloat16}" in text and "--master, --no-master" in text
 
 
@@ -93,6 +97,7 @@ def test_help_lists_every_choice_from_its_source(capsys: pytest.CaptureFixture[s
         "optim.weighting": specs.WEIGHTINGS,
         "optim.distribution": specs.DISTRIBUTIONS,
         "optim.perturbation": specs.PERTURBATIONS,
+        "optim.update_rounding": specs.ROUNDINGS,
         "model.tuning": C.TUNINGS,
         "model.dtype": C.DTYPES,
         "model.opt_bos": C.OPT_BOS,
@@ -228,3 +233,13 @@ def test_python_m_zojax_cli() -> None:
     assert proc.returncode == 0 and "mezo-gv" in proc.stdout and "fwd/step" in proc.stdout
     proc = subprocess.run([sys.executable, "-m", "zojax.cli"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2 and "finetune" in proc.stdout
+
+
+@pytest.mark.parametrize("package", ["zojax", "zojax.train", "zojax.tasks"])
+def test_every_lazy_public_name_resolves(package: str) -> None:
+    """Each name a package lists (and loads on first use) exists in the submodule it points to."""
+    import importlib
+
+    module = importlib.import_module(package)
+    for name in module.__all__:
+        assert getattr(module, name) is not None, f"{package}.{name}"

@@ -24,7 +24,7 @@ _EXPORTS = {
     **dict.fromkeys(("ByteTokenizer", "TrainBatches", "step_indices"), "data"),
     **dict.fromkeys(("MetricsLogger", "Tracker", "read_events", "read_metrics", "strip_timing"), "logging"),
     "Trainer": "loop",
-    **dict.fromkeys(("classification_from_logprobs", "lm_from_logprobs", "task_loss"), "loss"),
+    "task_loss": "loss",
     "build_model": "models",
     **dict.fromkeys(("build_optimizer", "build_step", "prepare_tuning"), "step"),
 }
