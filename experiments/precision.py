@@ -83,7 +83,9 @@ def _final_params(out: Path, config: Any) -> np.ndarray:
     from zojax.train import checkpoint as ckpt_lib
 
     c = config.resolve()
-    params = prepare_tuning(build_model(c.model.name, c.model.dtype if not c.model.master_weights else "float32"), c).params
+    params = prepare_tuning(
+        build_model(c.model.name, c.model.dtype if not c.model.master_weights else "float32"), c
+    ).params
     target = {"params": params, "opt_state": build_optimizer(c).init(params)}
     state, _ = Checkpoints(out / "checkpoints").restore_latest(ckpt_lib.abstract(target))
     return _flat(state["params"])
@@ -134,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     summary["curves"] = curves
     root.mkdir(parents=True, exist_ok=True)
     (root / "precision.json").write_text(json.dumps(summary, indent=1))
-    print(f"{'mode':<17} {'changed/step':>12} {'changed total':>13} {'kept':>6} {'err':>6} {'loss first10':>12} {'last10':>7}")
+    head = ("mode", "changed/step", "changed total", "kept", "err", "loss first10", "last10")
+    print("{:<17} {:>12} {:>13} {:>6} {:>6} {:>12} {:>7}".format(*head))
     for mode, s in summary["modes"].items():
         per_step = "—" if s["changed_per_step_mean"] is None else f"{s['changed_per_step_mean']:.2%}"
         print(
@@ -165,7 +168,9 @@ def _plot(curves: dict[str, dict[str, list[float]]], args: argparse.Namespace, p
     for ax in (a, b):
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"MeZO on {args.model}, {args.task}, lr {args.lr:g}, eps {args.eps:g}, batch {args.batch_size}", fontsize=9)
+    fig.suptitle(
+        f"MeZO on {args.model}, {args.task}, lr {args.lr:g}, eps {args.eps:g}, batch {args.batch_size}", fontsize=9
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -128,7 +128,9 @@ def test_stochastic_rounding_and_master_weights_in_the_trainer(data_dir: Path, t
         out = tmp_path / name
         cfg = make_config(data_dir, out, optim__method="mezo", optim__lr=1e-5, **over)
         Trainer(cfg, log=lines.append).run()
-        changed = [r["changed"] for r in read_metrics(out / "metrics.jsonl") if r.get("event") == "train" and "changed" in r]
+        changed = [
+            r["changed"] for r in read_metrics(out / "metrics.jsonl") if r.get("event") == "train" and "changed" in r
+        ]
         runs[name] = (changed, lines)
     nearest, stochastic = runs["nearest"], runs["stochastic"]
     assert any("warning: only" in line and "--update-rounding stochastic" in line for line in nearest[1])

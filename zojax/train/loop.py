@@ -38,7 +38,6 @@ import jax
 from zojax.models import Model
 from zojax.train import checkpoint as ckpt_lib
 from zojax.train import report as report_lib
-from zojax.train.report import precision_warning
 from zojax.train import run_dir as run_dir_lib
 from zojax.train.config import TrainConfig, to_dict
 from zojax.train.evaluation import BestTracker
@@ -47,6 +46,7 @@ from zojax.train.hooks import Hooks, ProgressBar, StepInfo
 from zojax.train.job import Job, build_job
 from zojax.train.logging import MetricsLogger
 from zojax.train.models import build_model, check_model_name
+from zojax.train.report import precision_warning
 from zojax.train.run_dir import default_out
 from zojax.train.state import RunState
 from zojax.train.step import Tuned, build_optimizer, build_step, prepare_tuning

@@ -67,9 +67,7 @@ def parse_mesh(spec: str, devices: list[Any] | None = None) -> Mesh | None:
         for part in text.split(","):
             m = _PART.match(part)
             if m is None or m.group(1) in sizes:
-                raise ValueError(
-                    f"--mesh: expected 'auto', 'none' or 'data=D,fsdp=F', got {spec!r}"
-                )
+                raise ValueError(f"--mesh: expected 'auto', 'none' or 'data=D,fsdp=F', got {spec!r}")
             sizes[m.group(1)] = int(m.group(2))
         if any(v < 1 for v in sizes.values()):
             raise ValueError(f"--mesh: axis sizes must be at least 1, got {spec!r}")

@@ -86,10 +86,8 @@ def build_optimizer(config: TrainConfig) -> optax.GradientTransformation:
             o.lr, weight_decay=o.weight_decay, key=config.run.seed, **config.method_options()
         )
     elif o.method == FO_METHOD:
-        if o.weight_decay:
-            tx = optax.adamw(o.lr, weight_decay=o.weight_decay, mask=decay_mask)
-        else:
-            tx = optax.adam(o.lr)
+        decayed = optax.adamw(o.lr, weight_decay=o.weight_decay, mask=decay_mask)
+        tx = decayed if o.weight_decay else optax.adam(o.lr)
     else:
         raise ValueError(f"--method: {o.method} does not train")
     if o.update_rounding == "stochastic":
