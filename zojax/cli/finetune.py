@@ -124,6 +124,22 @@ def dry_run(cfg: C.TrainConfig) -> dict[str, Any]:
     }
 
 
+DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "ZOJAX_DISTRIBUTED")
+
+
+def join_processes() -> None:
+    """Joins a multi-process job when the environment describes one (``JAX_COORDINATOR_ADDRESS``,
+    ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``, or ``ZOJAX_DISTRIBUTED=auto``; see
+    :func:`zojax.distributed.initialize`), before anything touches a device. Nothing otherwise
+    (``--help`` stays free of JAX)."""
+    import os
+
+    if any(os.environ.get(k, "").strip() for k in DISTRIBUTED_ENV):
+        from zojax import distributed
+
+        distributed.initialize()
+
+
 def finetune_main(argv: Sequence[str] | None = None, prog: str = "zojax finetune") -> int:
     """``zojax finetune``: parse, validate, run; returns the exit status.
 
@@ -153,6 +169,7 @@ def finetune_main(argv: Sequence[str] | None = None, prog: str = "zojax finetune
     argv = [a for a in argv if not is_debug(a)]
     parser = finetune_parser(prog)
     try:
+        join_processes()
         cfg, ns = parse(argv, parser)
         if cfg.run.dry_run:
             plan = dry_run(cfg)

@@ -38,6 +38,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from zojax.errors import DiskFullError, UserError, disk_full_reason
+from zojax.train import hosts
 
 PyTree = Any
 MANIFEST = "MANIFEST.json"
@@ -45,8 +46,8 @@ META = "meta.json"
 STATE = "state"
 _STEP_RE = re.compile(r"^step_(\d{8,})$")
 _BEST_RE = re.compile(r"^best_(\d{8,})$")
-_TMP_RE = re.compile(r"^tmp\.((?:step|best)_\d{8,})\.\d+$")
-_OLD_RE = re.compile(r"^old\.((?:step|best)_\d{8,})\.\d+$")
+_TMP_RE = re.compile(r"^tmp\.((?:step|best)_\d{8,})(?:\.\d+)?$")
+_OLD_RE = re.compile(r"^old\.((?:step|best)_\d{8,})(?:\.\d+)?$")
 _UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
@@ -116,32 +117,42 @@ class Checkpoints:
 
     # ------------------------------------------------------------------ writing
     def _write(self, name: str, state: Mapping[str, PyTree], meta: Mapping[str, Any]) -> Path:
+        """Writes ``tmp.<name>[.<pid>]``, then renames it to ``name``. With several processes every
+        process writes its shards into the same folder (orbax), process 0 writes ``meta.json`` and the
+        manifest and renames, and barriers fence each stage (see :mod:`zojax.train.hosts`)."""
         final = self.directory / name
-        tmp = self.directory / f"tmp.{name}.{os.getpid()}"
+        multi, main = hosts.count() > 1, hosts.is_main()
+        tmp = self.directory / (f"tmp.{name}" if multi else f"tmp.{name}.{os.getpid()}")
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir()
+            if main:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+                tmp.mkdir()
+            hosts.barrier(f"zojax-ckpt-{name}-prepared")
             self._ckpt.save(tmp / STATE, args=ocp.args.StandardSave(dict(state)))
-            with open(tmp / META, "w") as f:
-                json.dump(dict(meta), f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            write_manifest(tmp)
+            if main:
+                with open(tmp / META, "w") as f:
+                    json.dump(dict(meta), f, indent=1)
+                    f.flush()
+                    os.fsync(f.fileno())
+                write_manifest(tmp)
         except BaseException as e:  # a full disk, a permission change, Ctrl-C: leave nothing partial
-            shutil.rmtree(tmp, ignore_errors=True)
+            if main:
+                shutil.rmtree(tmp, ignore_errors=True)
             err = self._save_error(name, e)
             if err is e:
                 raise
             raise err from e
-        old = None
-        if final.exists():
-            old = self.directory / f"old.{name}.{os.getpid()}"
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if main:
+            old = None
+            if final.exists():
+                old = self.directory / (f"old.{name}" if multi else f"old.{name}.{os.getpid()}")
+                os.replace(final, old)
+            os.replace(tmp, final)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        hosts.barrier(f"zojax-ckpt-{name}-committed")
         return final
 
     def _save_error(self, name: str, e: BaseException) -> BaseException:
@@ -198,8 +209,9 @@ class Checkpoints:
           UserError: the folder is not writable (likewise).
         """
         path = self._write(f"step_{step:08d}", state, {**meta, "step": int(step)})
-        for old in self.steps()[: -self.keep]:
-            shutil.rmtree(self.directory / f"step_{old:08d}", ignore_errors=True)
+        if hosts.is_main():
+            for old in self.steps()[: -self.keep]:
+                shutil.rmtree(self.directory / f"step_{old:08d}", ignore_errors=True)
         return path
 
     def save_best(self, step: int, params: PyTree, meta: Mapping[str, Any]) -> Path:
@@ -228,6 +240,8 @@ class Checkpoints:
     def prune_best(self, current: int | None) -> None:
         """Deletes the best-by-dev slots that are neither ``current`` nor referred to by a
         periodic checkpoint (a run resumed from that checkpoint needs its notion of "best")."""
+        if not hosts.is_main():
+            return
         keep = self.referenced_best_steps() | ({current} if current is not None else set())
         for s in self.best_steps():
             if s not in keep:
@@ -253,6 +267,8 @@ class Checkpoints:
             CheckpointWarning,
             stacklevel=3,
         )
+        if not hosts.is_main():  # process 0 moves it aside; the others skip it the same way
+            return
         dest = folder.with_name(f"corrupt.{folder.name}")
         if dest.exists():
             shutil.rmtree(dest, ignore_errors=True)
@@ -267,7 +283,9 @@ class Checkpoints:
           target: a dict of pytrees with the state's structure (arrays or
             ``jax.ShapeDtypeStruct``; see :func:`abstract`).
         """
-        self.remove_stale()
+        if hosts.is_main():
+            self.remove_stale()
+        hosts.barrier("zojax-ckpt-stale-removed")
         steps = self.steps()
         for i, step in reversed(list(enumerate(steps))):
             folder = self.directory / f"step_{step:08d}"

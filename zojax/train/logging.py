@@ -292,6 +292,23 @@ def wandb_installed() -> bool:
 
 
 # ---------------------------------------------------------------------- a run's logs
+class NullLogger:
+    """The logger of a process other than 0 in a multi-process run: it writes nothing."""
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        """Discards ``record``."""
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        """Discards ``config``."""
+
+    def offsets(self) -> dict[str, Any]:
+        """No logs, no offsets."""
+        return {}
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
 class MetricsLogger:
     """Writes ``metrics.jsonl`` and the run's trackers for a run directory.
 

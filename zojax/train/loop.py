@@ -37,6 +37,7 @@ import jax
 
 from zojax.models import Model
 from zojax.train import checkpoint as ckpt_lib
+from zojax.train import hosts
 from zojax.train import report as report_lib
 from zojax.train import run_dir as run_dir_lib
 from zojax.train.config import TrainConfig, to_dict
@@ -44,7 +45,7 @@ from zojax.train.evaluation import BestTracker
 from zojax.train.heap import returning_freed_memory
 from zojax.train.hooks import Hooks, ProgressBar, StepInfo
 from zojax.train.job import Job, build_job
-from zojax.train.logging import MetricsLogger
+from zojax.train.logging import MetricsLogger, NullLogger
 from zojax.train.models import build_model, check_model_name
 from zojax.train.report import precision_warning
 from zojax.train.run_dir import default_out
@@ -99,6 +100,7 @@ class Trainer:
         self._log = log
         self._stop_signal: int | None = None
         self._steps_this_process = 0
+        self._timed_due = False
         self._last_saved = -1
         self._saved_at = time.perf_counter()
         self._progress: ProgressBar | None = None
@@ -122,7 +124,9 @@ class Trainer:
         return self.job.evaluate(params, split)
 
     def say(self, msg: str) -> None:
-        """Prints a line (through tqdm while a progress bar is shown)."""
+        """Prints a line (through tqdm while a progress bar is shown); process 0 only."""
+        if not hosts.is_main():
+            return
         if self._log is not None:
             self._log(msg)
         elif self._progress is not None:
@@ -166,27 +170,31 @@ class Trainer:
         saved = run_dir_lib.check(self.config)
         if saved is not None:
             self.config = run_dir_lib.resumed(saved, self.config)
+        hosts.barrier("zojax-run-dir-checked")  # before process 0 writes into it
         c = self.config
         self.job, params = build_job(c, self._model)
         self._model = None
         job = self.job
-        run_dir_lib.write_config(
-            self.run_dir,
-            c,
-            {
-                "forwards_per_step": job.forwards_per_step,
-                "model": job.model_desc,
-                "splits": job.splits.meta,
-                "train_seq_len": None if job.data is None else job.data.seq_len,
-            },
-        )
+        if hosts.is_main():
+            run_dir_lib.write_config(
+                self.run_dir,
+                c,
+                {
+                    "forwards_per_step": job.forwards_per_step,
+                    "model": job.model_desc,
+                    "splits": job.splits.meta,
+                    "train_seq_len": None if job.data is None else job.data.seq_len,
+                    "processes": hosts.count(),
+                },
+            )
         self._ckpts = ckpt_lib.Checkpoints(self.run_dir / "checkpoints", c.run.keep_checkpoints)
         self.state = RunState()
         opt_state = job.placement.init(job.tx.init, params) if c.training else None
         if c.run.resume and c.training:
             params, opt_state = self._restore(params, opt_state)
         self._tracker = BestTracker(c.eval.select_by, c.eval.select_initial, self.state.best)
-        self._logger = MetricsLogger(self.run_dir, self.state.log_offsets, c.run.trackers)
+        main = hosts.is_main()
+        self._logger = MetricsLogger(self.run_dir, self.state.log_offsets, c.run.trackers) if main else NullLogger()
         previous = self._install_signals()
         try:
             self._logger.log_config(to_dict(c))
@@ -224,7 +232,7 @@ class Trainer:
         if self.state.step == 0 and c.eval.eval_before and has_dev:
             self._dev(params, 0)
         status = "interrupted"
-        if self._stop_signal is None:
+        if self._agreed_stop() is None:
             params, opt_state, status = self._train(params, opt_state, frozen, self._hooks(has_dev))
             self._close_progress()
         if status != "done":
@@ -240,7 +248,7 @@ class Trainer:
         job, state, total = self.job, self.state, self.config.optim.steps
         t_prev = self._saved_at = time.perf_counter()
         while state.step < total:
-            if self._stop_signal is not None:
+            if self._agreed_stop() is not None:
                 return params, opt_state, "interrupted" if self._stop_signal else "stopped"
             batch = job.placement.batch(job.data.batch(state.step))
             # the first call compiles: give the compiler's garbage back as it goes (zojax.train.heap)
@@ -251,6 +259,7 @@ class Trainer:
             state.step += 1
             state.forwards = state.step * job.forwards_per_step
             self._steps_this_process += 1
+            self._timed_due = self._agreed_timed_checkpoint()
             hooks.run(StepInfo(state.step, total, params, opt_state, stats, time.perf_counter() - t_prev))
             t_prev = time.perf_counter()
         return params, opt_state, "done"
@@ -260,15 +269,14 @@ class Trainer:
         """Logging, progress bar, dev evaluation, ``stop_after`` and checkpoints, in that order."""
         c, hooks = self.config, Hooks()
         hooks.add(self._log_step, every=1)
-        if c.run.progress:
+        if c.run.progress and hosts.is_main():
             self._progress = ProgressBar(c.optim.steps, self.state.step, c.optim.method, self.job.forwards_per_step)
             hooks.add(self._progress, every=1)
         if has_dev:
             hooks.add(lambda i: self._dev(i.params, i.step), every=c.eval.eval_every, at_end=True)
         if c.run.stop_after is not None:
             hooks.add(self._stop_after, every=1)
-        minutes = c.run.checkpoint_minutes
-        timed = (lambda: time.perf_counter() - self._saved_at >= 60 * minutes) if minutes else None
+        timed = (lambda: self._timed_due) if c.run.checkpoint_minutes else None
         hooks.add(
             lambda i: self._checkpoint(i.step, i.params, i.opt_state),
             every=c.run.checkpoint_every,
@@ -340,6 +348,24 @@ class Trainer:
         self._ckpts.prune_best(None if self.best is None else self.best["step"])
         self.say(f"[zojax] checkpoint step {step} -> {path} ({time.perf_counter() - t0:.1f}s)")
 
+    def _agreed_stop(self) -> int | None:
+        """The stop request (signal number, 0 for ``stop_after``), agreed by all processes: a
+        SIGTERM that reached one process stops them all at the same step."""
+        if hosts.count() == 1:
+            return self._stop_signal
+        (signum,) = hosts.agree([-1 if self._stop_signal is None else self._stop_signal])
+        if signum < 0:  # (a signal that lands during the gather counts at the next step, on all)
+            return None
+        if self._stop_signal is None:
+            self._stop_signal = signum
+        return signum
+
+    def _agreed_timed_checkpoint(self) -> bool:
+        """Whether ``checkpoint_minutes`` have passed since the last save (on any process)."""
+        minutes = self.config.run.checkpoint_minutes
+        due = bool(minutes) and time.perf_counter() - self._saved_at >= 60 * minutes
+        return bool(hosts.agree([int(due)])[0])
+
     def _close_progress(self) -> None:
         if self._progress is not None:
             self._progress.close()
@@ -396,7 +422,8 @@ class Trainer:
             "splits": job.splits.meta,
             "wall_time": state.wall(),
         }
-        report_lib.write_results(self.run_dir, report)
+        if hosts.is_main():
+            report_lib.write_results(self.run_dir, report)
         for line in report_lib.summary(report, c.training, self.run_dir):
             self.say(line)
         return report

@@ -122,7 +122,7 @@ class Placement:
         """``tree`` on the mesh with :meth:`param_shardings` (``None`` and no mesh: unchanged)."""
         if self.mesh is None or tree is None:
             return tree
-        return jax.device_put(tree, self.param_shardings(tree))
+        return _put(tree, self.param_shardings(tree))
 
     def batch(self, batch: dict[str, Any]) -> dict[str, Any]:
         """A batch with its rows (leading axis) split over ``data`` (no mesh: unchanged).
@@ -141,14 +141,23 @@ class Placement:
                     f"--batch-size: {np.shape(v)[0]} rows do not split over the mesh's data axis "
                     f"of {data} devices; use a multiple of {data}"
                 )
-            out[k] = jax.device_put(v, rows if np.ndim(v) else NamedSharding(self.mesh, PartitionSpec()))
+            out[k] = _put(v, rows if np.ndim(v) else NamedSharding(self.mesh, PartitionSpec()))
         return out
 
     def init(self, init_fn: Any, params: PyTree) -> PyTree:
         """``init_fn(params)`` (an optimizer's ``init``), on the mesh like the parameters."""
         if self.mesh is None:
             return init_fn(params)
-        return jax.jit(init_fn)(params)
+        state = jax.jit(init_fn)(params)
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+
+        def on_mesh(x: Any) -> Any:  # constants (keys, counters) come back on one device
+            sharding = getattr(x, "sharding", None)
+            if isinstance(sharding, NamedSharding) and sharding.mesh == self.mesh:
+                return x
+            return _put(np.asarray(x), replicated)
+
+        return jax.tree.map(on_mesh, state)
 
     def describe(self, params: PyTree) -> str:
         """One line: the mesh and how many parameters are sharded vs replicated."""
@@ -165,3 +174,16 @@ class Placement:
             f"mesh: {mesh_name(self.mesh)} over {devices} {self.mesh.devices.flat[0].platform} devices; "
             f"{sharded:,} parameters sharded over fsdp, {replicated:,} replicated"
         )
+
+
+def _put(tree: PyTree, shardings: PyTree) -> PyTree:
+    """Global arrays from values every process holds: ``device_put`` on one process; on several,
+    each process places only the slices its devices own (``jax.make_array_from_callback``)."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+
+    def one(x: Any, sharding: NamedSharding) -> jax.Array:
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(one, tree, shardings)
