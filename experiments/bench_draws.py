@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 import zojax.models as zm
 from zojax import perturb
-from zojax.models import ZO_COMPILER_OPTIONS
+from zojax.step import ZO_COMPILER_OPTIONS
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import device_description, make_batch, model_config, write_json

@@ -2,11 +2,11 @@
 
 Two measurements (random weights of the real shape; the numbers do not depend on the values):
 
-1. XLA temp bytes (``jit(...).lower(...).compile(compiler_options=ZO_COMPILER_OPTIONS)
-   .memory_analysis()``) of the loss forward, a MeZO step and MeZO-GV steps (M = 2, 4, 8), all with
-   the parameters donated. Bar: ``(temp_step − temp_fwd) / param_bytes ≤ 0.10``. Directions of
-   up to ``zojax.perturb.UNROLL_MAX`` keys are unrolled, larger ones (M = 8) are one vmapped draw
-   reduced over the keys; both fuse into the layer scan and the in-place update.
+1. XLA temp bytes (``.lower(...).compile().memory_analysis()``) of the loss forward and of
+   :func:`zojax.jit_step` steps (``ZO_COMPILER_OPTIONS``, parameters and optimizer state donated):
+   MeZO and MeZO-GV (M = 2, 4, 8). Bar: ``(temp_step − temp_fwd) / param_bytes ≤ 0.10``.
+   Directions of up to ``zojax.perturb.UNROLL_MAX`` keys are unrolled, larger ones (M = 8) are one
+   vmapped draw reduced over the keys; both fuse into the layer scan and the in-place update.
 2. Peak RSS (``VmHWM`` in ``/proc/self/status``) of a process running only forwards vs. one running
    MeZO steps at the same batch, each in its own subprocess. Bar: ``rss_mezo / rss_fwd ≤ 1.15``.
    Reported twice: "workload" resets the peak (``/proc/self/clear_refs``) once the parameters exist,
@@ -37,7 +37,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import optax
 
 import zojax
 import zojax.models as zm
@@ -72,32 +71,26 @@ def setup(preset: str, batch: int, seq: int, seed: int = 0):
 
 
 def make_fwd(model, ids, mask):
+    """The loss forward, jitted with the step's compiler options (nothing donated)."""
+
     def fwd(params):
         return zm.next_token_loss(model, ids, mask)(params)
 
-    return fwd
+    return jax.jit(fwd, **zojax.jit_options(donate=False))
 
 
 def make_step(model, ids, mask, tx):
-    def step(params, state):
-        loss = zm.next_token_loss(model, ids, mask)
-        updates, state = tx.update(params, state, params, value_fn=loss)
-        return optax.apply_updates(params, updates), state
-
-    return step
+    """The MeZO / MeZO-GV step as the trainer compiles it (:func:`zojax.jit_step`)."""
+    return zojax.jit_step(tx, lambda: zm.next_token_loss(model, ids, mask))
 
 
-def compiled(fn, *args, donate=(), trim: bool = False):
-    """``fn`` compiled for ``args`` (with ``ZO_COMPILER_OPTIONS``) and the seconds it took; with
-    ``trim``, freed memory is returned to the OS while compiling, as the trainer does
+def compiled(jitted, *args, trim: bool = False):
+    """``jitted`` compiled for ``args`` and the seconds it took; with ``trim``, freed memory is
+    returned to the OS while compiling, as the trainer does
     (``zojax.train.heap.returning_freed_memory``)."""
     t = time.time()
     with returning_freed_memory() if trim else contextlib.nullcontext():
-        c = (
-            jax.jit(fn, donate_argnums=donate)
-            .lower(*args)
-            .compile(compiler_options=zm.ZO_COMPILER_OPTIONS)
-        )
+        c = jitted.lower(*args).compile()
     return c, time.time() - t
 
 
@@ -123,7 +116,7 @@ def temp_bytes(args) -> dict:
     methods += [(f"gv{m}", zojax.mezo_gv(1e-6, 1e-3, num_candidates=m)) for m in args.gv]
     for name, tx in methods:
         state = tx.init(model.params)
-        c, ct = compiled(make_step(model, ids, mask, tx), model.params, state, donate=(0,))
+        c, ct = compiled(make_step(model, ids, mask, tx), model.params, state)
         ma = c.memory_analysis()
         excess = (ma.temp_size_in_bytes - base) / pbytes
         out["steps"][name] = {
@@ -143,8 +136,7 @@ def temp_bytes(args) -> dict:
 
 
 def child(args) -> None:
-    """One RSS measurement: only forwards (``fwd``) or only MeZO steps (``mezo``), params
-    donated."""
+    """One RSS measurement: only forwards (``fwd``) or only MeZO steps (``mezo``, params donated)."""
     if args.compile_cache:
         enable_compile_cache(args.compile_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # the forward too
@@ -175,7 +167,6 @@ def child(args) -> None:
             make_step(zm.Model(zm.llama_config(args.preset), None), ids, mask, tx),
             params,
             state,
-            donate=(0,),
             trim=args.trim,
         )
         phases["hwm_compile"] = vm_hwm_bytes()
@@ -184,7 +175,7 @@ def child(args) -> None:
         reset_peak_rss()
         t = time.time()
         for _ in range(args.steps):
-            params, state = c(params, state)
+            params, state, _ = c(params, state)
             jax.block_until_ready(params)
     dt = (time.time() - t) / args.steps
     phases["hwm_run"] = vm_hwm_bytes()

@@ -155,7 +155,6 @@ def torch_child(args: argparse.Namespace) -> dict[str, Any]:
 def zojax_child(args: argparse.Namespace) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
-    import optax
 
     import zojax
     import zojax.models as zm
@@ -172,14 +171,7 @@ def zojax_child(args: argparse.Namespace) -> dict[str, Any]:
     def loss_fn() -> Any:
         return zm.next_token_loss(shell, ids, mask)
 
-    fwd = jax.jit(lambda p: loss_fn()(p), compiler_options=zm.ZO_COMPILER_OPTIONS)
-
-    def make_step(tx: optax.GradientTransformation) -> Any:
-        def step(p: Any, s: Any) -> Any:
-            updates, s = tx.update(p, s, p, value_fn=loss_fn())
-            return optax.apply_updates(p, updates), s
-
-        return jax.jit(step, donate_argnums=(0, 1), compiler_options=zm.ZO_COMPILER_OPTIONS)
+    fwd = jax.jit(lambda p: loss_fn()(p), **zojax.jit_options(donate=False))
 
     out: dict[str, Any] = {"framework": "zojax", "load_s": load_s, "loss_at_theta": float(fwd(params))}
     malloc_trim()
@@ -191,14 +183,14 @@ def zojax_child(args: argparse.Namespace) -> dict[str, Any]:
         ("gv", zojax.mezo_gv(args.lr, args.eps, num_candidates=args.num_candidates, elite_ratio=args.elite_ratio)),
     ):
         state = tx.init(params)
-        step = make_step(tx)
+        step = zojax.jit_step(tx, loss_fn)
         t = time.time()
-        params, state = jax.block_until_ready(step(params, state))  # compile + warm-up
+        params, state, _ = jax.block_until_ready(step(params, state))  # compile + warm-up
         out[f"{name}_compile_s"] = time.time() - t
         box = [params, state]
 
         def run(box: list = box, step: Any = step) -> None:
-            box[0], box[1] = jax.block_until_ready(step(box[0], box[1]))
+            box[0], box[1], _ = jax.block_until_ready(step(box[0], box[1]))
 
         out[f"{name}_step_s"] = timed(run, args.repeats)
         params = box[0]

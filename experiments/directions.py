@@ -485,7 +485,7 @@ def jitted(setting: Setting, objective: str) -> dict[str, Any]:
         return setting.fns[objective]
     jax, jnp = _jax()
     from zojax import perturb, registry
-    from zojax.models import ZO_COMPILER_OPTIONS
+    from zojax.step import ZO_COMPILER_OPTIONS
     from zojax.train.loss import task_loss
 
     tuned = setting.tuned

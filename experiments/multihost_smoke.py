@@ -48,7 +48,7 @@ TOY = "toy"
 
 
 def _toy_problem(seed: int, batch_size: int) -> tuple[PyTree, Any, Any, tuple[np.ndarray, ...]]:
-    """Parameters, ``specs(mesh)``, ``loss(params, x, y)`` and a batch of the toy classifier."""
+    """Parameters, ``specs(mesh)``, ``make_loss(x, y) -> (params -> loss)`` and a batch of the toy classifier."""
     import optax
 
     rng = np.random.default_rng(seed)
@@ -68,7 +68,7 @@ def _toy_problem(seed: int, batch_size: int) -> tuple[PyTree, Any, Any, tuple[np
         }
         return jax.tree.map(lambda sp: NamedSharding(mesh, sp), spec, is_leaf=lambda v: isinstance(v, P))
 
-    def loss(p: PyTree, x: jax.Array, y: jax.Array) -> Any:
+    def make_loss(x: jax.Array, y: jax.Array) -> Any:
         def value(q: PyTree) -> jax.Array:
             h = q["embed"][x].mean(1)
             for layer in range(3):
@@ -79,7 +79,7 @@ def _toy_problem(seed: int, batch_size: int) -> tuple[PyTree, Any, Any, tuple[np
 
         return value
 
-    return params, specs, loss, (x, y)
+    return params, specs, make_loss, (x, y)
 
 
 def host_init_params(config: Any, seed: int = 0) -> PyTree:
@@ -120,15 +120,16 @@ def run_steps(
     perturbation inside the layer scan) or ``"toy"`` (a plain loss over a small pytree; the
     estimator perturbs materialised copies). With a ``mesh`` the parameters are FSDP-sharded
     (models: :func:`zojax.models.sharding.shardings`, the hidden dimension over ``"fsdp"``), the
-    batch is sharded over all devices and the step is jitted with those shardings (parameters and
-    optimizer state donated, ``ZO_COMPILER_OPTIONS``); without one it runs on the default device.
+    batch is sharded over all devices and the step is :func:`zojax.jit_step` with those shardings
+    (parameters and optimizer state donated, ``ZO_COMPILER_OPTIONS``); without one it runs on the
+    default device.
     Every process must call it with the same arguments.
 
     Returns:
       ``{"losses", "projected_grads", "nonfinite", "params" (host numpy tree), "param_spans_processes",
       "seconds_per_step", "first_step_s"}``.
     """
-    import optax
+    import functools
 
     import zojax
     import zojax.models as zm
@@ -143,43 +144,30 @@ def run_steps(
         rng = np.random.default_rng(seed + 1)
         ids = rng.integers(0, config.vocab_size, size=(batch_size, seq_len)).astype(np.int32)
         host_batch = (ids, np.ones_like(ids))
-        model = zm.Model(config, None)
-
-        def make_loss(params: PyTree, ids: jax.Array, mask: jax.Array) -> Any:
-            return zm.next_token_loss(model, ids, mask)
+        make_loss = functools.partial(zm.next_token_loss, zm.Model(config, None))  # (ids, mask) -> loss
 
         def specs(mesh: Mesh) -> PyTree:
             return msharding.shardings(host_params, mesh)
 
     tx = zojax.METHODS[method].optimizer(learning_rate, eps=eps, key=seed, **(options or {}))
-
-    def step(params: PyTree, state: PyTree, *batch: jax.Array) -> tuple[PyTree, PyTree]:
-        updates, state = tx.update(params, state, params, value_fn=make_loss(params, *batch))
-        return optax.apply_updates(params, updates), state
-
     state = jax.tree.map(np.asarray, tx.init(host_params))
     if mesh is None:
         params, state, batch = jax.device_put((host_params, state, host_batch))
-        jitted = jax.jit(step, donate_argnums=(0, 1), compiler_options=zm.ZO_COMPILER_OPTIONS)
+        jitted = zojax.jit_step(tx, make_loss)
     else:
         p_sh = specs(mesh)
         replicated = NamedSharding(mesh, P())
         params = put_global(host_params, p_sh)
         state = put_global(state, replicated)
         batch = put_batch(host_batch, mesh)
-        jitted = jax.jit(
-            step,
-            donate_argnums=(0, 1),
-            out_shardings=(p_sh, jax.tree.map(lambda _: replicated, state)),
-            compiler_options=zm.ZO_COMPILER_OPTIONS,
-        )
+        jitted = zojax.jit_step(tx, make_loss, out_shardings=(p_sh, replicated, replicated))  # state, stats replicated
     losses, pgs = [], []
     t_first = time.perf_counter()
     t0 = None
     for i in range(steps):
         if i == 1:
             t0 = time.perf_counter()
-        params, state = jitted(params, state, *batch)
+        params, state, _ = jitted(params, state, *batch)
         zs = zojax.zo_state(state)
         losses.append(float(gather(zs.loss)))
         pgs.append(float(gather(zs.projected_grad)))

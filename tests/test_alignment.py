@@ -1,4 +1,4 @@
-"""The paper's alignment lemmas (spec §3), measured on the real estimators.
+"""The paper's alignment lemmas, measured on the real estimators.
 
 For a random unit gradient in ``d = 20 000`` dimensions, the measured ``‖V∥‖/‖V⊥‖`` of n-SPSA
 (``k`` queries; ``k = 1`` is MeZO), MeZO-Greedy and MeZO-GV (``k`` candidates) must (a) agree with

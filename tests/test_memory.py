@@ -1,4 +1,4 @@
-"""Memory bounds of compiled steps, exact via ``compile().memory_analysis()``.
+"""Memory bounds of compiled steps (:func:`zojax.jit_step`), exact via ``compile().memory_analysis()``.
 
 For a plain ``loss(params)`` the estimators may hold one perturbed copy of the parameters besides
 the update tree that every optax transformation returns, whatever ``M`` is. Models perturb on the
@@ -12,13 +12,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 import pytest
 
 import zojax
 import zojax.models as zm
 from zojax import perturb
-from zojax.models import ZO_COMPILER_OPTIONS
 
 PARAMS = {
     "embed": jax.ShapeDtypeStruct((512, 256), jnp.float32),
@@ -35,15 +33,8 @@ def loss(p: Any) -> jax.Array:
 def temp_bytes(name: str, **options: Any) -> int:
     tx = zojax.METHODS[name].optimizer(1e-3, **options)
     state = jax.eval_shape(tx.init, PARAMS)
-
-    def step(p: Any, s: Any) -> tuple[Any, Any]:
-        u, s = tx.update(p, s, p, value_fn=loss)
-        return optax.apply_updates(p, u), s
-
-    lowered = jax.jit(step, donate_argnums=0).lower(PARAMS, state)
-    return (
-        lowered.compile(compiler_options=ZO_COMPILER_OPTIONS).memory_analysis().temp_size_in_bytes
-    )
+    lowered = zojax.jit_step(tx, lambda: loss).lower(PARAMS, state)
+    return lowered.compile().memory_analysis().temp_size_in_bytes
 
 
 # several forwards per step where a method has a count; MeZO-GV over M in the next test
@@ -84,9 +75,8 @@ def _model_case() -> tuple[Any, jax.Array, jax.Array]:
     return model, ids, jnp.ones_like(ids)
 
 
-def _compiled_temp(fn: Any, *args: Any, donate: tuple[int, ...] = ()) -> int:
-    lowered = jax.jit(fn, donate_argnums=donate).lower(*args)
-    return lowered.compile(compiler_options=ZO_COMPILER_OPTIONS).memory_analysis().temp_size_in_bytes
+def _compiled_temp(jitted: Any, *args: Any) -> int:
+    return jitted.lower(*args).compile().memory_analysis().temp_size_in_bytes
 
 
 @pytest.mark.parametrize("num_candidates", [8, 16])
@@ -110,12 +100,9 @@ def test_guided_step_on_the_fly_beyond_unroll_max(num_candidates: int) -> None:
 
     tx = zojax.mezo_gv(1e-3, num_candidates=num_candidates, weight_decay=1e-2)
     state = jax.eval_shape(tx.init, params)
+    step = zojax.jit_step(tx, lambda: zm.next_token_loss(model, ids, mask))
 
-    def step(p: Any, s: Any) -> tuple[Any, Any]:
-        u, s = tx.update(p, s, p, value_fn=zm.next_token_loss(model, ids, mask))
-        return optax.apply_updates(p, u), s
-
-    base = _compiled_temp(fwd, params)
-    temp = _compiled_temp(step, params, state, donate=(0,))
+    base = _compiled_temp(jax.jit(fwd, **zojax.jit_options(donate=False)), params)
+    temp = _compiled_temp(step, params, state)
     excess = (temp - base) / param_bytes
     assert excess <= 0.10, (temp, base, param_bytes, excess)

@@ -463,13 +463,8 @@ def _mem_case():
     return model, ids, jnp.ones_like(ids)
 
 
-def _temp_bytes(fn, *args, donate=()):
-    lowered = jax.jit(fn, donate_argnums=donate).lower(*args)
-    return (
-        lowered.compile(compiler_options=zm.ZO_COMPILER_OPTIONS)
-        .memory_analysis()
-        .temp_size_in_bytes
-    )
+def _temp_bytes(jitted, *args):
+    return jitted.lower(*args).compile().memory_analysis().temp_size_in_bytes
 
 
 def test_memory_bars_on_the_fly():
@@ -482,19 +477,12 @@ def test_memory_bars_on_the_fly():
     def fwd(p):
         return zm.next_token_loss(model, ids, mask)(p)
 
-    base = _temp_bytes(fwd, params)
-
-    def make_step(tx):
-        def step(p, s):
-            updates, s = tx.update(p, s, p, value_fn=zm.next_token_loss(model, ids, mask))
-            return optax.apply_updates(p, updates), s
-
-        return step
-
+    base = _temp_bytes(jax.jit(fwd, **zojax.jit_options(donate=False)), params)
     results = {}
     for name, tx in [("mezo", zojax.mezo(1e-3)), ("gv2", zojax.mezo_gv(1e-3, num_candidates=2))]:
         state = tx.init(params)
-        results[name] = _temp_bytes(make_step(tx), params, state, donate=(0,))
+        step = zojax.jit_step(tx, lambda: zm.next_token_loss(model, ids, mask))
+        results[name] = _temp_bytes(step, params, state)
     excess = {k: (v - base) / param_bytes for k, v in results.items()}
     assert all(e <= 0.10 for e in excess.values()), (base, param_bytes, excess)
     # a materialised perturbed copy would cost a full parameter size: the bar is meaningful

@@ -145,11 +145,7 @@ def test_stochastic_rounding_adds_no_parameter_sized_buffer() -> None:
         if rounding == "stochastic":
             tx = optax.chain(tx, precision.stochastic_rounding(0))
 
-        def step(p: dict, s: tuple, tx: optax.GradientTransformation = tx) -> tuple:
-            u, s = tx.update(p, s, p, value_fn=loss)
-            return optax.apply_updates(p, u), s
-
-        compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params)).compile()
+        compiled = zojax.jit_step(tx, lambda: loss).lower(params, tx.init(params)).compile()
         temps[rounding] = compiled.memory_analysis().temp_size_in_bytes
     assert temps["stochastic"] - temps["nearest"] < size
 

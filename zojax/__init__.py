@@ -2,7 +2,8 @@
 
 The estimators (MeZO's SPSA, n-SPSA, MeZO-GV, MeZO-Greedy) are pure functions over parameter pytrees
 (:mod:`zojax.estimators`) exposed as optax transformations (:mod:`zojax.transforms`) that regenerate
-their perturbations from PRNG keys (:mod:`zojax.perturb`).
+their perturbations from PRNG keys (:mod:`zojax.perturb`); :func:`zojax.jit_step` compiles a step
+of one (donated, with the compiler options that keep it within a forward's memory).
 
 The names below are imported on first use (:mod:`zojax._lazy`), so that the ``zojax`` command's help
 and listings do not wait for JAX.
@@ -18,6 +19,9 @@ _EXPORTS = {
     "PerturbableLoss": "perturb",
     "METHODS": "registry",
     "Method": "registry",
+    "ZO_COMPILER_OPTIONS": "step",
+    "jit_options": "step",
+    "jit_step": "step",
     **dict.fromkeys(
         (
             "SkipNonfiniteState",

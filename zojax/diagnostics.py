@@ -1,11 +1,11 @@
-"""Direction-alignment diagnostics: how well an estimate ``V`` lines up with the true gradient ``g``.
+r"""Direction-alignment diagnostics: how well an estimate ``V`` lines up with the true gradient ``g``.
 
-The paper's quality measures (spec §3) for a unit gradient ``g`` in ``d`` dimensions:
+The paper's quality measures for a unit gradient ``g`` in ``d`` dimensions:
 
 .. math::
 
-   r_1 = \\frac{\\|V_\\parallel\\|}{\\|V_\\perp\\|}, \\qquad r_2 = \\frac{\\|V_\\parallel\\|}{\\|g\\|},
-   \\qquad V_\\parallel = (V^\\top g)\\, g .
+   r_1 = \frac{\|V_\parallel\|}{\|V_\perp\|}, \qquad r_2 = \frac{\|V_\parallel\|}{\|g\|},
+   \qquad V_\parallel = (V^\top g)\, g .
 
 On a linear loss ``L(θ) = gᵀθ`` every registered estimator has the form ``V = c·(Σ_i w_i Y_i) ·
 Σ_i w_i z_i`` with ``Y_i = z_iᵀ g ~ N(0, 1)`` and weights ``w`` set by the method from the ranking of
@@ -14,7 +14,7 @@ the ``Y_i``. The orthogonal parts ``z_{i⊥}`` are independent of the ``Y_i``, s
 
 .. math::
 
-   r_1 = \\frac{|\\sum_i w_i Y_i|}{\\|w\\|\\, \\chi_{d-1}},
+   r_1 = \frac{|\sum_i w_i Y_i|}{\|w\|\, \chi_{d-1}},
 
 sampled here by Monte Carlo over ``k`` scalars per draw (:func:`predicted_ratio`). The paper's
 lemmas give its large-``k`` asymptotics (:func:`lemma_ratio`): ``√(k/(d−1))`` for ``k``-query ZO,

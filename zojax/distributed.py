@@ -1,4 +1,4 @@
-"""Multi-process (multi-host) set-up for sharded zeroth-order steps: TPU pods, multi-node GPU, CPU.
+r"""Multi-process (multi-host) set-up for sharded zeroth-order steps: TPU pods, multi-node GPU, CPU.
 
 A zeroth-order step needs nothing beyond what a sharded forward pass needs: the perturbation of a
 leaf is a function of (key, leaf path, layer) only (:mod:`zojax.perturb`), so every process draws
@@ -27,9 +27,9 @@ Environment variables read by :func:`initialize` (arguments take precedence)::
 
 Example (two processes on one machine, CPU)::
 
-    JAX_COORDINATOR_ADDRESS=127.0.0.1:12355 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=0 \\
+    JAX_COORDINATOR_ADDRESS=127.0.0.1:12355 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=0 \
         python experiments/multihost_smoke.py --num-cpu-devices 2 &
-    JAX_COORDINATOR_ADDRESS=127.0.0.1:12355 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=1 \\
+    JAX_COORDINATOR_ADDRESS=127.0.0.1:12355 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=1 \
         python experiments/multihost_smoke.py --num-cpu-devices 2
 """
 

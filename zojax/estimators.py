@@ -229,7 +229,8 @@ def candidate_losses(
     """One-sided candidate losses ``l_i = L(θ + ε z_i)``, ``z_i`` drawn from ``fold_in(step_key, i)``.
 
     Each key is derived from the loop index inside the body: slicing a precomputed key array
-    (``xs=keys`` or a dynamic index) made the compiled CPU loop ~500x slower in jax 0.10.2.
+    (``xs=keys`` or a dynamic index) made the compiled CPU loop ~500x slower in jax 0.10.2
+    (``docs/jax_workarounds.md``).
     """
 
     def body(i: jax.Array) -> jax.Array:
@@ -250,12 +251,12 @@ def estimate_spsa(
     distribution: str = "gaussian",
     subspace: perturb.Subspace | None = None,
 ) -> Estimate:
-    """MeZO's SPSA estimate along one random direction.
+    r"""MeZO's SPSA estimate along one random direction.
 
     .. math::
 
-       ĝ = \\frac{L(θ+εz) - L(θ-εz)}{2ε} z \\quad\\text{(two-sided)}, \\qquad
-       ĝ = \\frac{L(θ+εz) - L(θ)}{ε} z \\quad\\text{(one-sided)}, \\qquad z \\sim \\mathcal{N}(0, I).
+       ĝ = \frac{L(θ+εz) - L(θ-εz)}{2ε} z \quad\text{(two-sided)}, \qquad
+       ĝ = \frac{L(θ+εz) - L(θ)}{ε} z \quad\text{(one-sided)}, \qquad z \sim \mathcal{N}(0, I).
 
     Args:
       value_fn: ``params -> scalar loss``, or a :class:`~zojax.perturb.PerturbableLoss`.
@@ -312,11 +313,11 @@ def estimate_nspsa(
     distribution: str = "gaussian",
     subspace: perturb.Subspace | None = None,
 ) -> Estimate:
-    """n-SPSA: the two-sided SPSA estimate averaged over ``q`` independent directions.
+    r"""n-SPSA: the two-sided SPSA estimate averaged over ``q`` independent directions.
 
     .. math::
 
-       ĝ = \\frac{1}{q} \\sum_{j=1}^{q} \\frac{L(θ+εz_j) - L(θ-εz_j)}{2ε} z_j.
+       ĝ = \frac{1}{q} \sum_{j=1}^{q} \frac{L(θ+εz_j) - L(θ-εz_j)}{2ε} z_j.
 
     Args:
       value_fn: ``params -> scalar loss``, or a :class:`~zojax.perturb.PerturbableLoss`.
@@ -401,16 +402,16 @@ def estimate_guided(
     distribution: str = "gaussian",
     subspace: perturb.Subspace | None = None,
 ) -> Estimate:
-    """MeZO-GV: a two-point estimate along a guiding vector built from M ranked candidates.
+    r"""MeZO-GV: a two-point estimate along a guiding vector built from M ranked candidates.
 
     .. math::
 
-       l_i = L(θ + εz_i),\\quad v = \\tfrac{1}{|T|}\\sum_{i∈T} z_i - \\tfrac{1}{|B|}\\sum_{i∈B} z_i,\\quad
-       ĝ = \\frac{L(θ+εv) - L(θ-εv)}{2ε} v,
+       l_i = L(θ + εz_i),\quad v = \tfrac{1}{|T|}\sum_{i∈T} z_i - \tfrac{1}{|B|}\sum_{i∈B} z_i,\quad
+       ĝ = \frac{L(θ+εv) - L(θ-εv)}{2ε} v,
 
     with ``T`` the ``⌊αM⌋`` lowest candidate losses and ``B`` the rest. Candidate ``i``'s ``z_i`` is
     exactly the noise whose loss was measured (the consistent definition; the authors' code re-seeds
-    per tensor, see the spec §1.6).
+    per tensor).
 
     Args:
       value_fn: ``params -> scalar loss``, or a :class:`~zojax.perturb.PerturbableLoss`.
@@ -453,11 +454,11 @@ def estimate_greedy(
     distribution: str = "gaussian",
     subspace: perturb.Subspace | None = None,
 ) -> Estimate:
-    """MeZO-Greedy: a two-point estimate along the best of M candidate directions.
+    r"""MeZO-Greedy: a two-point estimate along the best of M candidate directions.
 
     .. math::
 
-       z^* = \\arg\\min_{z_i} L(θ + εz_i), \\qquad ĝ = \\frac{L(θ+εz^*) - L(θ-εz^*)}{2ε} z^*.
+       z^* = \arg\min_{z_i} L(θ + εz_i), \qquad ĝ = \frac{L(θ+εz^*) - L(θ-εz^*)}{2ε} z^*.
 
     Args:
       value_fn: ``params -> scalar loss``, or a :class:`~zojax.perturb.PerturbableLoss`.

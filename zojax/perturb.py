@@ -1,4 +1,4 @@
-"""Seed-regenerated perturbations over parameter pytrees.
+r"""Seed-regenerated perturbations over parameter pytrees.
 
 A perturbation is never stored as an array. It is described by a :class:`Direction`, a handful of
 PRNG keys and one weight per key, and every consumer (the perturbed forward, the update) regenerates
@@ -6,8 +6,8 @@ the noise it needs from that description, one leaf (or one layer of a leaf) at a
 
 .. math::
 
-   v(\\text{leaf}) = \\sum_{i=1}^{K} w_i \\, z_i(\\text{leaf}), \\qquad
-   z_i(\\text{leaf}) \\sim \\mathcal{N}(0, I) \\text{ drawn from } \\mathrm{fold\\_in}(k_i, \\mathrm{id(leaf)}).
+   v(\text{leaf}) = \sum_{i=1}^{K} w_i \, z_i(\text{leaf}), \qquad
+   z_i(\text{leaf}) \sim \mathcal{N}(0, I) \text{ drawn from } \mathrm{fold\_in}(k_i, \mathrm{id(leaf)}).
 
 Definition of the noise (the contract every code path follows, so that a materialised copy, a
 per-layer draw inside ``lax.scan`` and a sharded draw give bitwise the same values):
@@ -31,8 +31,8 @@ Subspace perturbations (SubZero, Yu et al. ICCV 2025; :class:`Subspace`): when a
 
 .. math::
 
-   z = \\frac{\\sqrt{mn}}{r} \\, U Z V^\\top, \\qquad U = \\mathrm{qr}(G_U) \\in \\mathbb{R}^{m×r},\\;
-   V = \\mathrm{qr}(G_V) \\in \\mathbb{R}^{n×r},\\; Z \\in \\mathbb{R}^{r×r},
+   z = \frac{\sqrt{mn}}{r} \, U Z V^\top, \qquad U = \mathrm{qr}(G_U) \in \mathbb{R}^{m×r},\;
+   V = \mathrm{qr}(G_V) \in \mathbb{R}^{n×r},\; Z \in \mathbb{R}^{r×r},
 
 with ``G_U, G_V`` Gaussian drawn from ``fold_in(fold_in(subspace.key, id(leaf)) [, layer], 0 / 1)``
 (the basis: shared by every candidate and every step until the transform refreshes the subspace key)
@@ -158,7 +158,7 @@ def fold_in(data: jax.Array, value: int | jax.Array) -> jax.Array:
     Each 64-bit half is folded with ``threefry2x32`` (the high half domain-separated by a constant
     XOR). Not ``fold_in`` on a ``threefry4x32`` key: XLA's CPU compile time of that hash grows
     superlinearly with the number of derivations in a program (16 derivations: 13.5 s vs 0.7 s in
-    jax 0.10.2). The bulk draws use :func:`counter_bits`.
+    jax 0.10.2; ``docs/jax_workarounds.md``). The bulk draws use :func:`counter_bits`.
     """
     data = jnp.asarray(data, jnp.uint32)
     value = jnp.asarray(value).astype(jnp.uint32)
@@ -174,7 +174,8 @@ def candidate_keys(step_key: jax.Array, num: int) -> jax.Array:
     """The ``num`` candidate keys of one step: ``uint32[num, 4]``, key ``i = fold_in(step_key, i)``.
 
     Unrolled on purpose: in jax 0.10.2 a ``vmap`` of a ``threefry4x32`` ``fold_in`` over a traced key
-    compiles on CPU to a program that runs for seconds (or hangs), even for two keys.
+    compiles on CPU to a program that runs for seconds (or hangs), even for two keys
+    (``docs/jax_workarounds.md``: not reproduced with the current :func:`fold_in`).
     """
     return jnp.stack([fold_in(step_key, i) for i in range(num)])
 
@@ -206,11 +207,11 @@ def _mix32(x: jax.Array) -> jax.Array:
 
 
 def counter_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """``uint32`` words ``h_k(i)`` for the row-major element indices ``i`` of ``shape``.
+    r"""``uint32`` words ``h_k(i)`` for the row-major element indices ``i`` of ``shape``.
 
     .. math::
 
-       h_k(i) = \\mathrm{mix}(\\mathrm{mix}(\\mathrm{mix}(i \\oplus k_0) \\oplus k_1) \\oplus k_2)
+       h_k(i) = \mathrm{mix}(\mathrm{mix}(\mathrm{mix}(i \oplus k_0) \oplus k_1) \oplus k_2)
 
     with ``mix`` the ``triple32`` hash and ``k`` the ``uint32[4]`` key data (``k_3`` unused: the
     key already comes out of a ``threefry`` ``fold_in``). A counter-based generator: every element
@@ -256,7 +257,8 @@ def _gaussian(words: jax.Array) -> jax.Array:
 def _draw(key: jax.Array, shape: tuple[int, ...], distribution: str) -> jax.Array:
     """Draws float32 noise from ``uint32[4]`` key data with :func:`counter_bits`."""
     # The barrier keeps XLA from fusing the scalar key derivation (fold_in hashes) into the bulk
-    # draw, where it would be recomputed per element and slow compiling; values are unchanged.
+    # draw, where it would be recomputed per element and slow compiling; values are unchanged
+    # (docs/jax_workarounds.md).
     key = jax.lax.optimization_barrier(key)
     if distribution == "gaussian":
         return _gaussian(counter_bits(key, shape))
@@ -461,7 +463,7 @@ class Direction:
         draws are one ``vmap`` over the keys reduced over the key axis,
         ``v = reduce_add_k(w_k · z_k)``: the draw's code is emitted once instead of ``K`` times
         (compile time stays flat in ``K``) and, compiled with
-        :data:`zojax.models.ZO_COMPILER_OPTIONS`, the reduction fuses with the draws and with the
+        :data:`zojax.ZO_COMPILER_OPTIONS`, the reduction fuses with the draws and with the
         consumer, so neither the ``[K, *shape]`` draws nor ``v`` itself is materialised (the
         update is applied in place into donated parameters, as in the unrolled case).
 

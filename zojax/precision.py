@@ -118,7 +118,7 @@ def stochastic_rounding(key: int | jax.Array = 0) -> optax.GradientTransformatio
 
     def init_fn(params: PyTree) -> StochasticRoundingState:
         del params
-        return StochasticRoundingState(key=base, count=jnp.zeros((), jnp.int32))
+        return StochasticRoundingState(key=jnp.array(base), count=jnp.zeros((), jnp.int32))  # fresh (donation)
 
     def update_fn(
         updates: PyTree, state: StochasticRoundingState, params: PyTree | None = None

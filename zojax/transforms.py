@@ -101,7 +101,7 @@ def zeroth_order(
     def init_fn(params: PyTree) -> ZOState:
         estimators.check_params(params)
         return ZOState(
-            key=base_key,
+            key=jnp.array(base_key),  # a fresh buffer: a step that donates the state must not free base_key
             count=jnp.zeros((), jnp.int32),
             num_forwards=jnp.zeros((), jnp.int32),
             nonfinite_count=jnp.zeros((), jnp.int32),

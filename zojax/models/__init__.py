@@ -1,8 +1,7 @@
 """Flax causal LMs (Llama family incl. SmolLM2, OPT) for zeroth-order fine-tuning.
 
 * :func:`load_model` / :func:`init_model` give a :class:`Model` (config, plain-pytree params with
-the
-  layers stacked under ``"layers"``, tokenizer) whose ``logits``/``token_logprobs`` accept
+  the layers stacked under ``"layers"``, tokenizer) whose ``logits``/``token_logprobs`` accept
   ``perturbation=(direction, scale)`` and perturb on the fly inside the layer scan.
 * :class:`PerturbableModelLoss` / :func:`next_token_loss` turn them into
   :class:`zojax.perturb.PerturbableLoss` objects for the estimators.
@@ -14,14 +13,9 @@ from zojax.models.adapters import Adapted
 from zojax.models.config import ModelConfig, config_from_hf, llama_config, opt_config
 from zojax.models.loading import available_memory_bytes, check_memory, load_model, smollm2_gguf_path
 from zojax.models.loss import PerturbableModelLoss, masked_mean_nll, next_token_loss
-from zojax.models.model import (
-    ZO_COMPILER_OPTIONS,
-    Model,
-    init_model,
-    init_params,
-    positions_from_mask,
-)
+from zojax.models.model import Model, init_model, init_params, positions_from_mask
 from zojax.models.tokenizer import Tokenizer
+from zojax.step import ZO_COMPILER_OPTIONS  # re-exported (defined next to zojax.jit_step)
 
 __all__ = [
     "ZO_COMPILER_OPTIONS",

@@ -2,14 +2,11 @@
 
 An :class:`Adapted` model splits the parameters into the frozen ``base`` (the model's params, closed
 over) and a ``trainable`` pytree whose layer-shaped leaves live under a top-level ``"layers"`` key
-with
-a leading layer axis. Its ``logits``/``token_logprobs`` take the trainable subtree as ``params``, so
-the
-estimators perturb and update only that subtree; with ``perturbation=(v, s)`` layer ``l``'s
-trainable
-slice is perturbed inside the layer scan with ``perturb_subtree(slice, ("layers",), v, s,
-layer=layer_index)``,
-exactly as ``perturb(trainable, v, s)`` would.
+with a leading layer axis. Its ``logits``/``token_logprobs`` take the trainable subtree as
+``params``, so the estimators perturb and update only that subtree; with ``perturbation=(v, s)``
+layer ``l``'s trainable slice is perturbed inside the layer scan with
+``perturb_subtree(slice, ("layers",), v, s, layer=layer_index)``, exactly as
+``perturb(trainable, v, s)`` would.
 """
 
 from __future__ import annotations
@@ -95,8 +92,7 @@ class Adapted:
         *,
         perturbation: Perturbation = None,
     ) -> Array:
-        """Final-normed hidden states ``[B, T, H]`` of the adapted model (what the head
-        consumes)."""
+        """Final-normed hidden states ``[B, T, H]`` of the adapted model (what the head consumes)."""
         return self._hidden(trainable, input_ids, attention_mask, perturbation)
 
     def logits(
@@ -107,8 +103,7 @@ class Adapted:
         *,
         perturbation: Perturbation = None,
     ) -> Array:
-        """float32 ``[B, T, V]`` logits of the adapted model at ``trainable`` (+ ``s·v`` if
-        perturbed)."""
+        """float32 ``[B, T, V]`` logits of the adapted model at ``trainable`` (+ ``s·v`` if perturbed)."""
         h = self._hidden(trainable, input_ids, attention_mask, perturbation)
         return project(self.model.config, self.base, h)
 
@@ -207,7 +202,7 @@ def lora_init(
     Returns:
       ``(trainable, adapted)``: ``trainable = {"layers": {"q_proj": {"a", "b"}, ...}}`` and the
       :class:`Adapted` model whose ``logits(trainable, ids, mask, *, perturbation=None)`` is the
-      logits fn.
+      logits function.
     """
     if rank < 1:
         raise ValueError(f"rank: expected >= 1, got {rank}")
@@ -270,8 +265,8 @@ def prefix_init(
     ``P…P+T−1``, would differ from MeZO for both architectures.)
 
     Returns:
-      ``(trainable, adapted)`` with ``trainable = {"layers": {"keys": [L, P, Hkv, D], "values":
-      ...}}``.
+      ``(trainable, adapted)`` with
+      ``trainable = {"layers": {"keys": [L, P, Hkv, D], "values": ...}}``.
     """
     c = model.config
     p = int(num_virtual_tokens)

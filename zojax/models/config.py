@@ -3,11 +3,9 @@
 A :class:`ModelConfig` describes the architecture only (no weights). ``arch`` selects the block:
 
 * ``"llama"``: RMSNorm, rotary position embeddings (HF ``rotate_half`` layout), grouped-query
-attention,
-  SwiGLU MLP, no biases, optional tied input/output embeddings (SmolLM2, Llama-2/3).
+  attention, SwiGLU MLP, no biases, optional tied input/output embeddings (SmolLM2, Llama-2/3).
 * ``"opt"``: learned absolute positions (index offset 2), pre-LN LayerNorm, ReLU MLP, biases
-everywhere,
-  tied output embedding (OPT-125m ... OPT-13B with ``do_layer_norm_before=True``).
+  everywhere, tied output embedding (OPT-125m ... OPT-13B with ``do_layer_norm_before=True``).
 """
 
 from __future__ import annotations
@@ -230,9 +228,11 @@ _OPT_DEFAULTS = dict(
 
 
 def llama_config(name: str = "tiny", **overrides: Any) -> ModelConfig:
-    """A Llama-architecture preset: ``"tiny"`` (tests), ``"smollm2-135m"``, ``"smollm2-360m"``,
-    ``"smollm2-1.7b"``, ``"llama-1b"`` (Llama-3.2-1B shape), ``"llama2-7b"``; ``overrides`` replace
-    fields."""
+    """A Llama-architecture preset; ``overrides`` replace fields.
+
+    Presets: ``"tiny"`` (tests), ``"smollm2-135m"``, ``"smollm2-360m"``, ``"smollm2-1.7b"``,
+    ``"llama-1b"`` (Llama-3.2-1B shape), ``"llama2-7b"``.
+    """
     key = name.lower()
     if key not in _LLAMA_PRESETS:
         raise ValueError(

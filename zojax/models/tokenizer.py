@@ -1,5 +1,4 @@
-"""A small tokenizer wrapper over ``tokenizers.Tokenizer`` / ``transformers`` tokenizers (no
-torch)."""
+"""A small tokenizer wrapper over ``tokenizers.Tokenizer`` / ``transformers`` tokenizers (no torch)."""
 
 from __future__ import annotations
 
@@ -50,7 +49,7 @@ class Tokenizer:
         Args:
           text: the text.
           add_bos: prepend ``bos_id``; ``None`` follows the checkpoint's convention
-          (``add_bos_default``).
+            (``add_bos_default``).
         """
         if self._hf:
             ids = list(self.backend.encode(text, add_special_tokens=False))

@@ -1,4 +1,4 @@
-"""Tokenisation as MeZO does it (``utils.encode_prompt``), left padding, and fixed-shape batches.
+r"""Tokenisation as MeZO does it (``utils.encode_prompt``), left padding, and fixed-shape batches.
 
 Conventions:
 
@@ -6,7 +6,7 @@ Conventions:
   tokens of a candidate are the last ``option_len`` tokens of its full sequence, where
   ``option_len = len(encode(verbalize(ex, cand))) - len(encode(encode_prompt(ex)))`` (MeZO).
 * ICL demonstrations are each rendered with their gold answer and ``.strip()``-ed, joined with the
-  task's separator ("\\n\\n"), then the test prompt follows after another separator.
+  task's separator ("\n\n"), then the test prompt follows after another separator.
 * Too-long sequences are truncated on the left, keeping the BOS token (MeZO), to ``max_length``
   (``max_length - max_new_tokens`` for generation prompts).
 * Batches are left-padded. ``target_mask[..., t] = 1`` marks tokens ``t`` that are scored, i.e.
@@ -112,9 +112,9 @@ def encode_gold(
     max_length: int = 2048,
     max_new_tokens: int | None = 50,
 ) -> Encoded:
-    """The example rendered with its gold answer (training sequence of the ``lm`` objective).
+    r"""The example rendered with its gold answer (training sequence of the ``lm`` objective).
 
-    Generation tasks: MeZO's ``generation_with_gold`` (answer + "\\n"), truncated to
+    Generation tasks: MeZO's ``generation_with_gold`` (answer + "\n"), truncated to
     ``max_length - max_new_tokens``; multiple choice: the gold candidate's sequence."""
     if task.generation:
         tpl = task.template

@@ -159,10 +159,10 @@ def evaluate_generation(
     progress: bool = True,
     stop_rule: str = "text",
 ) -> EvalResult:
-    """F1 of greedy generations (``generate_fn(prompt_ids) -> new ids``), max over gold answers
+    r"""F1 of greedy generations (``generate_fn(prompt_ids) -> new ids``), max over gold answers
     (SQuAD normalisation).
 
-    ``stop_rule`` cleans the text: ``"text"`` cuts it at the first "\\n" (default), ``"mezo"``
+    ``stop_rule`` cleans the text: ``"text"`` cuts it at the first "\n" (default), ``"mezo"``
     only strips it, as MeZO does; ``generate_fn`` should stop by the same rule
     (``Model.generate(..., stop_rule=...)``)."""
     t0 = time.perf_counter()

@@ -64,7 +64,7 @@ class CBTemplate(Template):
 
 
 class BoolQTemplate(Template):
-    """MeZO's default BoolQ template (``BoolQTemplateV3``): ``"<passage> <Question>?\\n"`` + Yes/No.
+    r"""MeZO's default BoolQ template (``BoolQTemplateV3``): ``"<passage> <Question>?\n"`` + Yes/No.
 
     The question gets a final "?" if missing and its first letter upper-cased."""
 
@@ -163,8 +163,8 @@ class COPATemplate(Template):
 
 
 class ReCoRDTemplate(Template):
-    """ReCoRD as the brief/spec specify: ``"<passage>\\n<query>\\nQuestion: what is the
-    "@placeholder"\\nAnswer:"`` + `` <entity>``.
+    r"""ReCoRD's default template: ``"<passage>\n<query>\nQuestion: what is the
+    "@placeholder"\nAnswer:"`` + `` <entity>``.
 
     Note: MeZO's ``ReCoRDDataset.get_template`` actually returns :class:`ReCoRDTemplateGPT3`;
     that variant is available as ``get_task("record", template="gpt3")``."""

@@ -101,7 +101,7 @@ class Placement:
     mesh: Mesh | None = None
 
     def param_shardings(self, tree: PyTree) -> PyTree:
-        """``NamedSharding``\\ s for a parameter pytree: FSDP by the logical axes, a leaf whose
+        r"""``NamedSharding``\ s for a parameter pytree: FSDP by the logical axes, a leaf whose
         sharded dimensions do not divide evenly replicated."""
         from zojax.models.sharding import shardings
 

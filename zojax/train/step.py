@@ -11,7 +11,8 @@ plus SGD (zeroth order) or Adam(W) (``ft``); :func:`build_step` compiles one upd
    \ \text{(MeZO; the registry's estimator in general) or}\ \nabla L(\theta_t)\ \text{(ft)},
 
 with the parameters and optimizer state donated, zeroth-order steps perturbing the model on the fly
-(:class:`~zojax.models.PerturbableModelLoss`, compiled with :data:`~zojax.models.ZO_COMPILER_OPTIONS`).
+(:class:`~zojax.models.PerturbableModelLoss`), compiled as :func:`zojax.jit_step` compiles them
+(:func:`zojax.jit_options`: donation and :data:`~zojax.ZO_COMPILER_OPTIONS`).
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ import jax.numpy as jnp
 import optax
 
 from zojax import precision, registry
-from zojax.models import ZO_COMPILER_OPTIONS, Model
+from zojax.models import Model
+from zojax.step import jit_options, step_stats
 from zojax.train.config import FO_METHOD, TrainConfig, is_zo
 from zojax.train.loss import task_loss
-from zojax.transforms import decay_mask, zo_state
+from zojax.transforms import decay_mask
 
 PyTree = Any
 Array = jax.Array
@@ -102,8 +104,9 @@ def build_step(tuned: Tuned, objective: str, tx: optax.GradientTransformation, z
     """One jitted step ``(params, opt_state, frozen, batch) -> (params, opt_state, stats)``.
 
     Zeroth-order: ``tx.update(params, state, params, value_fn=loss)`` with the perturbable task
-    loss, compiled with :data:`~zojax.models.ZO_COMPILER_OPTIONS`. First order:
-    ``jax.value_and_grad`` of the same loss, then ``tx``. ``params`` and ``opt_state`` are donated.
+    loss, as in :func:`zojax.jit_step` (which this extends with the first-order branch and the
+    ``changed`` statistic). First order: ``jax.value_and_grad`` of the same loss, then ``tx``.
+    ``params`` and ``opt_state`` are donated (:func:`zojax.jit_options`).
 
     Returns:
       the jitted step; ``stats`` holds ``loss`` (ZO: ``(L(θ+εv) + L(θ−εv)) / 2``) and
@@ -118,12 +121,7 @@ def build_step(tuned: Tuned, objective: str, tx: optax.GradientTransformation, z
         loss = task_loss(tuned.bind(frozen), objective, batch)
         if zeroth_order:
             updates, opt_state = tx.update(params, opt_state, params, value_fn=loss)
-            s = zo_state(opt_state)
-            stats = {
-                "loss": s.loss,
-                "projected_grad": s.projected_grad,
-                "nonfinite": s.nonfinite_count,
-            }
+            stats = step_stats(opt_state)
         else:
             value, grads = jax.value_and_grad(loss)(params)
             updates, opt_state = tx.update(grads, opt_state, params)
@@ -133,5 +131,4 @@ def build_step(tuned: Tuned, objective: str, tx: optax.GradientTransformation, z
             stats["changed"] = precision.changed_fraction(params, new_params)
         return new_params, opt_state, stats
 
-    options = ZO_COMPILER_OPTIONS if zeroth_order else None
-    return jax.jit(step, donate_argnums=(0, 1), compiler_options=options)
+    return jax.jit(step, **jit_options(zeroth_order=zeroth_order))
