@@ -6,12 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 import pytest
 
+from tests._runs import assert_metrics_agree, assert_params_agree, final_params, initial_params
 from tests.test_golden import make_config, write_data
-from zojax.train import Checkpoints, Trainer, build_model, build_optimizer, prepare_tuning, read_metrics
-from zojax.train import checkpoint as ckpt_lib
+from zojax.train import Trainer, build_model, read_metrics
 from zojax.train.placement import Placement, mesh_name, parse_mesh
 
 MESH = "data=2,fsdp=4"
@@ -38,20 +37,12 @@ def test_parse_mesh() -> None:
             parse_mesh(bad)
 
 
-def _final_params(run_dir: Path, cfg: Any) -> dict[str, np.ndarray]:
-    c = cfg.resolve()
-    tuned = prepare_tuning(build_model(c.model.name), c)
-    target = {"params": tuned.params, "opt_state": build_optimizer(c).init(tuned.params)}
-    state, _ = Checkpoints(run_dir / "checkpoints").restore_latest(ckpt_lib.abstract(target))
-    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(state["params"])[0]}
-
-
 def _run(data_dir: Path, out: Path, mesh: str, **over: Any) -> tuple[list[dict], dict, dict, list[str]]:
     lines: list[str] = []
     cfg = make_config(data_dir, out, run__mesh=mesh, **over)
     report = Trainer(cfg, log=lines.append).run()
     assert report["status"] == "done"
-    return read_metrics(out / "metrics.jsonl"), report, _final_params(out, cfg), lines
+    return read_metrics(out / "metrics.jsonl"), report, final_params(out, cfg), lines
 
 
 CASES = {
@@ -68,30 +59,10 @@ def test_sharded_run_equals_single_device(case: str, data_dir: Path, tmp_path: P
     assert any(f"mesh: {MESH} over 8 cpu devices" in line for line in sharded[3])
     assert not any("mesh:" in line for line in single[3])
     (m1, r1, p1, _), (m2, r2, p2, _) = single, sharded
-    assert [r["event"] for r in m1] == [r["event"] for r in m2]
-    # projected_grad = (L+ − L−) / 2ε: two losses each within TOL give at most 2·TOL / 2ε
-    eps = make_config(Path("."), Path("."), **CASES[case]).resolve().optim.eps
-    tol = {"loss": TOL, "dev_loss": TOL, "test_loss": TOL, "projected_grad": 2 * TOL / (2 * eps)}
-    for a, b in zip(m1, m2, strict=True):
-        for k, t in tol.items():
-            if k in a:
-                assert abs(a[k] - b[k]) <= t * max(1.0, abs(a[k])), (k, a, b)
-        for k in ("dev_accuracy", "test_accuracy", "step", "selected_step"):
-            assert a.get(k) == b.get(k), (k, a, b)
+    cfg = make_config(data_dir, tmp_path / "init", **CASES[case])
+    assert_metrics_agree(m1, m2, cfg.resolve().optim.eps, TOL)
     assert r1["test"]["value"] == r2["test"]["value"]
-    assert p1.keys() == p2.keys()
-    moved = 0.0
-    for k in p1:
-        np.testing.assert_allclose(p2[k], p1[k], rtol=0, atol=TOL, err_msg=k)
-    initial = _initial(data_dir, tmp_path, CASES[case])
-    moved = max(float(np.max(np.abs(p1[k] - initial[k]))) for k in p1)
-    assert moved > 100 * TOL  # the comparison is not between two untrained models
-
-
-def _initial(data_dir: Path, tmp_path: Path, over: dict) -> dict[str, np.ndarray]:
-    c = make_config(data_dir, tmp_path / "init", **over).resolve()
-    tuned = prepare_tuning(build_model(c.model.name), c)
-    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tuned.params)[0]}
+    assert_params_agree(p1, p2, initial_params(cfg), TOL)
 
 
 def test_params_are_sharded_and_generation_agrees() -> None:

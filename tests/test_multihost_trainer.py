@@ -24,13 +24,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 import pytest
 
+from tests._runs import assert_metrics_agree, assert_params_agree, final_params, initial_params
 from tests.test_golden import LR, make_config, write_data
-from zojax.train import Checkpoints, Trainer, build_model, build_optimizer, prepare_tuning, read_metrics
-from zojax.train import checkpoint as ckpt_lib
+from zojax.train import Trainer, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 6
@@ -93,14 +92,6 @@ def _wait(procs: list[subprocess.Popen], log: Path) -> list[int]:
     return codes
 
 
-def _params(run_dir: Path, cfg: Any) -> dict[str, np.ndarray]:
-    c = cfg.resolve()
-    tuned = prepare_tuning(build_model(c.model.name), c)
-    target = {"params": tuned.params, "opt_state": build_optimizer(c).init(tuned.params)}
-    state, _ = Checkpoints(run_dir / "checkpoints").restore_latest(ckpt_lib.abstract(target))
-    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(state["params"])[0]}
-
-
 def _numbers(metrics: list[dict]) -> list[dict]:
     keep = ("event", "step", "loss", "projected_grad", "dev_loss", "dev_accuracy", "test_loss", "test_accuracy")
     return [{k: r[k] for k in keep if k in r} for r in metrics]
@@ -127,21 +118,9 @@ def test_two_processes_equal_one(runs: dict[str, Any]) -> None:
     assert "[zojax]" not in p1  # process 1 prints nothing of its own
     single = read_metrics(runs["single"] / "metrics.jsonl")
     multi = read_metrics(runs["multi"] / "metrics.jsonl")
-    assert [r["event"] for r in single] == [r["event"] for r in multi]
-    tol = {"loss": TOL, "dev_loss": TOL, "test_loss": TOL, "projected_grad": 2 * TOL / (2 * EPS)}
-    for a, b in zip(single, multi, strict=True):
-        for k, t in tol.items():
-            if k in a:
-                assert abs(a[k] - b[k]) <= t * max(1.0, abs(a[k])), (k, a, b)
-        for k in ("step", "dev_accuracy", "test_accuracy", "selected_step"):
-            assert a.get(k) == b.get(k), (k, a, b)
-    p_single, p_multi = _params(runs["single"], runs["cfg"]), _params(runs["multi"], runs["cfg"])
-    init = prepare_tuning(build_model("random:tiny"), runs["cfg"].resolve()).params
-    moved = max(float(np.max(np.abs(v - np.asarray(init_v)))) for v, init_v in
-                zip(p_single.values(), jax.tree.leaves(init), strict=True))  # fmt: skip
-    assert moved > 100 * TOL
-    for k in p_single:
-        np.testing.assert_allclose(p_multi[k], p_single[k], rtol=0, atol=TOL, err_msg=k)
+    assert_metrics_agree(single, multi, EPS, TOL)
+    single_params, multi_params = final_params(runs["single"], runs["cfg"]), final_params(runs["multi"], runs["cfg"])
+    assert_params_agree(single_params, multi_params, initial_params(runs["cfg"]), TOL)
 
 
 @pytest.mark.slow
@@ -161,6 +140,6 @@ def test_sigterm_to_one_process_stops_both_and_resume_is_bitwise(runs: dict[str,
     codes = _wait(_launch([*_argv(runs["data"], out), "--resume"], root / "resumed"), root / "resumed")
     assert codes == [0, 0], Path(f"{root / 'resumed'}.p0.log").read_text()[-2000:]
     assert _numbers(read_metrics(out / "metrics.jsonl")) == _numbers(read_metrics(runs["multi"] / "metrics.jsonl"))
-    resumed, uninterrupted = _params(out, runs["cfg"]), _params(runs["multi"], runs["cfg"])
+    resumed, uninterrupted = final_params(out, runs["cfg"]), final_params(runs["multi"], runs["cfg"])
     for k in uninterrupted:
         np.testing.assert_array_equal(resumed[k], uninterrupted[k], err_msg=k)
