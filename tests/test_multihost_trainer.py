@@ -143,3 +143,26 @@ def test_sigterm_to_one_process_stops_both_and_resume_is_bitwise(runs: dict[str,
     resumed, uninterrupted = final_params(out, runs["cfg"]), final_params(runs["multi"], runs["cfg"])
     for k in uninterrupted:
         np.testing.assert_array_equal(resumed[k], uninterrupted[k], err_msg=k)
+
+
+@pytest.mark.slow
+def test_a_process_that_dies_ends_the_others_with_one_line(runs: dict[str, Any]) -> None:
+    """kill -9 of process 1: process 0's next collective fails; it says so in one line and exits
+    at once (not after JAX's ~100 s heartbeat timeout and a C++ abort)."""
+    root, out = runs["root"], runs["root"] / "dead"
+    procs = _launch(_argv(runs["data"], out), root / "dead")
+    log0 = Path(f"{root / 'dead'}.p0.log")
+    deadline = time.monotonic() + TIMEOUT_S
+    while "dev accuracy @ step 0" not in (log0.read_text() if log0.exists() else ""):
+        assert time.monotonic() < deadline and procs[0].poll() is None, log0.read_text()[-2000:]
+        time.sleep(0.2)
+    procs[1].kill()
+    killed_at = time.monotonic()
+    code = procs[0].wait(timeout=TIMEOUT_S)
+    procs[1].wait()
+    text = log0.read_text()
+    assert code == 1, text[-2000:]
+    assert time.monotonic() - killed_at < 60  # well under the heartbeat timeout
+    line = next(x for x in text.splitlines() if x.startswith("zojax finetune: error: process 0 of 2:"))
+    assert f"zojax finetune --out {out} --resume" in line
+    assert "Traceback" not in text

@@ -270,7 +270,7 @@ def test_corrupt_latest_checkpoint_falls_back(baseline: Path, data_dir: Path, tm
     shutil.copytree(baseline, out)
     ck = Checkpoints(out / "checkpoints")
     latest = out / "checkpoints" / "step_00000020"
-    files = [p for p in (latest / "state").rglob("*") if p.is_file()]
+    files = [p for p in (latest / "items").rglob("*") if p.is_file()]
     victim = max(files, key=lambda p: p.stat().st_size)
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])  # truncated
     cfg = make_config(data_dir, out, run__resume=True)

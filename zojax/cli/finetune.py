@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -132,7 +133,6 @@ def join_processes() -> None:
     ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``, or ``ZOJAX_DISTRIBUTED=auto``; see
     :func:`zojax.distributed.initialize`), before anything touches a device. Nothing otherwise
     (``--help`` stays free of JAX)."""
-    import os
 
     if any(os.environ.get(k, "").strip() for k in DISTRIBUTED_ENV):
         from zojax import distributed
@@ -218,6 +218,22 @@ def finetune_main(argv: Sequence[str] | None = None, prog: str = "zojax finetune
             f"the disk is full ({reason}){where}: free some space, then continue with: "
             f"zojax finetune --out {trainer.run_dir} --resume",
         )
+    except Exception as e:
+        import jax
+
+        if jax.process_count() == 1:
+            raise
+        # Several processes: a collective failed, most likely because another process died. Say so
+        # in one line and leave at once: a normal exit would wait for JAX's shutdown barrier (the
+        # heartbeat timeout, ~100 s) and then abort with a C++ stack dump.
+        user_error(
+            e,
+            1,
+            f"process {jax.process_index()} of {jax.process_count()}: {one_line(e)}. If another process "
+            f"died, restart every process with: zojax finetune --out {trainer.run_dir} --resume",
+        )
+        sys.stdout.flush()
+        os._exit(1)
     if report.get("status") == "interrupted" and report.get("signal"):
         return 128 + int(report["signal"])
     return 0

@@ -3,10 +3,17 @@
 Layout of ``<run>/checkpoints/``::
 
     step_00000010/
-      state/           orbax StandardCheckpointHandler: {"params", "opt_state"} (incl. the PRNG key)
+      items/params/    orbax StandardCheckpointHandler, one folder per item
+      items/opt_state/ (the optimizer state, incl. the PRNG key)
       meta.json        step, forwards, best-by-dev bookkeeping, log offsets, config
       MANIFEST.json    size and SHA-256 of every file above; written last: the commit marker
-    best_00000008/     the best-by-dev parameters found at step 8 (same layout)
+    best_00000008/     the best-by-dev parameters found at step 8 (items/params only)
+
+Identical parameters are never stored twice: ``step_N`` and ``best_N`` both hold the parameters
+after ``N`` steps of the same run, so whichever is saved second hard-links the other's
+``items/params`` files instead of writing them (its own folder, deletable on its own; a file system
+without hard links, or a multi-process run, writes a copy). Checkpoints written before this layout
+(one ``state/`` tree) are still read.
 
 A checkpoint is written into a temporary folder and renamed into place once its manifest exists, so
 a process killed mid-save leaves no folder that looks complete. On restore every file is checked
@@ -43,7 +50,8 @@ from zojax.train import hosts
 PyTree = Any
 MANIFEST = "MANIFEST.json"
 META = "meta.json"
-STATE = "state"
+STATE = "state"  # the layout before items/: one tree {"params", "opt_state"}
+ITEMS = "items"
 _STEP_RE = re.compile(r"^step_(\d{8,})$")
 _BEST_RE = re.compile(r"^best_(\d{8,})$")
 _TMP_RE = re.compile(r"^tmp\.((?:step|best)_\d{8,})(?:\.\d+)?$")
@@ -130,7 +138,9 @@ class Checkpoints:
                     shutil.rmtree(tmp)
                 tmp.mkdir()
             hosts.barrier(f"zojax-ckpt-{name}-prepared")
-            self._ckpt.save(tmp / STATE, args=ocp.args.StandardSave(dict(state)))
+            for key, tree in state.items():
+                if not (key == "params" and main and not multi and self._link_twin_params(name, tmp)):
+                    self._ckpt.save(tmp / ITEMS / key, args=ocp.args.StandardSave(tree))
             if main:
                 with open(tmp / META, "w") as f:
                     json.dump(dict(meta), f, indent=1)
@@ -154,6 +164,24 @@ class Checkpoints:
                 shutil.rmtree(old, ignore_errors=True)
         hosts.barrier(f"zojax-ckpt-{name}-committed")
         return final
+
+    def _link_twin_params(self, name: str, tmp: Path) -> bool:
+        """Hard-links the parameters of ``name``'s twin (``best_N`` for ``step_N`` and back), which
+        hold the same parameters, into ``tmp``; ``False`` when there is no complete twin or the
+        file system cannot link (the caller then writes them)."""
+        kind, step = name.split("_", 1)
+        twin = self.directory / f"{'best' if kind == 'step' else 'step'}_{step}"
+        source = twin / ITEMS / "params"
+        if not (source.is_dir() and (twin / MANIFEST).is_file()):
+            return False
+        dest = tmp / ITEMS / "params"
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(source, dest, copy_function=os.link)
+        except OSError:
+            shutil.rmtree(dest, ignore_errors=True)
+            return False
+        return True
 
     def _save_error(self, name: str, e: BaseException) -> BaseException:
         """The exception to raise for a failed save of ``name``: a one-line :class:`UserError` for a
@@ -258,8 +286,14 @@ class Checkpoints:
     def _load(self, folder: Path, target: Mapping[str, PyTree]) -> tuple[dict, dict]:
         verify(folder)
         meta = json.loads((folder / META).read_text())
-        state = self._ckpt.restore(folder / STATE, args=ocp.args.StandardRestore(dict(target)))
-        return dict(state), meta
+        if not (folder / ITEMS).is_dir():  # the layout before items/
+            state = self._ckpt.restore(folder / STATE, args=ocp.args.StandardRestore(dict(target)))
+            return dict(state), meta
+        state = {
+            key: self._ckpt.restore(folder / ITEMS / key, args=ocp.args.StandardRestore(tree))
+            for key, tree in target.items()
+        }
+        return state, meta
 
     def _quarantine(self, folder: Path, reason: str, fallback: str) -> None:
         warnings.warn(
