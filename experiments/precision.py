@@ -54,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
     ap.add_argument("--out", default="results/precision")
     ap.add_argument("--plot", default=None, metavar="PNG")
+    ap.add_argument("--replot", action="store_true", help="only redraw --plot from OUT/precision.json")
     return ap.parse_args(argv)
 
 
@@ -93,6 +94,10 @@ def _final_params(out: Path, config: Any) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.replot:
+        saved = json.loads((Path(args.out) / "precision.json").read_text())
+        _plot(saved["curves"], argparse.Namespace(**saved["config"]), Path(args.plot))
+        return 0
     from zojax.train import Trainer, build_model, read_metrics
 
     root = Path(args.out)
@@ -149,28 +154,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+COLORS = {"float32": "tab:blue", "bfloat16": "tab:orange", "bfloat16+SR": "tab:green", "bfloat16+master": "tab:red"}
+
+
 def _plot(curves: dict[str, dict[str, list[float]]], args: argparse.Namespace, path: Path) -> None:
+    """Left: % of bfloat16 weights changed per step; right: each mode's train loss minus float32's
+    on the same batches (10-step means; the batches' own spread cancels)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ref = np.asarray(curves["float32"]["loss"]) if "float32" in curves else None
     for mode, c in curves.items():
+        color = COLORS.get(mode)
         if c["changed"]:
-            a.plot(range(1, len(c["changed"]) + 1), np.asarray(c["changed"]) * 100, label=mode)
-        loss = np.asarray(c["loss"])
-        k = min(10, len(loss))
-        smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
-        b.plot(range(k, len(loss) + 1), smooth, label=mode)
+            a.plot(range(1, len(c["changed"]) + 1), np.asarray(c["changed"]) * 100, label=mode, color=color)
+        if ref is not None:
+            diff = np.asarray(c["loss"]) - ref
+            k = min(10, len(diff))
+            b.plot(range(k, len(diff) + 1), np.convolve(diff, np.ones(k) / k, mode="valid"), label=mode, color=color)
     a.set(xlabel="step", ylabel="% of bfloat16 weights changed", title="weights changed per step", yscale="log")
-    b.set(xlabel="step", ylabel=f"train loss ({min(10, args.steps)}-step mean)", title="train loss")
+    b.set(xlabel="step", ylabel="loss − float32's loss (10-step mean)", title="train loss against float32")
     for ax in (a, b):
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle(
-        f"MeZO on {args.model}, {args.task}, lr {args.lr:g}, eps {args.eps:g}, batch {args.batch_size}", fontsize=9
-    )
+    title = f"MeZO on {args.model}, {args.task}, lr {args.lr:g}, eps {args.eps:g}, batch {args.batch_size}"
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -72,3 +72,23 @@ def test_checkpoints_of_the_previous_layout_still_restore(tmp_path: Path) -> Non
     restored, meta = Checkpoints(tmp_path / "ck").restore_latest(ckpt_lib.abstract(state))
     assert meta["step"] == 7
     _assert_equal(restored, state)
+
+
+def test_a_run_stopped_before_its_first_step_resumes_like_an_uninterrupted_one(tmp_path: Path) -> None:
+    """Stopped right after the step-0 dev evaluation (a SIGTERM before the first step), then resumed:
+    the log and the final weights are the golden uninterrupted run's (no second step-0 evaluation)."""
+    import signal
+
+    from tests.test_golden import GOLDEN, dumps, make_config, run_case, write_data
+    from zojax.train import Trainer
+
+    data = write_data(tmp_path / "data")
+    out = tmp_path / "run"
+    first = Trainer(make_config(data, out, optim__method="mezo"), log=lambda m: None)
+    first.request_stop(signal.SIGTERM)
+    report = first.run()
+    assert report["status"] == "interrupted" and report["step"] == 0
+    expected = json.loads((GOLDEN / "mezo.json").read_text())
+    got = json.loads(dumps(run_case("mezo", data, out, resume=True)))
+    assert got["metrics"] == expected["metrics"]
+    assert got["weights"] == expected["weights"]

@@ -137,9 +137,10 @@ def final_weights(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
-def run_case(name: str, data_dir: Path, out: Path) -> dict[str, Any]:
-    """Runs one case in ``out``; returns what its golden file holds."""
-    over = CASES[name]
+def run_case(name: str, data_dir: Path, out: Path, resume: bool = False) -> dict[str, Any]:
+    """Runs one case in ``out`` (``resume``: continuing the run already there); returns what its
+    golden file holds."""
+    over = {**CASES[name], **({"run__resume": True} if resume else {})}
     quiet = lambda msg: None
     if name == "resume":
         first = Trainer(make_config(data_dir, out, run__stop_after=2, **over), log=quiet).run()

@@ -229,8 +229,8 @@ class Trainer:
             if has_dev:
                 self._dev(params, 0)
             return self._finish(params)
-        if self.state.step == 0 and c.eval.eval_before and has_dev:
-            self._dev(params, 0)
+        if self.state.step == 0 and c.eval.eval_before and has_dev and self.state.dev_before is None:
+            self._dev(params, 0)  # (a run stopped before its first step has it already)
         status = "interrupted"
         if self._agreed_stop() is None:
             params, opt_state, status = self._train(params, opt_state, frozen, self._hooks(has_dev))
