@@ -34,7 +34,7 @@ def test_best_and_step_of_one_step_share_their_parameter_files(tmp_path: Path) -
     state = _state(1)
     for order in ("best first", "step first"):
         ck = Checkpoints(tmp_path / order.replace(" ", "_"))
-        saves = [lambda: ck.save_best(5, state["params"], {}), lambda: ck.save(5, state, {"best": None})]
+        saves = [lambda c=ck: c.save_best(5, state["params"], {}), lambda c=ck: c.save(5, state, {"best": None})]
         for save in saves if order == "best first" else saves[::-1]:
             save()
         step_files = _inodes(ck.directory / "step_00000005" / ITEMS / "params")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import subprocess
 import sys
 import typing
@@ -243,3 +244,33 @@ def test_every_lazy_public_name_resolves(package: str) -> None:
     module = importlib.import_module(package)
     for name in module.__all__:
         assert getattr(module, name) is not None, f"{package}.{name}"
+
+
+def test_tasks_listing_is_cached_until_the_data_or_the_code_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    import zojax.tasks.__main__ as listing
+    from zojax.cli.info import tasks_main
+    from zojax.paths import resolve_data_dir
+
+    shared = resolve_data_dir()
+    assert shared is not None
+    data = tmp_path / "data"
+    shutil.copytree(shared, data)
+    monkeypatch.setenv("ZOJAX_CACHE_DIR", str(tmp_path / "cache"))
+    assert tasks_main(["--data-dir", str(data)]) == 0
+    fresh = capsys.readouterr().out
+    assert "11/11 tasks available" in fresh and len(list((tmp_path / "cache").iterdir())) == 1
+    calls = []
+    real = listing.list_tasks
+    monkeypatch.setattr(listing, "list_tasks", lambda *a: calls.append(1) or real(*a))
+    assert tasks_main(["--data-dir", str(data)]) == 0
+    assert capsys.readouterr().out == fresh and calls == []  # from the cache, the data not read
+    some = next(p for p in data.rglob("*") if p.is_file())
+    os.utime(some, ns=(some.stat().st_atime_ns, some.stat().st_mtime_ns + 10**9))
+    assert tasks_main(["--data-dir", str(data)]) == 0
+    assert capsys.readouterr().out == fresh and calls == [1]  # a changed file: recomputed
+    assert tasks_main(["--data-dir", str(data), "--no-cache"]) == 0
+    assert calls == [1, 1]

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
+import os
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from zojax import registry
+from zojax import paths, registry
 from zojax.train import config as C
 
 OTHER_METHODS = {
@@ -32,8 +37,62 @@ def methods_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def tasks_main(argv: Sequence[str] | None = None) -> int:
-    """``zojax tasks``: every task with its data source and split sizes (``python -m zojax.tasks``)."""
-    from zojax.tasks.__main__ import main
+def tasks_parser(prog: str) -> argparse.ArgumentParser:
+    """The options of ``zojax tasks`` / ``python -m zojax.tasks``."""
+    ap = argparse.ArgumentParser(prog=prog, description="Every task with its data source and split sizes.")
+    ap.add_argument(
+        "--data-dir",
+        default=None,
+        help="data folder (default: $ZOJAX_DATA_DIR, ./../shared/data, <repo>/../shared/data)",
+    )
+    ap.add_argument("--source", default="auto", choices=["auto", "local", "hub"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--verbose", action="store_true", help="print full errors and notes")
+    ap.add_argument("--no-cache", dest="cache", action="store_false", help="recompute the listing")
+    return ap
 
-    return main(argv, prog="zojax tasks")
+
+def tasks_cache_file(args: argparse.Namespace) -> Path | None:
+    """Where the listing for ``args`` is cached: a file named by a hash of the options, of every
+    data file's path, size and modification time, and of zojax's task and protocol code, so that
+    any change to the data or the code recomputes it. ``None`` without a data folder."""
+    base = paths.resolve_data_dir(args.data_dir)
+    if base is None or args.source == "hub":
+        return None
+    h = hashlib.sha256(repr((args.source, args.seed, args.verbose, str(base))).encode())
+    package = paths.REPO_ROOT / "zojax"
+    code = [*sorted((package / "tasks").glob("*.py")), package / "train" / "config.py"]
+    for root in (base, *code):
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for f in files:
+            st = f.stat()
+            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return paths.cache_dir() / f"tasks-{h.hexdigest()[:24]}.txt"
+
+
+def tasks_main(argv: Sequence[str] | None = None) -> int:
+    """``zojax tasks``: every task with its data source and split sizes (``python -m zojax.tasks``).
+
+    The listing is cached (:func:`tasks_cache_file`) when every task's data was found locally, so a
+    second call answers without loading the data (``--no-cache`` recomputes).
+    """
+    args = tasks_parser("zojax tasks").parse_args(argv)
+    cache = tasks_cache_file(args) if args.cache else None
+    if cache is not None and cache.is_file():
+        sys.stdout.write(cache.read_text())
+        return 0
+    from zojax.tasks.__main__ import list_tasks
+
+    out = io.StringIO()
+    status, complete = list_tasks(args, out)
+    text = out.getvalue()
+    sys.stdout.write(text)
+    if cache is not None and complete:
+        try:  # a cache is an optimisation: a read-only home must not fail the listing
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(text)
+            os.replace(tmp, cache)
+        except OSError:
+            pass
+    return status

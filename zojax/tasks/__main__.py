@@ -4,42 +4,48 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TextIO
 
 from zojax.tasks.data import TaskDataMissingError, candidate_data_dirs, resolve_data_dir
 from zojax.tasks.registry import TASKS
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m zojax.tasks") -> int:
-    """Print one row per task: kind, metric, objective, the data's sizes, the split sizes of
-    ``zojax finetune``'s default protocol and of MeZO's (``--protocol mezo``), the source."""
+    """Print one row per task (see :func:`list_tasks`); ``zojax tasks`` caches the listing."""
+    from zojax.cli.info import tasks_parser
+
+    status, _ = list_tasks(tasks_parser(prog).parse_args(argv), sys.stdout)
+    return status
+
+
+def list_tasks(args: argparse.Namespace, out: TextIO) -> tuple[int, bool]:
+    """Writes one row per task to ``out``: kind, metric, objective, the data's sizes, the split sizes
+    of ``zojax finetune``'s default protocol and of MeZO's (``--protocol mezo``), the source.
+
+    Returns:
+      ``(exit status, complete)``: complete when every task's data was read from local files.
+    """
     from zojax.train.config import PROTOCOL_SIZES  # no JAX: the protocols' sizes
 
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__)
-    ap.add_argument(
-        "--data-dir",
-        default=None,
-        help="data folder (default: $ZOJAX_DATA_DIR, ./../shared/data, <repo>/../shared/data)",
-    )
-    ap.add_argument("--source", default="auto", choices=["auto", "local", "hub"])
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--verbose", action="store_true", help="print full errors and notes")
-    args = ap.parse_args(argv)
+    def say(line: str = "") -> None:
+        out.write(line + "\n")
 
     base = resolve_data_dir(args.data_dir)
     searched = ", ".join(str(p) for p in candidate_data_dirs(args.data_dir))
-    print(f"data dir: {base if base else 'none found (searched ' + searched + ')'}")
+    say(f"data dir: {base if base else 'none found (searched ' + searched + ')'}")
     sizes = "{:>5} {:>4} {:>5}"
     left = f"{'':48} {'data rows':^17}"
     head = (
         f"{'task':8} {'kind':15} {'metric':8} {'objective':14} {'train pool':>10} {'valid':>6}   "
         f"{sizes.format('train', 'dev', 'test')}   {sizes.format('train', 'dev', 'test')}  source"
     )
-    print(f"{left}   {'--protocol quick':^16}   {'--protocol mezo':^16}".rstrip())
-    print(f"{'':48} {'':17}   {'(the default)':^16}   {'(MeZO)':^16}".rstrip())
-    print(head)
-    print("-" * len(head))
+    say(f"{left}   {'--protocol quick':^16}   {'--protocol mezo':^16}".rstrip())
+    say(f"{'':48} {'':17}   {'(the default)':^16}   {'(MeZO)':^16}".rstrip())
+    say(head)
+    say("-" * len(head))
     notes: list[str] = []
     missing = 0
+    local = True
     for name, task in TASKS.items():
         row = f"{name:8} {task.kind:15} {task.metric:8} {task.objective:14} "
         try:
@@ -50,20 +56,21 @@ def main(argv: list[str] | None = None, prog: str = "python -m zojax.tasks") -> 
             }
         except TaskDataMissingError as e:
             missing += 1
-            print(row + f"{'-':>10} {'-':>6}   {sizes.format('-', '-', '-')}   {sizes.format('-', '-', '-')}  MISSING")
+            say(row + f"{'-':>10} {'-':>6}   {sizes.format('-', '-', '-')}   {sizes.format('-', '-', '-')}  MISSING")
             notes.append(str(e) if args.verbose else f"{name}: {str(e).split('. Expected')[0]}")
             continue
         m = by_protocol["mezo"].meta
+        local = local and not str(m["source"]).startswith("hub")
         src = m["source"] + (" [carved from validation]" if m["carved_from_validation"] else "")
         cells = [sizes.format(len(s.train), len(s.dev), len(s.test)) for s in by_protocol.values()]
-        print(row + f"{m['train_pool_size']:>10} {m['validation_size']:>6}   {'   '.join(cells)}  {src}")
+        say(row + f"{m['train_pool_size']:>10} {m['validation_size']:>6}   {'   '.join(cells)}  {src}")
         notes.extend(m["notes"])
     if notes:
-        print("\nnotes:")
+        say("\nnotes:")
         for n in notes:
-            print(f"  - {n}")
-    print(f"\n{len(TASKS) - missing}/{len(TASKS)} tasks available (seed {args.seed}).")
-    return 0
+            say(f"  - {n}")
+    say(f"\n{len(TASKS) - missing}/{len(TASKS)} tasks available (seed {args.seed}).")
+    return 0, missing == 0 and local
 
 
 if __name__ == "__main__":

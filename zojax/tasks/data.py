@@ -27,10 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from zojax.errors import UserError, UserFileNotFoundError
+from zojax.paths import ENV_VAR, REPO_ROOT, candidate_data_dirs, resolve_data_dir  # noqa: F401 (re-exported)
 from zojax.tasks.base import RawData
-
-ENV_VAR = "ZOJAX_DATA_DIR"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 Row = dict[str, Any]
 
@@ -38,28 +36,6 @@ Row = dict[str, Any]
 class TaskDataMissingError(UserFileNotFoundError):
     """Raised when a task's data is neither in the data folder nor reachable on the hub (a
     ``FileNotFoundError`` and a :class:`~zojax.errors.UserError`)."""
-
-
-def candidate_data_dirs(data_dir: str | os.PathLike[str] | None = None) -> list[Path]:
-    """The folders searched for data, in priority order (explicit, env, cwd, repo root)."""
-    if data_dir is not None:
-        return [Path(data_dir)]
-    if os.environ.get(ENV_VAR):
-        return [Path(os.environ[ENV_VAR])]
-    out: list[Path] = []
-    for p in (Path.cwd() / ".." / "shared" / "data", REPO_ROOT / ".." / "shared" / "data"):
-        p = p.resolve()
-        if p not in out:
-            out.append(p)
-    return out
-
-
-def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path | None:
-    """The first existing folder among :func:`candidate_data_dirs`, or None."""
-    for p in candidate_data_dirs(data_dir):
-        if p.is_dir():
-            return p
-    return None
 
 
 # --------------------------------------------------------------------------- generic readers
