@@ -92,6 +92,14 @@ def _wait(procs: list[subprocess.Popen], log: Path) -> list[int]:
     return codes
 
 
+def _wait_for_first_evaluation(procs: list[subprocess.Popen], log0: Path) -> None:
+    """Returns once process 0 has printed its step-0 dev evaluation (the processes are in step)."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while "dev accuracy @ step 0" not in (log0.read_text() if log0.exists() else ""):
+        assert time.monotonic() < deadline and procs[0].poll() is None, log0.read_text()[-2000:]
+        time.sleep(0.2)
+
+
 def _numbers(metrics: list[dict]) -> list[dict]:
     keep = ("event", "step", "loss", "projected_grad", "dev_loss", "dev_accuracy", "test_loss", "test_accuracy")
     return [{k: r[k] for k in keep if k in r} for r in metrics]
@@ -128,10 +136,7 @@ def test_sigterm_to_one_process_stops_both_and_resume_is_bitwise(runs: dict[str,
     root, out = runs["root"], runs["root"] / "killed"
     procs = _launch(_argv(runs["data"], out), root / "killed")
     log0 = Path(f"{root / 'killed'}.p0.log")
-    deadline = time.monotonic() + TIMEOUT_S
-    while "dev accuracy @ step 0" not in (log0.read_text() if log0.exists() else ""):
-        assert time.monotonic() < deadline and procs[0].poll() is None, log0.read_text()[-2000:]
-        time.sleep(0.2)
+    _wait_for_first_evaluation(procs, log0)
     procs[1].send_signal(signal.SIGTERM)  # process 1 only: process 0 learns it through the agreement
     codes = _wait(procs, root / "killed")
     assert codes == [128 + signal.SIGTERM] * 2, (codes, log0.read_text()[-2000:])
@@ -152,10 +157,7 @@ def test_a_process_that_dies_ends_the_others_with_one_line(runs: dict[str, Any])
     root, out = runs["root"], runs["root"] / "dead"
     procs = _launch(_argv(runs["data"], out), root / "dead")
     log0 = Path(f"{root / 'dead'}.p0.log")
-    deadline = time.monotonic() + TIMEOUT_S
-    while "dev accuracy @ step 0" not in (log0.read_text() if log0.exists() else ""):
-        assert time.monotonic() < deadline and procs[0].poll() is None, log0.read_text()[-2000:]
-        time.sleep(0.2)
+    _wait_for_first_evaluation(procs, log0)
     procs[1].kill()
     killed_at = time.monotonic()
     code = procs[0].wait(timeout=TIMEOUT_S)
