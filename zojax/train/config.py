@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from typing import Any, ClassVar
 
 from zojax import registry, specs
@@ -301,7 +302,7 @@ class TrainConfig:
             )
         if r.mesh.strip().lower() == "auto" and os.environ.get(MESH_ENV, "").strip():
             r.mesh = os.environ[MESH_ENV].strip()
-        _check_mesh_spec(r.mesh)
+        mesh_axis_sizes(r.mesh)
         _check_trackers(r.trackers)
         sizes = PROTOCOL_SIZES[d.protocol]
         for name in ("num_train", "num_dev", "num_test"):
@@ -409,14 +410,26 @@ def _choice(flag: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{flag}: invalid choice {value!r}; choose from {', '.join(choices)}")
 
 
-def _check_mesh_spec(spec: str) -> None:
-    """Checks the syntax of ``--mesh`` (the device count is checked when the run starts)."""
-    import re
+def mesh_axis_sizes(spec: str) -> dict[str, int] | None:
+    """The axis sizes ``--mesh data=D,fsdp=F`` names (either may be left out), or ``None`` for
+    ``auto`` and ``none``; the device count is checked when the run starts
+    (:func:`zojax.train.placement.parse_mesh`).
 
-    text = spec.strip().lower().replace(" ", "")
-    part = r"(data|fsdp)=\d+"
-    if text not in ("auto", "none") and not re.fullmatch(rf"{part}(,{part})?", text):
-        raise ValueError(f"--mesh: expected 'auto', 'none' or 'data=D,fsdp=F', got {spec!r}")
+    Raises:
+      ValueError: naming ``--mesh``, for anything else, a repeated axis or a size below 1.
+    """
+    text = spec.strip().lower()
+    if text in ("auto", "none"):
+        return None
+    sizes: dict[str, int] = {}
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(data|fsdp)\s*=\s*(\d+)\s*", part)
+        if m is None or m.group(1) in sizes:
+            raise ValueError(f"--mesh: expected 'auto', 'none' or 'data=D,fsdp=F', got {spec!r}")
+        sizes[m.group(1)] = int(m.group(2))
+    if any(v < 1 for v in sizes.values()):
+        raise ValueError(f"--mesh: axis sizes must be at least 1, got {spec!r}")
+    return sizes
 
 
 def _check_trackers(trackers: tuple[str, ...]) -> None:

@@ -363,7 +363,9 @@ class Trainer:
     def _agreed_timed_checkpoint(self) -> bool:
         """Whether ``checkpoint_minutes`` have passed since the last save (on any process)."""
         minutes = self.config.run.checkpoint_minutes
-        due = bool(minutes) and time.perf_counter() - self._saved_at >= 60 * minutes
+        if not minutes:  # the same config on every process: nothing to agree on
+            return False
+        due = time.perf_counter() - self._saved_at >= 60 * minutes
         return bool(hosts.agree([int(due)])[0])
 
     def _close_progress(self) -> None:

@@ -23,16 +23,16 @@ dimension does not divide by the axis size is replicated instead (said by :meth:
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from zojax.train.config import mesh_axis_sizes
+
 PyTree = Any
 MESH_AXES = ("data", "fsdp")
-_PART = re.compile(r"^\s*(data|fsdp)\s*=\s*(\d+)\s*$")
 
 
 def parse_mesh(spec: str, devices: list[Any] | None = None) -> Mesh | None:
@@ -63,14 +63,7 @@ def parse_mesh(spec: str, devices: list[Any] | None = None) -> Mesh | None:
         processes = len({getattr(d, "process_index", 0) for d in devices})
         sizes = {"data": processes, "fsdp": n // processes}
     else:
-        sizes = {}
-        for part in text.split(","):
-            m = _PART.match(part)
-            if m is None or m.group(1) in sizes:
-                raise ValueError(f"--mesh: expected 'auto', 'none' or 'data=D,fsdp=F', got {spec!r}")
-            sizes[m.group(1)] = int(m.group(2))
-        if any(v < 1 for v in sizes.values()):
-            raise ValueError(f"--mesh: axis sizes must be at least 1, got {spec!r}")
+        sizes = mesh_axis_sizes(spec) or {}
         if "data" not in sizes:
             sizes["data"] = n // sizes["fsdp"] if n % sizes["fsdp"] == 0 else 0
         if "fsdp" not in sizes:
