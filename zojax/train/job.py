@@ -80,7 +80,10 @@ def build_job(config: TrainConfig, model: Model | None = None) -> tuple[Job, PyT
     placement = Placement(parse_mesh(c.run.mesh))
     if model is None:
         # master weights: float32 parameters, bfloat16 compute (the model's dtype)
-        model = build_model(c.model.name, "float32" if c.model.master_weights else c.model.dtype, c.model.opt_bos)
+        # a Hugging Face checkpoint goes straight onto the mesh: each process reads only its slices
+        shardings = placement.param_shardings if placement.mesh is not None else None
+        dtype = "float32" if c.model.master_weights else c.model.dtype
+        model = build_model(c.model.name, dtype, c.model.opt_bos, shardings)
     if c.model.master_weights:
         model = model.replace(dtype="bfloat16")
     tokenizer = model.tokenizer
