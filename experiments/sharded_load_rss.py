@@ -143,7 +143,7 @@ def worker(args: argparse.Namespace) -> None:
     import jax
     import numpy as np
 
-    from zojax.models import loading, sharded_loading
+    from zojax.models import hf, loading, sharded_loading
     from zojax.train.placement import Placement, parse_mesh
 
     placement = Placement(parse_mesh(args.mesh))
@@ -152,7 +152,7 @@ def worker(args: argparse.Namespace) -> None:
     reads: list[int] = []
     t0 = time.perf_counter()
     row: dict[str, Any] = {"mode": args.mode, "process": jax.process_index(), "processes": jax.process_count()}
-    config = loading._folder_config(args.folder)
+    config = hf.folder_config(args.folder)
     getters = loading.open_safetensors(args.folder)
     if args.mode == "sharded":
         shapes = sharded_loading.param_shapes(config, args.dtype)

@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 import zojax.models as zm
 from tests.test_golden import make_config, write_data
 from tests.test_models import LLAMA_CFG, OPT_CFG, random_hf_weights, write_checkpoint, write_opt_tokenizer
-from zojax.models import loading, sharded_loading
+from zojax.models import hf, loading, sharded_loading
 from zojax.train.job import build_job
 from zojax.train.placement import Placement, parse_mesh
 
@@ -59,7 +59,7 @@ def _bytes(x: Any) -> np.ndarray:
 def _load(folder: Path, mesh: str, dtype: str) -> tuple[dict, dict, list[tuple[str, tuple, int]]]:
     """(sharded params, the plain load placed by Placement, the sharded load's reads)."""
     placement = Placement(parse_mesh(mesh))
-    config = loading._folder_config(str(folder))
+    config = hf.folder_config(str(folder))
     reads: list[tuple[str, tuple, int]] = []
     targets = placement.param_shardings(sharded_loading.param_shapes(config, dtype))
     sharded = sharded_loading.load_sharded(
@@ -147,7 +147,7 @@ def test_errors_name_the_tensor_before_anything_is_read(tmp_path: Path) -> None:
 def test_memory_check_counts_this_process_shards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder, _ = _write(tmp_path, "llama")
     placement = Placement(parse_mesh(MESH))
-    config = loading._folder_config(str(folder))
+    config = hf.folder_config(str(folder))
     shapes = sharded_loading.param_shapes(config)
     total, largest = sharded_loading.local_bytes(shapes, placement.param_shardings(shapes))
     full = config.num_params * 4

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -191,6 +192,35 @@ def test_resume_is_bitwise_identical(baseline: Path, data_dir: Path, tmp_path: P
     drop = ("step_time", "forwards_per_s", "wall_time", "eval_time")
     clean = lambda ev: [(s, {k: v for k, v in d.items() if not k.endswith(drop)}) for s, d in ev]
     assert clean(ea) == clean(eb)
+
+
+def test_one_agreement_per_step_carries_stop_and_timed_checkpoint(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop's only collective is one ``hosts.agree`` of ``(stop request, time-based checkpoint
+    due)`` before each step (and one before training). A faked second process asks, through that
+    maximum, for a time-based checkpoint before step 3 and stops with SIGTERM before step 5: this
+    process (never due itself) saves step 2, then stops at step 4 and saves it."""
+    from zojax.train import hosts as real_hosts
+    from zojax.train import loop as loop_mod
+
+    calls: list[list[int]] = []
+    other = {3: (-1, 1), 5: (int(signal.SIGTERM), 0)}  # agreement number -> the other process's values
+
+    def agree(values):
+        calls.append(list(values))
+        theirs = other.get(len(calls) - 1, (-1, 0))
+        return tuple(max(int(a), b) for a, b in zip(values, theirs, strict=True))
+
+    fake = SimpleNamespace(count=lambda: 2, agree=agree, is_main=real_hosts.is_main, barrier=lambda name: None)
+    monkeypatch.setattr(loop_mod, "hosts", fake)
+    out = tmp_path / "run"
+    cfg = make_config(data_dir, out, optim__steps=6, run__checkpoint_every=0, run__checkpoint_minutes=1e6)
+    report = Trainer(cfg, log=quiet).run()
+    assert report["status"] == "interrupted" and report["signal"] == signal.SIGTERM and report["step"] == 4
+    assert calls == [[-1, 0]] * 6  # before training, then before steps 1..5; never due here
+    assert Checkpoints(out / "checkpoints").steps() == [2, 4]
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if r["event"] == "train"] == [1, 2, 3, 4]
 
 
 def test_logs_and_results(baseline: Path) -> None:

@@ -14,7 +14,7 @@ devices), so no process ever holds the full model: over ``P`` processes on an ``
 spans them, each reads and holds ``1/P`` of the sharded parameters (replicated leaves, the norms,
 whole). Equal shards that several local devices share (a ``data`` axis) are read once.
 
-The result is bitwise the plain load (:func:`zojax.models.loading.params_from_hf_tensors`) placed
+The result is bitwise the plain load (:func:`zojax.models.hf.params_from_hf_tensors`) placed
 with the same shardings: slicing commutes with the transpose, the vocabulary cut and the elementwise
 cast.
 """
@@ -29,13 +29,13 @@ import jax
 import numpy as np
 
 from zojax.models.config import ModelConfig
-from zojax.models.loading import (
+from zojax.models.hf import (
     PARAM_ORDER,
-    _expected_shape,
-    _hf_layout,
-    _normalise_names,
+    expected_shape,
     hf_layer_prefix,
+    hf_layout,
     hf_tensor,
+    normalise_names,
 )
 from zojax.models.model import resolve_dtype
 
@@ -45,7 +45,7 @@ ReadLog = Callable[[str, Index, int], None]
 
 
 def param_shapes(config: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
-    r"""The parameter pytree's ``jax.ShapeDtypeStruct``\ s (what :func:`zojax.models.loading.
+    r"""The parameter pytree's ``jax.ShapeDtypeStruct``\ s (what :func:`zojax.models.hf.
     params_from_hf_tensors` would return, without reading anything).
 
     Args:
@@ -56,13 +56,13 @@ def param_shapes(config: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
       ``{"embed": {"embedding": ShapeDtypeStruct((V, H))}, "layers": {...: (L, ...)}, ...}``.
     """
     dt = resolve_dtype(dtype)
-    top, layer = _hf_layout(config)
+    top, layer = hf_layout(config)
     tree: dict[str, Any] = {}
     for path in top.values():
-        tree.setdefault(path[0], {})[path[1]] = jax.ShapeDtypeStruct(_expected_shape(config, path), dt)
+        tree.setdefault(path[0], {})[path[1]] = jax.ShapeDtypeStruct(expected_shape(config, path), dt)
     layers: dict[str, Any] = {}
     for path in layer.values():
-        shape = (config.num_layers, *_expected_shape(config, path))
+        shape = (config.num_layers, *expected_shape(config, path))
         layers.setdefault(path[0], {})[path[1]] = jax.ShapeDtypeStruct(shape, dt)
     tree["layers"] = layers
     return {k: tree[k] for k in PARAM_ORDER if k in tree}
@@ -75,8 +75,8 @@ def _sources(config: ModelConfig, getters: dict[str, Callable[[], np.ndarray]]) 
     """Every leaf's tensors as thunks of views in our orientation (one per layer for the stacked
     leaves), names and shapes checked first, before any data is read. A view is opened only while
     its slice is read, so a memory map's touched pages leave the resident set with it."""
-    names = _normalise_names(getters, config)
-    top, layer = _hf_layout(config)
+    names = normalise_names(getters, config)
+    top, layer = hf_layout(config)
     prefix = hf_layer_prefix(config)
     wanted = {path: [hf] for hf, path in top.items()}
     for suffix, path in layer.items():
@@ -131,7 +131,7 @@ def load_sharded(
 
     Args:
       config: the architecture.
-      getters: HF-named tensor getters returning memory maps (:func:`zojax.models.loading.
+      getters: HF-named tensor getters returning memory maps (:func:`zojax.models.safetensors.
         open_safetensors`); a getter that materialises its tensor still works, without the saving.
       shardings: a pytree of ``jax.sharding.Sharding`` shaped like :func:`param_shapes`.
       dtype: ``"float32"`` or ``"bfloat16"``.
