@@ -40,7 +40,7 @@ def _sst2(d: Path) -> Path:
     return d
 
 
-def _spec(tmp: Path, data: Path, steps: int = 3) -> Path:
+def _spec(tmp: Path, data: Path, steps: int = 3, **base: object) -> Path:
     spec = {
         "name": "tiny",
         "out": str(tmp / "out"),
@@ -54,6 +54,7 @@ def _spec(tmp: Path, data: Path, steps: int = 3) -> Path:
             "optim.steps": steps,
             "eval.eval_every": 1,
             "run.checkpoint_every": 1,
+            **base,
         },
         "grid": {"run.seed": [0, 1]},
         "methods": [
@@ -92,7 +93,7 @@ def test_sweep_stop_resume_and_print_commands(tmp_path: Path) -> None:
     assert "8 interrupted" in first.stdout
     assert all(S.cell_status(spec.out / c.id) == "started" for c in cells)
 
-    second = _zojax("sweep", str(spec_path), "--no-progress")
+    second = _zojax("sweep", str(spec_path), "--no-progress", "--jobs", "2")
     assert second.returncode == 0, second.stdout + second.stderr
     assert "8 done now" in second.stdout
     assert all(S.cell_status(spec.out / c.id) == "done" for c in cells)
@@ -118,7 +119,9 @@ def test_sweep_stop_resume_and_print_commands(tmp_path: Path) -> None:
 
 
 def test_sigterm_stops_the_running_cell_and_the_next_invocation_finishes_it(tmp_path: Path) -> None:
-    spec_path = _spec(tmp_path, _sst2(tmp_path / "data"), steps=600)
+    # long enough to be stopped mid-run; no evaluation or checkpoint per step (SIGTERM writes its own)
+    spec_path = _spec(tmp_path, _sst2(tmp_path / "data"), steps=600, **{"eval.eval_every": 0,
+                      "run.checkpoint_every": 0})  # fmt: skip
     spec = S.load_spec(spec_path)
     cell = spec.cells()[0]
     proc = subprocess.Popen(

@@ -24,10 +24,10 @@ from zojax.tasks.base import Example
 from zojax.tasks.encode import (
     Encoded,
     TokenizerLike,
-    _pad_id,
     encode_candidates,
     encode_generation_prompt,
     left_pad,
+    pad_id,
     padded_length,
 )
 from zojax.tasks.metrics import f1_score, is_correct
@@ -91,7 +91,7 @@ def score_sequences(
         rows = max(1, token_budget // t)
         chunks.append((order[i : i + rows], t, rows))
         i += rows
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     t0 = time.perf_counter()
     tokens = 0
     for idx, t, rows in _progress(chunks, len(chunks), desc, progress):

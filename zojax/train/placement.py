@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from zojax.train.config import mesh_axis_sizes
+from zojax.train.resolve import mesh_axis_sizes
 
 PyTree = Any
 MESH_AXES = ("data", "fsdp")
