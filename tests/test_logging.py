@@ -15,8 +15,8 @@ import pytest
 
 from zojax.errors import UserError
 from zojax.train import MetricsLogger, Tracker, TrainConfig, Trainer, read_events, read_metrics
-from zojax.train import config as config_lib
-from zojax.train.logging import WANDB_MISSING, WandbTracker
+from zojax.train import resolve as resolve_lib
+from zojax.train.trackers import WANDB_MISSING, WandbTracker
 
 RECORDS = [
     {"event": "eval", "step": 0, "forwards": 0, "dev_accuracy": 0.5, "wall_time": 0.1},
@@ -70,7 +70,7 @@ def test_the_trackers_option_is_checked(monkeypatch: pytest.MonkeyPatch) -> None
         resolve("mlflow")
     with pytest.raises(ValueError, match=r"--trackers: .* twice"):
         resolve("tensorboard", "tensorboard")
-    monkeypatch.setattr(config_lib, "wandb_installed", lambda: False)
+    monkeypatch.setattr(resolve_lib, "wandb_installed", lambda: False)
     with pytest.raises(ValueError, match=r"--trackers: 'wandb' needs the wandb package: pip install 'zojax\[wandb\]'"):
         resolve("wandb")
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` fails

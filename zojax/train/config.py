@@ -26,7 +26,7 @@ import dataclasses
 from typing import Any, ClassVar
 
 from zojax import registry, specs
-from zojax.train.logging import TRACKERS
+from zojax.train.trackers import TRACKERS
 
 FO_METHOD = "ft"
 EVAL_METHODS = ("zero-shot", "icl")

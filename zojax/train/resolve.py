@@ -40,7 +40,7 @@ from zojax.train.config import (
     is_zo,
     to_dict,
 )
-from zojax.train.logging import TRACKERS, WANDB_MISSING, wandb_installed
+from zojax.train.trackers import TRACKERS, WANDB_MISSING, wandb_installed
 
 
 def resolve(config: TrainConfig) -> TrainConfig:
