@@ -1,8 +1,8 @@
 """The run logs' trackers (:mod:`zojax.train.logging`): the interface with a fake tracker, the
 ``trackers`` option, Weights & Biases in offline mode, and the trainer honouring the option.
 
-TensorBoard's event files (format, resume truncation) are tested with the trainer in
-``test_train.py``.
+and TensorBoard's event files: their scalars by step and by forward passes, and a resume's truncation
+(a second event file, rewound with the checkpoint).
 """
 
 from __future__ import annotations
@@ -120,3 +120,28 @@ def test_the_trainer_honours_the_trackers_option(tmp_path: Path) -> None:
             assert by_step[0] == by_forwards[0] == 0
             assert by_step[1]["test/test_accuracy"] == pytest.approx(test["test_accuracy"], rel=1e-7)
             assert "test_by_forwards/test_accuracy" in by_forwards[1] and "test/wall_time" in by_step[1]
+
+
+def test_event_file_format(tmp_path: Path) -> None:
+    log = MetricsLogger(tmp_path)
+    log.log_config({"optim": {"method": "mezo"}})  # a text summary, not a scalar
+    log.log({"event": "train", "step": 1, "forwards": 6, "loss": 0.5, "note": "x"})
+    off = log.offsets()
+    log.log({"event": "train", "step": 2, "forwards": 12, "loss": 0.25})
+    log.close()
+    events = list(read_events(tmp_path / "tb"))
+    assert events == [
+        (1, {"train/loss": 0.5}),
+        (6, {"train_by_forwards/loss": 0.5}),
+        (2, {"train/loss": 0.25}),
+        (12, {"train_by_forwards/loss": 0.25}),
+    ]
+    log = MetricsLogger(tmp_path, off)  # a resume truncates both logs to the checkpoint
+    log.log({"event": "train", "step": 2, "forwards": 12, "loss": 0.125})  # into a second event file
+    log.close()
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
+    resumed = [(2, {"train/loss": 0.125}), (12, {"train_by_forwards/loss": 0.125})]
+    assert list(read_events(tmp_path / "tb")) == [*events[:2], *resumed]
+    assert len(list((tmp_path / "tb").iterdir())) == 2
+    MetricsLogger(tmp_path, off).close()  # resuming from the first checkpoint again drops what followed it
+    assert list(read_events(tmp_path / "tb")) == events[:2]

@@ -4,7 +4,7 @@
   resumed to completion: every cell equals the uninterrupted run of its ``--print-commands`` line;
   a real SIGTERM stops the running cell with a checkpoint and the next invocation finishes it;
 * the table's numbers equal ones computed by hand from fixture runs;
-* the paper spec's dry run: 396 cells, every method the same forward budget;
+* the paper spec's dry run: 627 cells (SubZero rows included), every method the same forward budget;
 * the CPU spec resolves, and gives every ZO method the same budget.
 """
 
@@ -208,12 +208,15 @@ def test_paper_spec_dry_run() -> None:
     spec = S.load_spec(REPO / "experiments" / "sweeps" / "paper_opt13b.toml")
     os.environ.setdefault("ZOJAX_DATA_DIR", str(SHARED))
     rows = S.plan(spec, check_data=True)
-    assert len(rows) == 11 * 3 * (1 + 3 + 4 + 4)
+    assert len(rows) == 11 * 3 * (1 + 3 + 4 + 4 + 3 + 4)
     budgets = S.budgets(rows)
     assert budgets.pop("zero-shot") == {0}
     assert len({b for v in budgets.values() for b in v}) == 1  # every method the same forward passes
     steps = {r.cell.label: r.steps for r in rows}
-    assert steps["MeZO"] == 19998 and steps["MeZO-GV"] == steps["MeZO-Greedy"] == 6666
+    assert steps["MeZO"] == steps["SubZero"] == 19998
+    assert steps["MeZO-GV"] == steps["MeZO-Greedy"] == steps["SubZero-GV"] == 6666
+    subspace = {r.cell.label for r in rows if r.cell.options.get("optim.perturbation") == "subspace"}
+    assert subspace == {"SubZero", "SubZero-GV"}
     assert {r.cell.options["data.task"] for r in rows} == {
         "sst2", "rte", "cb", "boolq", "wsc", "wic", "multirc", "copa", "record", "squad", "drop"
     }  # fmt: skip
@@ -223,6 +226,6 @@ def test_cpu_spec_resolves_with_equal_zo_budgets() -> None:
     for path in sorted((REPO / "experiments" / "sweeps").glob("cpu_smollm2*.toml")):
         spec = S.load_spec(path)
         rows = S.plan(spec, check_data=False)
-        zo = {label: b for label, b in S.budgets(rows).items() if label.startswith("MeZO")}
+        zo = {label: b for label, b in S.budgets(rows).items() if label.startswith(("MeZO", "SubZero"))}
         assert zo and len({b for v in zo.values() for b in v}) == 1, (path.name, zo)
         assert all(b >= 1000 for v in zo.values() for b in v)
