@@ -97,6 +97,7 @@ def test_one_agreement_per_step_carries_stop_and_timed_checkpoint(
     process (never due itself) saves step 2, then stops at step 4 and saves it."""
     from zojax.train import hosts as real_hosts
     from zojax.train import loop as loop_mod
+    from zojax.train import stopping as stopping_mod
 
     calls: list[list[int]] = []
     other = {3: (-1, 1), 5: (int(signal.SIGTERM), 0)}  # agreement number -> the other process's values
@@ -108,6 +109,7 @@ def test_one_agreement_per_step_carries_stop_and_timed_checkpoint(
 
     fake = SimpleNamespace(count=lambda: 2, agree=agree, is_main=real_hosts.is_main, barrier=lambda name: None)
     monkeypatch.setattr(loop_mod, "hosts", fake)
+    monkeypatch.setattr(stopping_mod, "hosts", fake)  # the agreement (zojax.train.stopping)
     out = tmp_path / "run"
     cfg = make_config(data_dir, out, optim__steps=6, run__checkpoint_every=0, run__checkpoint_minutes=1e6)
     report = Trainer(cfg, log=quiet).run()
