@@ -227,7 +227,8 @@ class EvalArgs:
                             "step", choices=SELECT_BY)  # fmt: skip
     select_initial: bool = option(False, "let the untrained step-0 parameters be selected")
     num_demos: int = option(32, "demonstrations per example for --method icl (MeZO's number)", minimum=0)
-    token_budget: int = option(1024, "tokens per scoring forward pass in evaluation", flag="--eval-token-budget",
+    token_budget: int = option(1024, "tokens per evaluation forward pass (candidate scoring) or generation batch "
+                               "(prompt + new tokens), over all data shards", flag="--eval-token-budget",
                                minimum=1)  # fmt: skip
     stop_rule: str = option("text", "SQuAD/DROP generation stops when the text holds a newline (text) or at the "
                             "exact newline token id or EOS (mezo, MeZO's rule)", choices=STOP_RULES)  # fmt: skip

@@ -124,7 +124,7 @@ def build_job(config: TrainConfig, model: Model | None = None) -> tuple[Job, PyT
         step_fn = build_step(tuned, job_loss(c, task, data), tx, is_zo(c.optim.method))
     params = tuned.params
     tuned = dataclasses.replace(tuned, params=None)  # the loop owns (donates) them
-    evaluate = Evaluator(c, task, splits, tokenizer, tuned)
+    evaluate = Evaluator(c, task, splits, tokenizer, tuned, placement)
     job = Job(
         task, splits, tokenizer, model_desc, tuned, c.forwards_per_step(), data, tx, step_fn, evaluate, placement
     )
