@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -172,14 +173,13 @@ def _tiny() -> Any:
 
 
 def _examples(name: str, n: int) -> list:
-    task = get_task(name)
-    if name == "sst2":
-        rows = [{"sentence": f"a film {i} that is {'good' if i % 2 else 'dull'} .", "label": i % 2, "idx": i}
-                for i in range(n)]  # fmt: skip
-    else:
-        rows = [{"id": f"q{i}", "title": "T", "context": f"Ctx {i} is" + " here" * i + ".", "question": f"What is {i}?",
-                 "answers": {"text": [f"Ctx {i}"], "answer_start": [0]}} for i in range(n)]  # fmt: skip
-    return [task.build(r, i) for i, r in enumerate(rows)]
+    """The multi-host evaluation smoke test's examples (``experiments/multihost_eval_smoke.py``), so the
+    two-process test and this one score the same rows."""
+    path = Path(__file__).resolve().parents[1] / "experiments" / "multihost_eval_smoke.py"
+    spec = importlib.util.spec_from_file_location("multihost_eval_smoke", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.examples(name, n)
 
 
 @pytest.mark.parametrize("mesh", ["data=2,fsdp=4", "data=4,fsdp=2"])
