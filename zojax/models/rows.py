@@ -20,6 +20,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from zojax.shapes import padded_rows
+
+__all__ = ["LOCAL", "Local", "Rows", "padded_rows"]
+
 
 class Rows(Protocol):
     """How a batch's rows are laid out over devices."""
@@ -54,20 +58,3 @@ class Local:
 
 
 LOCAL = Local()
-
-
-def padded_rows(n: int, multiple: int) -> int:
-    r"""``⌈n / m⌉·m``: ``n`` rows padded to a multiple of ``m``.
-
-    Args:
-      n: the rows (``≥ 0``).
-      multiple: ``m ≥ 1``, e.g. :attr:`Rows.data_size`.
-
-    Returns:
-      the padded row count.
-
-    Example:
-      >>> padded_rows(7, 2), padded_rows(8, 2), padded_rows(3, 1)
-      (8, 8, 3)
-    """
-    return -(-n // multiple) * multiple

@@ -30,6 +30,7 @@ from typing import Protocol
 
 import numpy as np
 
+from zojax.shapes import padded_length
 from zojax.tasks.base import Example
 from zojax.tasks.registry import Task
 
@@ -139,16 +140,6 @@ def encode_generation_prompt(
     """Prompt ids for greedy generation (demonstrations + prompt ending in "Answer:")."""
     text = _with_demos(task, demos, task.template.encode(ex).strip(" "))
     return truncate_keep_bos(tokenizer.encode(text), max_length - max_new_tokens, tokenizer.bos_id)
-
-
-def padded_length(n: int, multiple_of: int = 8, geometric: bool = False) -> int:
-    """``n`` rounded up to a multiple of ``multiple_of`` (fewer distinct shapes -> fewer jit
-    compilations); with ``geometric`` first up to the next ``2**k`` or ``1.5 * 2**k``."""
-    m = max(1, multiple_of)
-    if geometric and n > m:
-        p = 1 << (n - 1).bit_length()  # next power of two >= n
-        n = 3 * p // 4 if 3 * p // 4 >= n else p
-    return max(m, -(-n // m) * m)
 
 
 def left_pad(
