@@ -145,8 +145,9 @@ def test_sigterm_stops_the_running_cell_and_the_next_invocation_finishes_it(tmp_
 
 # ---------------------------------------------------------------------- the table, by hand
 def _fixture_run(root: Path, label: str, lr: float | None, seed: int, dev: float, test: float, dev_loss: float,
-                 forwards: int = 120, wall: float = 60.0, task: str = "sst2") -> None:  # fmt: skip
-    d = root / f"{task}_{label}_{lr}_{seed}"
+                 forwards: int = 120, wall: float = 60.0, task: str = "sst2", name: str | None = None,
+                 ) -> None:  # fmt: skip
+    d = root / (name or f"{task}_{label}_{lr}_{seed}")
     d.mkdir(parents=True)
     method = {"MeZO": "mezo", "MeZO-GV": "mezo-gv", "zero-shot": "zero-shot"}[label]
     config = {"optim": {"method": method, "lr": lr if lr is not None else 0.0, "num_candidates": 4},
@@ -197,9 +198,33 @@ def test_table_numbers_equal_hand_computed_ones(tmp_path: Path) -> None:
     assert table["labels"][0] == "zero-shot" and table["cells"]["sst2"]["zero-shot"]["lr"] is None
     md = T.markdown(table)
     assert "| MeZO | 82.0 ± 2.0 |" in md and "+2.3 ± 2.7 (2-1-0, p=1)" in md
+    assert "| MeZO | 1e-06: 70.0*, 1e-05: 65.0 |" in md and "| MeZO-GV | 1e-06: 70.0, 2e-06: 70.0* |" in md
     png = tmp_path / "curves.png"
     T.plot(table, png)
     assert png.stat().st_size > 1000
+
+
+def test_table_of_a_spec_counts_only_its_cells(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a pilot's grid (lr 1e-5, seed 0 only, the higher dev) shares the folder with the table's cells
+    root = tmp_path / "runs"
+    spec = {"name": "t", "out": str(root), "base": {"model.name": "random:tiny", "data.task": "sst2"},
+            "grid": {"run.seed": [0, 1, 2]},
+            "methods": [{"label": "MeZO", "optim.method": "mezo", "optim.lr": [1e-6]}]}  # fmt: skip
+    (tmp_path / "t.json").write_text(json.dumps(spec))
+    cells = S.load_spec(tmp_path / "t.json").cells()
+    for seed, (dev, test) in enumerate([(0.70, 0.80), (0.72, 0.84), (0.68, 0.82)]):
+        if seed < 2:  # seed 2 has not finished
+            _fixture_run(root, "MeZO", 1e-6, seed, dev, test, 0.5, name=cells[seed].id)
+    _fixture_run(root, "MeZO", 1e-5, 0, 0.99, 0.50, 0.1, name="task-sst2_MeZO_lr-1e-05_seed-0")
+    assert T.table_from_dirs([root])["cells"]["sst2"]["MeZO"]["lr"] == 1e-5  # the folder: the pilot's lr wins
+    dirs, n = T.spec_runs(tmp_path / "t.json")
+    assert n == 3 and sorted(d.name for d in dirs) == sorted(c.id for c in cells[:2])
+    from zojax.cli import table_main
+
+    assert table_main(["--spec", str(tmp_path / "t.json"), "--json", str(tmp_path / "t_table.json")]) == 0
+    assert "2 of 3 cells have results" in capsys.readouterr().err
+    mezo = json.loads((tmp_path / "t_table.json").read_text())["cells"]["sst2"]["MeZO"]
+    assert mezo["lr"] == 1e-6 and mezo["test_mean"] == pytest.approx(0.82)
 
 
 # ---------------------------------------------------------------------- committed specs

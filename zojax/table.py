@@ -276,6 +276,18 @@ def markdown(table: Mapping[str, Any]) -> str:
             fw = "/".join(map(str, c["forwards"]))
             row.append(f"{lr} ({fw} fwd; {c['wall_time'] / 60:.0f} min)")
         lines.append(f"| {label} | " + " | ".join(row) + " |")
+    if any(len(c["lrs"]) > 1 for per in cells.values() for c in per.values()):
+        lines += ["", "Dev metric (mean over seeds) at each learning rate tried; * the chosen one:", ""]
+        lines.append("| method | " + " | ".join(tasks) + " |")
+        lines.append("|" + "---|" * (len(tasks) + 1))
+        for label in labels:
+            row = []
+            for t in tasks:
+                c = cells[t].get(label)
+                tried = [] if c is None or c["lr"] is None else c["lrs"]
+                row.append(", ".join(f"{x['lr']:g}: {_pct(x['dev_mean'])}{'*' if x['lr'] == c['lr'] else ''}"
+                                     for x in tried))  # fmt: skip
+            lines.append(f"| {label} | " + " | ".join(row) + " |")
     if table["paired"]:
         lines += ["", f"Paired test difference against {table['baseline']} (same task and seed; points):", ""]
         lines.append("| method | " + " | ".join([*tasks, "all"]) + " |")
@@ -350,6 +362,25 @@ def plot(table: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def spec_runs(spec_path: str | os.PathLike[str]) -> tuple[list[Path], int]:
+    r"""The finished run directories of a sweep spec's cells, and the spec's cell count.
+
+    Restricts a table to one protocol: a folder shared by two specs (a pilot's learning-rate grid
+    and the table at the chosen rates) holds cells of both, and only the spec's own cells count.
+
+    Args:
+      spec_path: a ``zojax sweep`` spec file (TOML or JSON).
+
+    Returns:
+      ``(dirs, n)``: the cells' directories holding a ``results.json``, and the number of cells.
+    """
+    from zojax.sweep import load_spec
+
+    spec = load_spec(spec_path)
+    cells = spec.cells()
+    return [d for c in cells if ((d := spec.out / c.id) / "results.json").is_file()], len(cells)
 
 
 def table_from_dirs(paths: Iterable[str | os.PathLike[str]], baseline: str = BASELINE) -> dict[str, Any]:

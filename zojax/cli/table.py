@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,14 +17,24 @@ def table_main(argv: Sequence[str] | None = None) -> int:
         description="Per task and method: the learning rate chosen by mean dev metric over seeds, test mean "
         "± std over seeds, forward passes and wall time; the paired comparison with MeZO.",
     )
-    p.add_argument("runs", nargs="+", help="run directories or folders holding them (e.g. a sweep's out)")
+    p.add_argument("runs", nargs="*", help="run directories or folders holding them (e.g. a sweep's out)")
+    p.add_argument("--spec", action="append", default=[], metavar="SPEC",
+                   help="only the cells of this sweep spec (repeatable), e.g. the table's spec when its folder "
+                   "also holds a pilot's learning-rate grid")  # fmt: skip
     p.add_argument("--baseline", default=T.BASELINE, help="the row others are compared with (default MeZO)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the table as JSON")
     p.add_argument("--markdown", default=None, metavar="FILE", help="also write the Markdown to FILE")
     p.add_argument("--plot", default=None, metavar="PNG", help="dev metric vs forward passes, seed bands")
     args = p.parse_args(argv)
+    if not args.runs and not args.spec:
+        p.error("give run directories or --spec SPEC")
+    runs = list(args.runs)
     try:
-        table = T.table_from_dirs(args.runs, args.baseline)
+        for spec in args.spec:
+            dirs, n = T.spec_runs(spec)
+            print(f"[zojax table] {spec}: {len(dirs)} of {n} cells have results", file=sys.stderr)
+            runs += dirs
+        table = T.table_from_dirs(runs, args.baseline)
     except ValueError as e:
         p.error(str(e))
     md = T.markdown(table)
