@@ -365,3 +365,46 @@ def test_finetune_with_subspace_perturbations(tmp_path) -> None:
     assert config_from_args(["--perturbation", "subspace"]).optim.rank == 32
     with pytest.raises(ValueError, match="--rank and --refresh-every: only with --perturbation subspace"):
         config_from_args(["--rank", "8"])
+
+
+# --- the low-rank forward: embedding rows and the head without V×H noise -------------------------
+
+
+def _direction(rank: int = 8) -> Direction:
+    sub = Subspace(perturb.subspace_key(perturb.key_data(1), 0, 10), rank)
+    return Direction(perturb.candidate_keys(perturb.key_data(2), 2), jnp.array([1.0, -0.5]), "gaussian", sub)
+
+
+@pytest.mark.parametrize(("arch", "tie"), [("llama", True), ("llama", False), ("opt", True)])
+def test_low_rank_embedding_and_head_equal_the_materialised_noise(arch: str, tie: bool) -> None:
+    """``E[ids] + s A[ids] Bᵀ`` and ``h Wᵀ + (h Q) Pᵀ`` equal the forward at ``perturb(θ, v, s)``."""
+    make = zm.llama_config if arch == "llama" else zm.opt_config
+    model = zm.init_model(make("tiny", vocab_size=1024, tie_embeddings=tie), 0)
+    ids = jax.random.randint(jax.random.key(5), (2, 8), 0, 1024)
+    mask = jnp.ones_like(ids)
+    d, s = _direction(), 0.05
+    for fn in ("logits", "token_logprobs"):
+        call = lambda p, pert=None, fn=fn: getattr(model, fn)(p, ids, mask, perturbation=pert)
+        fly = jax.jit(lambda p, call=call: call(p, (d, s)))(model.params)
+        ref = jax.jit(lambda p, call=call: call(perturb.perturb(p, d, s)))(model.params)
+        base = jax.jit(call)(model.params)
+        assert float(jnp.max(jnp.abs(ref - base))) > 0.1  # the noise matters
+        np.testing.assert_allclose(fly, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_low_rank_head_and_embedding_temp_bytes():
+    """The perturbed forward's temp exceeds the plain forward's by far less than one ``V×H``
+    float32 noise (before: the head's noise was built per vocabulary chunk and for the embedding)."""
+    config = zm.llama_config("tiny", vocab_size=8192, hidden_size=256, intermediate_size=256, num_layers=1)
+    model = zm.init_model(config, 0)
+    ids = jax.random.randint(jax.random.key(5), (2, 8), 0, 8192)
+    mask, d = jnp.ones_like(ids), _direction()
+
+    def temp(pert: Any) -> int:
+        f = jax.jit(lambda p: model.token_logprobs(p, ids, mask, perturbation=pert))
+        compiled = f.lower(model.params).compile(compiler_options=zojax.ZO_COMPILER_OPTIONS)
+        return int(compiled.memory_analysis().temp_size_in_bytes)
+
+    noise_bytes = config.vocab_size * config.hidden_size * 4
+    excess = temp((d, 0.05)) - temp(None)
+    assert excess < noise_bytes / 4, (excess, noise_bytes)

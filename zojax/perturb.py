@@ -389,20 +389,62 @@ def _orthonormal(g: jax.Array) -> jax.Array:
     return jax.scipy.linalg.solve_triangular(chol, g.T, lower=True).T
 
 
-def _subspace_matrix(
-    direction: Direction, path: KeyPath, shape: tuple[int, ...], layer: int | jax.Array | None
-) -> jax.Array:
-    """``(√(mn)/r) U (Σ_i w_i Z_i) Vᵀ`` for one per-layer slice (``shape`` without the layer axis)."""
-    m, n = matrix_shape(shape)  # type: ignore[misc]
+def _subspace_parts(
+    direction: Direction, path: KeyPath, m: int, n: int, layer: int | jax.Array | None
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """``(U [m, r], core Σ_i w_i Z_i [r, r], V [n, r], √(mn)/r)`` of one matrix (or layer of one)."""
     u, v = subspace_basis(direction.subspace, path, m, n, layer)
     r = u.shape[1]
     cores = jax.vmap(lambda k: leaf_noise(k, path, (r, r), direction.distribution, layer))(
         direction.keys
     )
+    core = jnp.tensordot(direction.weights, cores, axes=1, precision=jax.lax.Precision.HIGHEST)
+    return u, core, v, jnp.float32(np.sqrt(m * n) / r)
+
+
+def _subspace_matrix(
+    direction: Direction, path: KeyPath, shape: tuple[int, ...], layer: int | jax.Array | None
+) -> jax.Array:
+    """``(√(mn)/r) U (Σ_i w_i Z_i) Vᵀ`` for one per-layer slice (``shape`` without the layer axis)."""
+    m, n = matrix_shape(shape)  # type: ignore[misc]
+    u, core, v, c = _subspace_parts(direction, path, m, n, layer)
     hi = jax.lax.Precision.HIGHEST
-    core = jnp.tensordot(direction.weights, cores, axes=1, precision=hi)
     z = jnp.matmul(u, jnp.matmul(core, v.T, precision=hi), precision=hi)
-    return (jnp.float32(np.sqrt(m * n) / r) * z).reshape(shape)
+    return (c * z).reshape(shape)
+
+
+def subspace_factors(
+    direction: Direction,
+    path: KeyPath,
+    shape: Sequence[int],
+    layer: int | jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array] | None:
+    r"""A matrix leaf's subspace noise as float32 factors ``(A, B)``: ``v = A Bᵀ``, never ``m×n``.
+
+    .. math::
+
+       v = A B^\top, \qquad A = \frac{\sqrt{mn}}{r} U \Big(\sum_i w_i Z_i\Big) \in \mathbb{R}^{m×r},
+       \quad B = V \in \mathbb{R}^{n×r},
+
+    the same ``U, Z_i, V`` as :meth:`Direction.leaf` (equal to it to float rounding: only the
+    association of the products differs). A model uses them where the leaf meets activations:
+    ``x (W + s v) = x W + s ((x A) Bᵀ)``, and a row gather ``(W + s v)[ids] = W[ids] + s A[ids] Bᵀ``.
+
+    Args:
+      direction: a direction with a :attr:`Direction.subspace`.
+      path: the leaf's key path in the perturbed pytree.
+      shape: the per-layer shape of the leaf (without the layer axis when ``layer`` is given).
+      layer: the layer index of a stacked leaf.
+
+    Returns:
+      ``(A [m, r], B [n, r])`` for the matricised ``[m, n] = matrix_shape(shape)``, or ``None`` when
+      the direction has no subspace or the leaf is not a matrix (it keeps i.i.d. noise).
+    """
+    mn = matrix_shape(shape)
+    if direction.subspace is None or mn is None:
+        return None
+    u, core, v, c = _subspace_parts(direction, path, *mn, layer)
+    return c * jnp.matmul(u, core, precision=jax.lax.Precision.HIGHEST), v
 
 
 def _subspace_leaf(
