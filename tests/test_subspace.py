@@ -341,6 +341,34 @@ def test_tiny_model_on_the_fly_and_training(mode: str) -> None:
             assert float(loss(p)) < float(loss(params))
 
 
+@pytest.mark.parametrize("name", ["mezo-gv"])
+def test_prefix_tuning_with_subspace_noise(name: str) -> None:
+    """Prefix tuning's ``[L, P, Hkv, D]`` keys/values are stacked ``[P, Hkv·D]`` matrices: on the fly
+    equals the materialised perturbation, lr 0 is bitwise, runs are deterministic and each step's
+    update of one layer's prefix keys has rank ≤ r."""
+    model, ids, mask = tiny()
+    params, fn = zm.prefix.init(model, 1, num_virtual_tokens=4)
+    sub = Subspace(perturb.subspace_key(perturb.key_data(1), 0, 10), RANK)
+    d = Direction(perturb.candidate_keys(perturb.key_data(2), 2), jnp.array([1.0, -0.5]), "gaussian", sub)
+    fly = jax.jit(lambda p: fn.logits(p, ids, mask, perturbation=(d, 0.05)))(params)
+    ref = jax.jit(lambda p: fn.logits(perturb.perturb(p, d, 0.05), ids, mask))(params)
+    assert float(jnp.max(jnp.abs(ref - fn.logits(params, ids, mask)))) > 1e-3
+    np.testing.assert_allclose(fly, ref, rtol=1e-5, atol=1e-5)
+
+    loss = zm.next_token_loss(fn, ids, mask)
+    frozen, _ = run(make_tx(name, learning_rate=0.0), params, loss, 1)
+    assert_trees_equal(params, frozen)
+    a, _ = run(make_tx(name, learning_rate=1e-2, key=5), params, loss, 2)
+    b, _ = run(make_tx(name, learning_rate=1e-2, key=5), params, loss, 2)
+    assert_trees_equal(a, b)
+    one, _ = run(make_tx(name, learning_rate=1e-2, key=5), params, loss, 1)
+    for leaf in ("keys", "values"):
+        delta = np.asarray(one["layers"][leaf][0], np.float64) - np.asarray(params["layers"][leaf][0], np.float64)
+        delta = delta.reshape(delta.shape[0], -1)
+        assert np.abs(delta).max() > 0
+        assert np.linalg.matrix_rank(delta, tol=1e-5 * np.abs(delta).max()) <= RANK
+
+
 def test_finetune_with_subspace_perturbations(tmp_path) -> None:
     """``zojax finetune --perturbation subspace`` trains (SubZero-GV on the tiny model); the options
     are checked and saved with the run."""
@@ -408,3 +436,33 @@ def test_low_rank_head_and_embedding_temp_bytes():
     noise_bytes = config.vocab_size * config.hidden_size * 4
     excess = temp((d, 0.05)) - temp(None)
     assert excess < noise_bytes / 4, (excess, noise_bytes)
+
+
+# --- sharding: the subspace draws do not depend on the mesh ----------------------------------------
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (forced host) devices")
+def test_subspace_draws_are_bitwise_equal_under_sharding() -> None:
+    """``θ + s·v`` and the factors ``A, B`` under an FSDP × tensor mesh equal the one-device values."""
+    from jax.sharding import NamedSharding
+
+    from tests.test_sharding import mesh, params_and_specs, shard
+
+    params, specs = params_and_specs()
+    m = mesh()
+    d = Direction(
+        jnp.stack([perturb.key_data(3), perturb.key_data(4)]), jnp.array([0.5, -1.5]), "gaussian", FIXED
+    )
+    out_sh = jax.tree.map(lambda s: NamedSharding(m, s), specs)
+    single = jax.jit(lambda p: perturb.perturb(p, d, 1e-3))(params)
+    sharded = jax.jit(lambda p: perturb.perturb(p, d, 1e-3), out_shardings=out_sh)(shard(params, specs, m))
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(single), jax.tree.leaves(sharded), strict=True):
+        assert len(b.sharding.device_set) > 1 or b.shape == (4,), path
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
+    # the low-rank factors a model applies, computed next to sharded parameters, are bitwise too
+    path = (DK("layers"), DK("w"))
+    factors = lambda p: perturb.subspace_factors(d, path, p["layers"]["w"].shape[1:], jnp.uint32(1))
+    one = jax.jit(factors)(params)
+    eight = jax.jit(factors)(shard(params, specs, m))
+    for a, b in zip(one, eight, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

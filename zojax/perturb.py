@@ -398,8 +398,20 @@ def _subspace_parts(
     cores = jax.vmap(lambda k: leaf_noise(k, path, (r, r), direction.distribution, layer))(
         direction.keys
     )
-    core = jnp.tensordot(direction.weights, cores, axes=1, precision=jax.lax.Precision.HIGHEST)
+    core = jnp.sum(direction.weights[:, None, None] * cores, axis=0)
     return u, core, v, jnp.float32(np.sqrt(m * n) / r)
+
+
+def _product(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a @ b`` as a broadcast multiply and a sum over the short contracted axis (``r``).
+
+    Not a ``dot``: a dot's kernel (blocking, FMA use) depends on the local shapes, so a product
+    partitioned over devices could round differently from the one-device product. A multiply and a
+    reduce along an unpartitioned axis of ``r`` terms round the same way whatever the sharding of
+    the other axes, which keeps the noise bitwise independent of the mesh; XLA fuses the multiply
+    into the reduce (and the reduce into its consumer), so no ``[m, r, n]`` temporary exists.
+    """
+    return jnp.sum(a[:, :, None] * b[None, :, :], axis=1)
 
 
 def _subspace_matrix(
@@ -408,9 +420,7 @@ def _subspace_matrix(
     """``(√(mn)/r) U (Σ_i w_i Z_i) Vᵀ`` for one per-layer slice (``shape`` without the layer axis)."""
     m, n = matrix_shape(shape)  # type: ignore[misc]
     u, core, v, c = _subspace_parts(direction, path, m, n, layer)
-    hi = jax.lax.Precision.HIGHEST
-    z = jnp.matmul(u, jnp.matmul(core, v.T, precision=hi), precision=hi)
-    return (c * z).reshape(shape)
+    return (c * _product(u, _product(core, v.T))).reshape(shape)
 
 
 def subspace_factors(
@@ -444,7 +454,7 @@ def subspace_factors(
     if direction.subspace is None or mn is None:
         return None
     u, core, v, c = _subspace_parts(direction, path, *mn, layer)
-    return c * jnp.matmul(u, core, precision=jax.lax.Precision.HIGHEST), v
+    return c * _product(u, core), v
 
 
 def _subspace_leaf(
