@@ -68,7 +68,6 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
-import jax.scipy.linalg
 import numpy as np
 
 from zojax.specs import DISTRIBUTIONS
@@ -377,16 +376,45 @@ def subspace_basis(
 
 
 def _orthonormal(g: jax.Array) -> jax.Array:
-    """The ``Q`` of ``g = QR`` with ``diag(R) > 0``, by Cholesky-QR: ``Q = g C⁻ᵀ``, ``CCᵀ = gᵀg``.
+    """The ``Q`` of ``g = QR`` with ``diag(R) > 0``, by Cholesky-QR: ``Q = g L⁻ᵀ``, ``LLᵀ = gᵀg``.
 
     The same ``Q`` as a Householder QR normalised to a positive ``diag(R)``; a Gaussian ``[m, r]``
     with ``m ≥ r`` is well conditioned, so one pass is accurate to float32 (``‖QᵀQ − I‖ ≈ 1e-6``),
     and it is matmul-bound: ~6x faster than ``jnp.linalg.qr`` on CPU for ``[1536, 32]``
-    (``experiments/bench_subspace.py``).
+    (``experiments/bench_subspace.py``). ``L`` and ``L⁻¹`` (``r×r``) come from
+    :func:`_cholesky_inverse`, plain JAX ops rather than LAPACK's ``potrf`` / ``trsm`` custom calls:
+    with those inside the model's layer ``scan`` a jitted SmolLM2-shaped step hung on XLA:CPU
+    (jax 0.10.2: every thread idle after the first or second call, 2 and 30 layers; no hang with
+    this version; ``docs/jax_workarounds.md``).
     """
     hi = jax.lax.Precision.HIGHEST
-    chol = jnp.linalg.cholesky(jnp.matmul(g.T, g, precision=hi))
-    return jax.scipy.linalg.solve_triangular(chol, g.T, lower=True).T
+    inverse = _cholesky_inverse(jnp.matmul(g.T, g, precision=hi))
+    return jnp.matmul(g, inverse.T, precision=hi)
+
+
+def _cholesky_inverse(a: jax.Array) -> jax.Array:
+    r"""``L⁻¹`` for the Cholesky factor ``L`` of a symmetric positive definite ``r×r`` matrix ``a``.
+
+    Column ``j`` of ``L``: ``L_jj = √(a_jj − Σ_{k<j} L_jk²)``, ``L_ij = (a_ij − Σ_{k<j} L_ik L_jk) / L_jj``
+    for ``i > j``; then row ``i`` of ``L⁻¹`` by forward substitution, ``(e_i − Σ_{k<i} L_ik
+    (L⁻¹)_k) / L_ii``. Two ``fori_loop`` s of ``r`` steps on ``r×r`` arrays (multiply + sum, exact
+    float32 on every backend, where a ``dot`` may run at reduced precision).
+    """
+    r = a.shape[0]
+    rows = jnp.arange(r)
+
+    def column(j: jax.Array, low: jax.Array) -> jax.Array:
+        lj = low[j]
+        d = jnp.sqrt(a[j, j] - jnp.sum(lj * lj))
+        col = jnp.where(rows > j, (a[:, j] - jnp.sum(low * lj, axis=1)) / d, 0.0)
+        return low.at[:, j].set(jnp.where(rows == j, d, col))
+
+    low = jax.lax.fori_loop(0, r, column, jnp.zeros_like(a))
+
+    def row(i: jax.Array, inv: jax.Array) -> jax.Array:
+        return inv.at[i].set((jnp.where(rows == i, 1.0, 0.0) - jnp.sum(low[i][:, None] * inv, axis=0)) / low[i, i])
+
+    return jax.lax.fori_loop(0, r, row, jnp.zeros_like(a))
 
 
 def _subspace_parts(
