@@ -442,8 +442,11 @@ def test_low_rank_head_and_embedding_temp_bytes():
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (forced host) devices")
-def test_subspace_draws_are_bitwise_equal_under_sharding() -> None:
-    """``θ + s·v`` and the factors ``A, B`` under an FSDP × tensor mesh equal the one-device values."""
+def test_subspace_draws_agree_under_sharding() -> None:
+    """``θ + s·v`` and the factors ``A, B`` under an FSDP × tensor mesh equal the one-device values
+    to a few float32 ulps (not bitwise: the Gram matrix ``gᵀg`` of the Cholesky-QR sums over ``m``,
+    which XLA may partition like the leaf; with LAPACK's potrf/trsm it was replicated and bitwise,
+    but that version hung XLA:CPU inside the layer scan, see ``perturb._orthonormal``)."""
     from jax.sharding import NamedSharding
 
     from tests.test_sharding import mesh, params_and_specs, shard
@@ -458,11 +461,11 @@ def test_subspace_draws_are_bitwise_equal_under_sharding() -> None:
     sharded = jax.jit(lambda p: perturb.perturb(p, d, 1e-3), out_shardings=out_sh)(shard(params, specs, m))
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(single), jax.tree.leaves(sharded), strict=True):
         assert len(b.sharding.device_set) > 1 or b.shape == (4,), path
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
-    # the low-rank factors a model applies, computed next to sharded parameters, are bitwise too
+        np.testing.assert_array_max_ulp(np.asarray(a), np.asarray(b), maxulp=4)
+    # the low-rank factors a model applies, computed next to sharded parameters
     path = (DK("layers"), DK("w"))
     factors = lambda p: perturb.subspace_factors(d, path, p["layers"]["w"].shape[1:], jnp.uint32(1))
     one = jax.jit(factors)(params)
     eight = jax.jit(factors)(shard(params, specs, m))
     for a, b in zip(one, eight, strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_array_max_ulp(np.asarray(a), np.asarray(b), maxulp=4)

@@ -22,9 +22,9 @@ exists. Under SubZero's subspace noise a matrix's noise is ``s·v = s·A Bᵀ`` 
 (:func:`zojax.perturb.subspace_factors`) and is never built ``m×n`` in the forward: embedding rows
 are ``E[ids] + s A[ids] Bᵀ``, the head's logits ``h Wᵀ + (h Q) Pᵀ`` (:func:`head_parts`) and each
 dense layer ``x K + s (x A) Bᵀ`` inside the layer scan (:func:`perturb_layer`); only the update
-adds the rank-``r`` product, fused into the in-place parameter update. Compile steps that use it with :data:`zojax.ZO_COMPILER_OPTIONS` (:func:`zojax.jit_step`
-does): loop-invariant code motion would hoist the noise of loop-invariant leaves out of loops and
-keep it alive (``docs/jax_workarounds.md``).
+adds the rank-``r`` product, fused into the in-place parameter update. Compile steps that use it
+with :data:`zojax.ZO_COMPILER_OPTIONS` (:func:`zojax.jit_step` does): loop-invariant code motion
+would hoist the noise of loop-invariant leaves out of loops and keep it alive (``docs/jax_workarounds.md``).
 """
 
 from __future__ import annotations
