@@ -99,6 +99,7 @@ def test_help_lists_every_choice_from_its_source(capsys: pytest.CaptureFixture[s
         "optim.distribution": specs.DISTRIBUTIONS,
         "optim.perturbation": specs.PERTURBATIONS,
         "optim.update_rounding": specs.ROUNDINGS,
+        "optim.objective": specs.TRAINING_OBJECTIVES,
         "model.tuning": C.TUNINGS,
         "model.dtype": C.DTYPES,
         "model.opt_bos": C.OPT_BOS,

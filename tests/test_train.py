@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +48,7 @@ from zojax.train import (
     step_indices,
     strip_timing,
     task_loss,
+    training_loss,
 )
 from zojax.train import checkpoint as ckpt_lib
 from zojax.train.cache import disable_compile_cache, enable_compile_cache
@@ -193,6 +195,35 @@ def test_resume_is_bitwise_identical(baseline: Path, data_dir: Path, tmp_path: P
     assert clean(ea) == clean(eb)
 
 
+def test_one_agreement_per_step_carries_stop_and_timed_checkpoint(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop's only collective is one ``hosts.agree`` of ``(stop request, time-based checkpoint
+    due)`` before each step (and one before training). A faked second process asks, through that
+    maximum, for a time-based checkpoint before step 3 and stops with SIGTERM before step 5: this
+    process (never due itself) saves step 2, then stops at step 4 and saves it."""
+    from zojax.train import hosts as real_hosts
+    from zojax.train import loop as loop_mod
+
+    calls: list[list[int]] = []
+    other = {3: (-1, 1), 5: (int(signal.SIGTERM), 0)}  # agreement number -> the other process's values
+
+    def agree(values):
+        calls.append(list(values))
+        theirs = other.get(len(calls) - 1, (-1, 0))
+        return tuple(max(int(a), b) for a, b in zip(values, theirs, strict=True))
+
+    fake = SimpleNamespace(count=lambda: 2, agree=agree, is_main=real_hosts.is_main, barrier=lambda name: None)
+    monkeypatch.setattr(loop_mod, "hosts", fake)
+    out = tmp_path / "run"
+    cfg = make_config(data_dir, out, optim__steps=6, run__checkpoint_every=0, run__checkpoint_minutes=1e6)
+    report = Trainer(cfg, log=quiet).run()
+    assert report["status"] == "interrupted" and report["signal"] == signal.SIGTERM and report["step"] == 4
+    assert calls == [[-1, 0]] * 6  # before training, then before steps 1..5; never due here
+    assert Checkpoints(out / "checkpoints").steps() == [2, 4]
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if r["event"] == "train"] == [1, 2, 3, 4]
+
+
 def test_logs_and_results(baseline: Path) -> None:
     recs = read_metrics(baseline / "metrics.jsonl")
     train = [r for r in recs if r["event"] == "train"]
@@ -315,7 +346,7 @@ def test_loss_decreases_on_an_easy_task(method: str, data_dir: Path, xla_cache) 
     sp = task.splits(seed=0, num_train=16, num_dev=8, num_test=8, data_dir=data_dir)
     data = TrainBatches(task, sp.train.examples, model.tokenizer, 16, 0)
     tx = build_optimizer(cfg)
-    step = build_step(tuned, task.objective, tx, is_zo(method))
+    step = build_step(tuned, training_loss(task.objective), tx, is_zo(method))
     exact = jax.jit(lambda p, b: task_loss(tuned.template, task.objective, b)(p))
     fixed = data.batch(0)
     params = jax.tree.map(jnp.copy, tuned.params)

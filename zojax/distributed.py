@@ -72,6 +72,7 @@ def initialize(
     cpu_collectives: str | None = "gloo",
     initialization_timeout: int = 300,
     auto: bool | None = None,
+    preemption_service: bool = False,
 ) -> bool:
     """Joins this process to a multi-process JAX job, or does nothing for a single process.
 
@@ -94,6 +95,10 @@ def initialize(
       initialization_timeout: seconds to wait for all processes to connect.
       auto: use cluster auto-detection when nothing explicit is given (default: ``ZOJAX_DISTRIBUTED``
         is ``"auto"``).
+      preemption_service: keep JAX's preemption service (``jax_enable_preemption_service``). Off
+        by default: its C++ SIGTERM notifier can take the signal from the trainer's own handler
+        (observed under load: a SIGTERM to one process was swallowed and the run went on), and
+        ``zojax finetune`` already agrees on a SIGTERM across processes and checkpoints.
 
     Returns:
       whether a multi-process job was joined (also ``True`` when it already was).
@@ -107,6 +112,7 @@ def initialize(
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
     if jax.distributed.is_initialized():
         return True
+    jax.config.update("jax_enable_preemption_service", bool(preemption_service))
     coordinator_address = coordinator_address or os.environ.get(ENV_COORDINATOR) or None
     num_processes = num_processes if num_processes is not None else _env_int(ENV_NUM_PROCESSES)
     process_id = process_id if process_id is not None else _env_int(ENV_PROCESS_ID)

@@ -32,6 +32,8 @@ WEIGHTINGS: tuple[str, ...] = ("mean_diff", "rank")
 """MeZO-GV's candidate weighting: the paper's mean difference, or centred ranks."""
 ROUNDINGS: tuple[str, ...] = ("nearest", "stochastic")
 """How an update is rounded into low-precision weights (:mod:`zojax.precision`)."""
+TRAINING_OBJECTIVES: tuple[str, ...] = ("task", "accuracy", "f1")
+"""What the trainer minimises: the task's loss, or minus its metric (zeroth-order methods only)."""
 
 
 class OptionError(ValueError):

@@ -1,10 +1,19 @@
-"""Locating and reading the benchmark data, offline (official file formats) or from the hub.
+r"""Locating the benchmark data: per-task sources in the data folder, the hub, and :func:`load_raw`.
 
-Every reader returns rows in the Hugging Face hub schema of the dataset MeZO loads (``super_glue``,
+Every source returns rows in the Hugging Face hub schema of the dataset MeZO loads (``super_glue``,
 ``glue/sst2``, ``google/boolq``, ``rajpurkar/squad``, ``ucinlp/drop``), so the example builders in
-:mod:`zojax.tasks.registry` see one format whatever the source. Local DROP rows also carry
-``gold_answers`` (every acceptable answer, as the official evaluation reads them). Partial local
-files (the DROP and BoolQ subsets) are named in the notes, which every report prints.
+:mod:`zojax.tasks.registry` see one format whatever the source: a :class:`LocalSource` reads a
+task's folder with the generic readers (:mod:`zojax.tasks.readers`, re-exported here) and converts
+the official formats (:mod:`zojax.tasks.formats`, re-exported here); a :class:`HubSource` names
+the hub dataset. Local DROP rows also carry ``gold_answers`` (every acceptable answer, as the
+official evaluation reads them). Partial local files (the DROP and BoolQ subsets) are named in the
+notes, which every report prints.
+
+:func:`load_raw` with ``source="auto"``::
+
+    local folder with a non-empty validation split  ->  RawData(train | None, val, "local:<folder>")
+    else hub reachable and loadable                   ->  RawData(train, val, "hub:<repo>[/<name>]")
+    else                                              ->  TaskDataMissingError (folders, files, where to get them)
 
 Data directory lookup (first existing wins): the ``data_dir`` argument, ``$ZOJAX_DATA_DIR``,
 ``./../shared/data`` relative to the current directory, ``<repo>/../shared/data``.
@@ -16,12 +25,10 @@ there is one, the line number.
 
 from __future__ import annotations
 
-import csv
 import functools
-import json
 import os
 import socket
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +36,28 @@ from typing import Any
 from zojax.errors import UserError, UserFileNotFoundError
 from zojax.paths import ENV_VAR, REPO_ROOT, candidate_data_dirs, resolve_data_dir  # noqa: F401 (re-exported)
 from zojax.tasks.base import RawData
+from zojax.tasks.formats import (  # noqa: F401 (re-exported)
+    BOOLQ_TITLE_SEP,
+    CB_LABELS,
+    RTE_LABELS,
+    SPAN_SEP,
+    boolq_google_rows,
+    boolq_split_title,
+    drop_answer_spans,
+    drop_gold_answers,
+    drop_json_rows,
+    drop_subset_rows,
+    squad_json_rows,
+    superglue_rows,
+)
+from zojax.tasks.readers import (  # noqa: F401 (re-exported)
+    read_json,
+    read_jsonl,
+    read_lines,
+    read_parquet,
+    read_tsv,
+    read_tsv_lines,
+)
 
 Row = dict[str, Any]
 
@@ -36,295 +65,6 @@ Row = dict[str, Any]
 class TaskDataMissingError(UserFileNotFoundError):
     """Raised when a task's data is neither in the data folder nor reachable on the hub (a
     ``FileNotFoundError`` and a :class:`~zojax.errors.UserError`)."""
-
-
-# --------------------------------------------------------------------------- generic readers
-
-
-def _utf8_error(path: Path, line: int, raw: bytes, e: UnicodeDecodeError) -> UserError:
-    return UserError(
-        f"{path}, line {line}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the "
-        "line); re-save the file as UTF-8"
-    )
-
-
-def read_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """``(line number, text)`` of a UTF-8 text file (a leading byte-order mark is dropped; line
-    endings are kept).
-
-    Raises:
-      UserError: invalid UTF-8, naming the file and the line.
-    """
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                raise _utf8_error(path, lineno, raw, e) from None
-
-
-def read_jsonl(path: Path) -> list[Row]:
-    """Read a JSON-lines file (SuperGLUE's format): one JSON object per non-blank line.
-
-    Raises:
-      UserError: invalid UTF-8, a line that is not valid JSON or not an object (names the file
-        and the line).
-    """
-    rows = []
-    for lineno, line in read_lines(path):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(
-                f"{path}, line {lineno}: not valid JSON ({e.msg} at column {e.colno}); fix or delete that line"
-            ) from None
-        if not isinstance(row, dict):
-            raise UserError(
-                f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}; fix or delete that line"
-            )
-        rows.append(row)
-    return rows
-
-
-def read_json(path: Path) -> Any:
-    """Read a JSON file (SQuAD's and DROP's official format).
-
-    Raises:
-      UserError: invalid UTF-8 or JSON (names the file and the line).
-    """
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        start = data.rfind(b"\n", 0, e.start) + 1
-        err = UnicodeDecodeError(e.encoding, e.object, e.start - start, e.end - start, e.reason)
-        raise _utf8_error(path, line, data[start:], err) from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(
-            f"{path}, line {e.lineno}: not valid JSON ({e.msg} at column {e.colno}); fix the file or "
-            "download it again"
-        ) from None
-
-
-def _read_tsv_lines(path: Path) -> list[tuple[int, Row]]:
-    """``(line number, row)`` of a tsv with a header (``QUOTE_NONE``: one row per line)."""
-    reader = csv.reader((line for _, line in read_lines(path)), delimiter="\t", quoting=csv.QUOTE_NONE)
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise UserError(f"{path}: the file is empty (expected a header line)") from None
-    return [(reader.line_num, dict(zip(header, r, strict=False))) for r in reader if r]
-
-
-def read_tsv(path: Path) -> list[Row]:
-    """Read a GLUE tsv with header; ``QUOTE_NONE`` because SST-2 sentences contain quotes.
-
-    Raises:
-      UserError: invalid UTF-8 (names the file and the line) or an empty file.
-    """
-    return [r for _, r in _read_tsv_lines(path)]
-
-
-def read_parquet(path: Path) -> list[Row]:
-    """Read a parquet file (the hub's layout) into python rows.
-
-    Raises:
-      UserError: the file is not a readable parquet file (names it).
-    """
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.read_table(path).to_pylist()
-    except Exception as e:  # pyarrow's ArrowInvalid / OSError for truncated or foreign files
-        raise UserError(
-            f"{path}: not a readable parquet file ({type(e).__name__}: {e}); download it again"
-        ) from e
-
-
-# --------------------------------------------------------------------------- format converters
-
-
-def _bool_label(v: Any) -> int:
-    if isinstance(v, str):
-        return int(v.strip().lower() in ("true", "1"))
-    return int(bool(v))
-
-
-RTE_LABELS = {"entailment": 0, "not_entailment": 1}
-CB_LABELS = {"entailment": 0, "contradiction": 1, "neutral": 2}
-
-
-def _label_map(mapping: dict[str, int]) -> Callable[[Any], int]:
-    def f(v: Any) -> int:
-        return mapping[v] if isinstance(v, str) else int(v)
-
-    return f
-
-
-def superglue_rows(task: str, rows: Iterable[Row]) -> list[Row]:
-    """Convert official SuperGLUE v2 jsonl rows of ``task`` to the hub schema (flattening
-    MultiRC and ReCoRD as the hub and MeZO do)."""
-    out: list[Row] = []
-    for r in rows:
-        if task == "rte":
-            out.append({**r, "label": _label_map(RTE_LABELS)(r["label"])})
-        elif task == "cb":
-            out.append({**r, "label": _label_map(CB_LABELS)(r["label"])})
-        elif task in ("boolq", "wic"):
-            out.append({**r, "label": _bool_label(r["label"])})
-        elif task == "copa":
-            out.append({**r, "label": int(r["label"])})
-        elif task == "wsc":
-            t = r["target"]
-            out.append(
-                {
-                    "text": r["text"],
-                    "span1_index": t["span1_index"],
-                    "span2_index": t["span2_index"],
-                    "span1_text": t["span1_text"],
-                    "span2_text": t["span2_text"],
-                    "idx": r["idx"],
-                    "label": _bool_label(r["label"]),
-                }
-            )
-        elif task == "multirc":
-            # one row per (paragraph, question, answer), like super_glue/multirc on the hub
-            para = r["passage"]["text"]
-            for q in r["passage"]["questions"]:
-                for a in q["answers"]:
-                    out.append(
-                        {
-                            "paragraph": para,
-                            "question": q["question"],
-                            "answer": a["text"],
-                            "idx": {
-                                "paragraph": r["idx"], "question": q["idx"], "answer": a["idx"]
-                            },
-                            "label": _bool_label(a.get("label", 0)),
-                        }
-                    )
-        elif task == "record":
-            # one row per query, like super_glue/record on the hub (entity end is inclusive)
-            text = r["passage"]["text"]
-            spans = sorted(r["passage"]["entities"], key=lambda e: e["start"])
-            entities = sorted({text[e["start"] : e["end"] + 1] for e in spans})
-            for qa in r["qas"]:
-                out.append(
-                    {
-                        "passage": text,
-                        "query": qa["query"],
-                        "entities": entities,
-                        "answers": sorted({a["text"] for a in qa.get("answers", [])}),
-                        "idx": {"passage": r["idx"], "query": qa["idx"]},
-                    }
-                )
-        else:
-            raise ValueError(f"unknown SuperGLUE task {task!r}")
-    return out
-
-
-def squad_json_rows(obj: dict[str, Any]) -> list[Row]:
-    """Flatten an official SQuAD v1.1 json (``{"data": [{"title", "paragraphs": ...}]}``)."""
-    out: list[Row] = []
-    for article in obj["data"]:
-        for para in article["paragraphs"]:
-            for qa in para["qas"]:
-                out.append(
-                    {
-                        "id": qa["id"],
-                        "title": article["title"],
-                        "context": para["context"],
-                        "question": qa["question"],
-                        "answers": {
-                            "text": [a["text"] for a in qa["answers"]],
-                            "answer_start": [a["answer_start"] for a in qa["answers"]],
-                        },
-                    }
-                )
-    return out
-
-
-DROP_TRAIN_QUESTIONS = 77_409  # official DROP train: 77,409 questions (~5.5k passages)
-DROP_VALIDATION_QUESTIONS = 9_536  # official DROP validation (dev): 9,536 questions
-SPAN_SEP = ", "
-
-
-def drop_answer_spans(ans: dict[str, Any]) -> tuple[list[str], str] | None:
-    r"""``(spans, type)`` of one DROP answer json as the official evaluation reads it
-    (``drop_eval.answer_json_to_strings``): the ``number`` if set, else the ``spans``, else the
-    ``date`` as ``"day month year"``; ``None`` when all are empty."""
-    number = str(ans.get("number", "")).strip()
-    if number:
-        return [number], "number"
-    spans = [str(x) for x in ans.get("spans") or [] if str(x).strip()]
-    if spans:
-        return spans, "span" if len(spans) == 1 else "spans"
-    d = ans.get("date") or {}
-    date = " ".join(str(d.get(k, "")).strip() for k in ("day", "month", "year")).split()
-    return ([" ".join(date)], "date") if date else None
-
-
-def drop_gold_answers(answers: Iterable[list[str]]) -> list[str]:
-    r"""One gold string per acceptable answer, first answer first, duplicates dropped.
-
-    A multi-span answer is one string, its spans joined by ``", "``: the SQuAD token F1 of
-    :func:`zojax.tasks.metrics.f1_score` (max over these strings) then scores a prediction against
-    all of its spans (the official DROP metric instead aligns the predicted and gold spans as bags;
-    single-span, number and date answers, 95% of them, score the same up to its number handling).
-    """
-    out: list[str] = []
-    for spans in answers:
-        text = SPAN_SEP.join(s.strip() for s in spans if s.strip())
-        if text and text not in out:
-            out.append(text)
-    return out
-
-
-def _drop_row(section_id: str, query_id: str, passage: str, question: str,
-              answers: list[tuple[list[str], str]]) -> Row:
-    """A row in ``ucinlp/drop``'s schema (``answers_spans`` of the first answer) plus
-    ``gold_answers``: every acceptable answer (:func:`drop_gold_answers`)."""
-    spans, kind = answers[0]
-    return {
-        "section_id": section_id,
-        "query_id": query_id,
-        "passage": passage,
-        "question": question,
-        "answers_spans": {"spans": list(spans), "types": [kind] * len(spans)},
-        "gold_answers": drop_gold_answers(a for a, _ in answers),
-    }
-
-
-def drop_json_rows(obj: dict[str, Any]) -> list[Row]:
-    """Flatten an official DROP json (``{section_id: {"passage", "qa_pairs"}}``): one row per
-    question, its acceptable answers the ``answer`` then the ``validated_answers`` (read by
-    :func:`drop_answer_spans`). Questions without any non-empty answer are skipped."""
-    out: list[Row] = []
-    for section_id, sec in obj.items():
-        for qa in sec["qa_pairs"]:
-            raw = [qa.get("answer") or {}, *qa.get("validated_answers", [])]
-            answers = [a for a in (drop_answer_spans(x) for x in raw) if a is not None]
-            if answers:
-                out.append(_drop_row(section_id, qa["query_id"], sec["passage"], qa["question"],
-                                     answers))
-    return out
-
-
-def drop_subset_rows(rows: Iterable[Row]) -> list[Row]:
-    """Rows of a DROP validation sample in EleutherAI/drop's schema (``query_id``, ``passage``,
-    ``question``, ``answers``: acceptable answers, each a list of spans), e.g.
-    ``validation_subset1000.jsonl``."""
-    out: list[Row] = []
-    for r in rows:
-        answers = [([str(x) for x in a], "span" if len(a) == 1 else "spans") for a in r["answers"] if a]
-        if answers:
-            out.append(_drop_row("", r["query_id"], r["passage"], r["question"], answers))
-    return out
 
 
 # --------------------------------------------------------------------------- per-task sources
@@ -389,7 +129,7 @@ def superglue_local(folder: str, task: str) -> LocalSource:
 def _sst2_read(d: Path) -> tuple[list[Row] | None, list[Row] | None, list[str]]:
     def rows(p: Path) -> list[Row]:
         out = []
-        for i, (line, r) in enumerate(_read_tsv_lines(p)):
+        for i, (line, r) in enumerate(read_tsv_lines(p)):
             try:
                 out.append({"sentence": r["sentence"], "label": int(r["label"]), "idx": i})
             except KeyError as e:
@@ -433,6 +173,10 @@ def _squad_read(d: Path) -> tuple[list[Row] | None, list[Row] | None, list[str]]
     return train, val, []
 
 
+DROP_TRAIN_QUESTIONS = 77_409  # official DROP train: 77,409 questions (~5.5k passages)
+DROP_VALIDATION_QUESTIONS = 9_536  # official DROP validation (dev): 9,536 questions
+
+
 def _drop_read(d: Path) -> tuple[list[Row] | None, list[Row] | None, list[str]]:
     """Official json files (``drop_dataset_{train,dev}.json``, also under ``drop_dataset/``);
     without the dev file, a validation sample ``validation_subset*.jsonl``. Partial files are
@@ -470,32 +214,6 @@ def _drop_read(d: Path) -> tuple[list[Row] | None, list[Row] | None, list[str]]:
 
 
 BOOLQ_TRAIN_ROWS = 9_427  # official BoolQ train
-BOOLQ_TITLE_SEP = " -- "
-
-
-def boolq_split_title(passage: str) -> tuple[str, str]:
-    r"""SuperGLUE's BoolQ passage ``"<title> -- <passage>"`` -> ``(title, passage)``.
-
-    ``google/boolq``, which MeZO loads (``load_dataset("boolq")``), has the passage without the
-    title; the split is at the first ``" -- "`` (titles never contain one; passages may).
-    ``("", passage)`` when there is no separator."""
-    title, sep, rest = passage.partition(BOOLQ_TITLE_SEP)
-    return (title, rest) if sep else ("", passage)
-
-
-def boolq_google_rows(rows: Iterable[Row]) -> list[Row]:
-    """BoolQ rows (SuperGLUE: ``label``, titled ``passage``; or google/boolq: ``answer``) in the
-    ``google/boolq`` schema MeZO reads: ``question``, ``answer`` (bool), ``passage`` without the
-    title (kept in ``title``)."""
-    out: list[Row] = []
-    for r in rows:
-        if "answer" in r:
-            out.append({**r, "answer": bool(r["answer"])})
-            continue
-        title, passage = boolq_split_title(r["passage"])
-        out.append({**{k: v for k, v in r.items() if k != "label"}, "passage": passage, "title": title,
-                    "answer": bool(_bool_label(r["label"]))})
-    return out
 
 
 def _boolq_read(d: Path) -> tuple[list[Row] | None, list[Row] | None, list[str]]:

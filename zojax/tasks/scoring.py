@@ -97,10 +97,7 @@ def classification_from_logprobs(logprobs: Array, batch: Batch) -> Array:
     Returns:
       the scalar loss.
     """
-    tm = shifted_target_mask(batch["target_mask"])
-    b, c = tm.shape[:2]
-    lp = logprobs.reshape(b, c, -1)
-    return candidate_nll(target_mean(lp, tm), batch).mean()
+    return candidate_nll(candidate_scores_from_logprobs(logprobs, batch), batch).mean()
 
 
 def candidate_nll(scores: Array, batch: Batch) -> Array:
@@ -159,11 +156,62 @@ def shared_classification_from_logits(logits: Array, batch: Batch) -> Array:
     return candidate_nll(shared_candidate_scores(logits, batch), batch).mean()
 
 
+def candidate_scores_from_logprobs(logprobs: Array, batch: Batch) -> Array:
+    """``float32[B, C]``: each candidate's mean option-token log-probability (the logits of
+    :func:`classification_from_logprobs`)."""
+    tm = shifted_target_mask(batch["target_mask"])
+    b, c = tm.shape[:2]
+    return target_mean(logprobs.reshape(b, c, -1), tm)
+
+
+def negative_accuracy(scores: Array, batch: Batch) -> Array:
+    r"""MeZO's non-differentiable accuracy objective: minus the fraction of correct predictions.
+
+    .. math::
+
+       \hat c_b = \arg\max_{c:\,\text{mask}_{bc} = 1} s_{bc}, \qquad
+       L = -\frac{1}{B} \sum_b \text{gold}_{b \hat c_b}
+
+    (a prediction is correct when it is any gold candidate, as ReCoRD's metric; elsewhere the one
+    label). Piecewise constant in the parameters: only a zeroth-order method can train on it.
+
+    Args:
+      scores: ``float32[B, C]`` candidate scores.
+      batch: ``candidate_mask [B, C]``, ``gold_mask [B, C]``.
+
+    Returns:
+      the scalar loss in ``[−1, 0]``.
+    """
+    scores = jnp.where(jnp.asarray(batch["candidate_mask"]) > 0, scores, NEG)
+    predicted = jnp.argmax(scores, axis=-1)
+    gold = jnp.asarray(batch["gold_mask"], jnp.float32)
+    return -jnp.mean(jnp.take_along_axis(gold, predicted[:, None], axis=-1)[:, 0])
+
+
+def accuracy_from_logprobs(logprobs: Array, batch: Batch) -> Array:
+    """:func:`negative_accuracy` of a candidate batch's token log-probabilities
+    (``float32[B·C, T−1]``)."""
+    return negative_accuracy(candidate_scores_from_logprobs(logprobs, batch), batch)
+
+
+def accuracy_from_logits(logits: Array, batch: Batch) -> Array:
+    """:func:`negative_accuracy` of a shared-prompt batch's next-token logits (``float32[B, V]``)."""
+    return negative_accuracy(shared_candidate_scores(logits, batch), batch)
+
+
 OBJECTIVES: dict[str, Callable[[Array, Batch], Array]] = {
     "classification": classification_from_logprobs,
     "lm": lm_from_logprobs,
+    "accuracy": accuracy_from_logprobs,
 }
-"""``Task.objective`` -> the objective as a function of ``(logprobs float32[N, T−1], batch)``."""
+"""Objective name -> the objective as a function of ``(logprobs float32[N, T−1], batch)``
+(``Task.objective``'s two, and the accuracy of candidate batches)."""
+
+SHARED_PROMPT_OBJECTIVES: dict[str, Callable[[Array, Batch], Array]] = {
+    "classification": shared_classification_from_logits,
+    "accuracy": accuracy_from_logits,
+}
+"""The same objectives for shared-prompt batches, as functions of ``(logits float32[B, V], batch)``."""
 
 
 # ---------------------------------------------------------------------- from a logits function

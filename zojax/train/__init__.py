@@ -24,7 +24,7 @@ _EXPORTS = {
     **dict.fromkeys(("ByteTokenizer", "TrainBatches", "step_indices"), "data"),
     **dict.fromkeys(("MetricsLogger", "Tracker", "read_events", "read_metrics", "strip_timing"), "logging"),
     "Trainer": "loop",
-    "task_loss": "loss",
+    **dict.fromkeys(("task_loss", "training_loss"), "loss"),
     "build_model": "models",
     **dict.fromkeys(("build_optimizer", "build_step", "prepare_tuning"), "step"),
 }

@@ -175,6 +175,11 @@ class OptimArgs:
 
     TITLE: ClassVar[str] = "method and optimisation"
     method: str = option("mezo-gv", "the method (see below)", choices=method_names(), metavar="METHOD")
+    objective: str = option("task", "the training loss: the task's own (cross-entropy over candidates, or the LM loss "
+                            "of the gold answer), or minus the metric itself, non-differentiable, for zeroth-order "
+                            "methods: accuracy (tasks with candidates) or f1 of greedy answers (SQuAD, DROP; "
+                            "--max-new-tokens forwards per loss); dev selection then uses the metric",
+                            choices=specs.TRAINING_OBJECTIVES)  # fmt: skip
     lr: float | None = option(None, f"learning rate; required for full-tuning ZO runs of more than "
                               f"{DEFAULT_LR_MAX_FORWARDS} forward passes", default_help=f"by method and tuning: ZO "
                               f"{_by_tuning(DEFAULT_ZO_LR)}; ft {_by_tuning(DEFAULT_FT_LR)}")  # fmt: skip
@@ -325,6 +330,7 @@ class TrainConfig:
             raise ValueError(f"--task: {err.args[0]}") from None
         if d.num_dev is None:
             d.num_dev = task.num_dev
+        _check_objective(c, task)
         _positive("--batch-size", o.batch_size)
         _positive("--num-train", d.num_train)
         _positive("--max-length", d.max_length, minimum=2)
@@ -439,6 +445,22 @@ def _check_trackers(trackers: tuple[str, ...]) -> None:
         raise ValueError(f"--trackers: {', '.join(trackers)} names a tracker twice")
     if "wandb" in trackers and not wandb_installed():
         raise ValueError(WANDB_MISSING)
+
+
+def _check_objective(c: TrainConfig, task: Any) -> None:
+    """``--objective``: a metric objective needs a zeroth-order method and a task with that metric;
+    selection by dev loss then means the dev metric (the training objective's own dev value)."""
+    o = c.optim
+    if o.objective == "task":
+        return
+    if c.training and not is_zo(o.method):
+        raise ValueError(f"--objective {o.objective}: not differentiable; train it with a zeroth-order --method")
+    if o.objective == "accuracy" and task.generation:
+        raise ValueError(f"--objective accuracy: {task.name} has no candidates to pick from; use --objective f1")
+    if o.objective == "f1" and not task.generation:
+        raise ValueError(f"--objective f1: {task.name} is scored by accuracy; use --objective accuracy")
+    if c.eval.select_by == "loss":
+        c.eval.select_by = "metric"
 
 
 def _positive(flag: str, value: Any, minimum: int = 1) -> None:

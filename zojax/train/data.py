@@ -8,6 +8,10 @@ of an uninterrupted one, with nothing to checkpoint.
 Every batch has the same shape (the longest capped sequence of the training set and the largest
 candidate count), so a jitted step compiles once.
 
+With ``--objective f1`` (SQuAD/DROP) a batch holds the generation prompts and each example's
+index into the training set (``example_index``), whose answers score the generations; with
+``--objective accuracy`` every task with candidates (COPA and ReCoRD too) gets candidate batches.
+
 Classification batches come in two layouts: one row per (example, candidate) (``input_ids
 [B, C, T]``, :func:`zojax.tasks.classification_batch`), or, when every candidate of every training
 example is the same prompt plus one option token, one row per example (``input_ids [B, T]`` with
@@ -22,8 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from zojax.tasks import Encoded, Example, Task, encode_candidates, encode_gold, train_batch
-from zojax.tasks.encode import _pad_id, left_pad, padded_length
+from zojax.tasks import Encoded, Example, Task, encode_candidates, encode_gold
+from zojax.tasks.encode import (
+    _pad_id,
+    classification_batch,
+    encode_generation_prompt,
+    left_pad,
+    lm_batch,
+    padded_length,
+)
 
 
 class ByteTokenizer:
@@ -85,6 +96,9 @@ class TrainBatches:
       shared_prompt: classification batches hold each prompt once plus the candidates' single
         option tokens.
       truncated: how many training sequences exceed ``max_length`` and are left-truncated.
+      layout: ``"candidates"`` (one row per example and candidate, or shared prompts), ``"gold"``
+        (each example with its gold answer, the ``lm`` objective) or ``"prompts"`` (generation
+        prompts with ``example_index``, the ``f1`` objective).
     """
 
     def __init__(
@@ -97,6 +111,7 @@ class TrainBatches:
         max_length: int = 2048,
         max_new_tokens: int = 50,
         share_prompts: bool = True,
+        objective: str = "task",
     ) -> None:
         """Encodes the training set once to fix the shapes.
 
@@ -109,6 +124,7 @@ class TrainBatches:
           max_length: cap on sequence length (left truncation keeping BOS).
           max_new_tokens: generation budget (generation tasks' training sequences leave room).
           share_prompts: use the shared-prompt layout when the task allows it.
+          objective: ``"task"`` (the task's own loss), ``"accuracy"`` or ``"f1"`` (``--objective``).
         """
         if not examples:
             raise ValueError(f"{task.name}: the training split is empty")
@@ -120,16 +136,27 @@ class TrainBatches:
         self.max_length = int(max_length)
         self.max_new_tokens = int(max_new_tokens)
         self.shared_prompt = False
-        if task.objective == "classification":
+        self.num_candidates: int | None = None
+        if objective == "f1":
+            self.layout = "prompts"
+        elif task.objective == "classification" or objective == "accuracy":
+            self.layout = "candidates"
+        else:
+            self.layout = "gold"
+        if self.layout == "candidates":
             enc = [encode_candidates(task, ex, tokenizer) for ex in self.examples]
             lengths = [len(s.ids) for e in enc for s in e]
-            self.num_candidates: int | None = max(len(e) for e in enc)
+            self.num_candidates = max(len(e) for e in enc)
             self.shared_prompt = share_prompts and all(_single_token_options(e) for e in enc)
+        elif self.layout == "prompts":
+            lengths = [len(self._prompt(ex, 10**9)) for ex in self.examples]
         else:
             lengths = [len(encode_gold(task, ex, tokenizer, 10**9, max_new_tokens).ids) for ex in self.examples]
-            self.num_candidates = None
         self.truncated = sum(n > self.max_length for n in lengths)
         self.seq_len = min(padded_length(max(lengths), 8), self.max_length)
+        if self.layout == "prompts":  # the prompt leaves room for the generated tokens
+            self.truncated = sum(n > self.max_length - self.max_new_tokens for n in lengths)
+            self.seq_len = min(padded_length(max(lengths), 8), self.max_length - self.max_new_tokens)
         if self.shared_prompt:  # the prompt without its option token
             self.seq_len = min(padded_length(max(lengths) - 1, 8), self.max_length - 1)
 
@@ -142,18 +169,30 @@ class TrainBatches:
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """The numpy batch of ``step`` (``zojax.tasks.train_batch`` with fixed shapes)."""
-        return self.batch_of([self.examples[i] for i in self.indices(step)])
+        indices = self.indices(step)
+        if self.layout == "prompts":
+            return self._prompt_batch(indices)
+        return self.batch_of([self.examples[i] for i in indices])
+
+    def _prompt(self, ex: Example, max_length: int) -> list[int]:
+        return encode_generation_prompt(self.task, ex, self.tokenizer, (), max_length, self.max_new_tokens)
+
+    def _prompt_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """Left-padded generation prompts and their examples' indices (the ``f1`` objective)."""
+        prompts = [Encoded(self._prompt(self.examples[i], self.max_length), 1) for i in indices]
+        ids, mask, _ = left_pad(prompts, _pad_id(self.tokenizer), self.seq_len, self.tokenizer.bos_id)
+        return {"input_ids": ids, "attention_mask": mask, "example_index": np.asarray(indices, np.int32)}
 
     def batch_of(self, exs: Sequence[Example]) -> dict[str, np.ndarray]:
         """The numpy batch of the examples ``exs`` (any of this task), with this object's fixed shapes."""
+        if self.layout == "prompts":
+            raise ValueError("batch_of: prompt batches are built by step (they carry training-set indices)")
         if self.shared_prompt:
             return self._shared_batch(exs)
         kw: dict[str, Any] = {"max_length": self.max_length, "seq_len": self.seq_len}
-        if self.num_candidates is not None:
-            kw["num_candidates"] = self.num_candidates
-        else:
-            kw["max_new_tokens"] = self.max_new_tokens
-        return train_batch(self.task, exs, self.tokenizer, **kw)
+        if self.layout == "candidates":
+            return classification_batch(self.task, exs, self.tokenizer, num_candidates=self.num_candidates, **kw)
+        return lm_batch(self.task, exs, self.tokenizer, max_new_tokens=self.max_new_tokens, **kw)
 
     def _shared_batch(self, exs: Sequence[Example]) -> dict[str, np.ndarray]:
         """One row per example: the common prompt, and each candidate's option token."""

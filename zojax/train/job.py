@@ -11,9 +11,12 @@ import jax.numpy as jnp
 import optax
 
 from zojax.models import Model
+from zojax.tasks.encode import _pad_id
 from zojax.train.config import TrainConfig, is_zo
 from zojax.train.data import TrainBatches
 from zojax.train.evaluation import Evaluator
+from zojax.train.loss import LossOf, training_loss
+from zojax.train.metric_loss import F1Scorer
 from zojax.train.models import build_model
 from zojax.train.placement import Placement, parse_mesh
 from zojax.train.step import StepFn, Tuned, build_optimizer, build_step, prepare_tuning
@@ -62,6 +65,17 @@ def load_splits(config: TrainConfig) -> Any:
     )
 
 
+def job_loss(config: TrainConfig, task: Any, data: TrainBatches) -> LossOf:
+    """The run's training objective (``--objective``): the task's own loss, or minus its metric."""
+    objective = config.optim.objective
+    if objective == "task":
+        return training_loss(task.objective)
+    if objective == "accuracy":
+        return training_loss("accuracy")
+    scorer = F1Scorer(data.examples, data.tokenizer, config.eval.stop_rule)
+    return training_loss("f1", scorer, config.data.max_new_tokens, _pad_id(data.tokenizer))
+
+
 def build_job(config: TrainConfig, model: Model | None = None) -> tuple[Job, PyTree]:
     """The job of ``config`` (resolved) and its initial trainable parameters.
 
@@ -80,7 +94,10 @@ def build_job(config: TrainConfig, model: Model | None = None) -> tuple[Job, PyT
     placement = Placement(parse_mesh(c.run.mesh))
     if model is None:
         # master weights: float32 parameters, bfloat16 compute (the model's dtype)
-        model = build_model(c.model.name, "float32" if c.model.master_weights else c.model.dtype, c.model.opt_bos)
+        # a Hugging Face checkpoint goes straight onto the mesh: each process reads only its slices
+        shardings = placement.param_shardings if placement.mesh is not None else None
+        dtype = "float32" if c.model.master_weights else c.model.dtype
+        model = build_model(c.model.name, dtype, c.model.opt_bos, shardings)
     if c.model.master_weights:
         model = model.replace(dtype="bfloat16")
     tokenizer = model.tokenizer
@@ -103,9 +120,10 @@ def build_job(config: TrainConfig, model: Model | None = None) -> tuple[Job, PyT
             c.run.seed,
             c.data.max_length,
             c.data.max_new_tokens,
+            objective=c.optim.objective,
         )
         tx = build_optimizer(c)
-        step_fn = build_step(tuned, task.objective, tx, is_zo(c.optim.method))
+        step_fn = build_step(tuned, job_loss(c, task, data), tx, is_zo(c.optim.method))
     params = tuned.params
     tuned = dataclasses.replace(tuned, params=None)  # the loop owns (donates) them
     evaluate = Evaluator(c, task, splits, tokenizer, tuned)

@@ -11,9 +11,11 @@ r"""The fine-tuning loop: :class:`Trainer` steps, and hooks do everything period
    :class:`~zojax.train.state.RunState` (its ``meta.json``);
 4. steps; after each step the hooks (:mod:`zojax.train.hooks`) log it, move the progress bar,
    evaluate on dev every ``eval_every`` steps and at the end (keeping the best-by-dev parameters
-   as a checkpoint, not in memory), and checkpoint every ``checkpoint_every`` steps, every
-   ``checkpoint_minutes`` and at the end; Ctrl-C/SIGTERM and ``stop_after`` checkpoint and stop,
-   and a resume continues bitwise identically;
+   as a checkpoint, not in memory), and checkpoint every ``checkpoint_every`` steps and at the end;
+   before each step, one agreement of all processes (:func:`zojax.train.hosts.agree`, a single
+   all-gather) decides whether to stop and whether ``checkpoint_minutes`` have passed since the
+   last save (then the last step's state is saved first); Ctrl-C/SIGTERM and ``stop_after``
+   checkpoint and stop, and a resume continues bitwise identically;
 5. reports the test metric of the best-by-dev parameters (``results.json``,
    :mod:`zojax.train.report`).
 
@@ -100,7 +102,6 @@ class Trainer:
         self._log = log
         self._stop_signal: int | None = None
         self._steps_this_process = 0
-        self._timed_due = False
         self._last_saved = -1
         self._saved_at = time.perf_counter()
         self._progress: ProgressBar | None = None
@@ -232,7 +233,7 @@ class Trainer:
         if self.state.step == 0 and c.eval.eval_before and has_dev and self.state.dev_before is None:
             self._dev(params, 0)  # (a run stopped before its first step has it already)
         status = "interrupted"
-        if self._agreed_stop() is None:
+        if self._agree_between_steps()[0] is None:
             params, opt_state, status = self._train(params, opt_state, frozen, self._hooks(has_dev))
             self._close_progress()
         if status != "done":
@@ -248,8 +249,12 @@ class Trainer:
         job, state, total = self.job, self.state, self.config.optim.steps
         t_prev = self._saved_at = time.perf_counter()
         while state.step < total:
-            if self._agreed_stop() is not None:
+            stop, checkpoint_due = self._agree_between_steps()  # the step's one collective
+            if stop is not None:
                 return params, opt_state, "interrupted" if self._stop_signal else "stopped"
+            if checkpoint_due:  # checkpoint_minutes since the last save: the last step's state
+                self._checkpoint(state.step, params, opt_state)
+                t_prev = time.perf_counter()  # (not counted in the next step's time)
             batch = job.placement.batch(job.data.batch(state.step))
             # the first call compiles: give the compiler's garbage back as it goes (zojax.train.heap)
             first = self._steps_this_process == 0
@@ -259,7 +264,6 @@ class Trainer:
             state.step += 1
             state.forwards = state.step * job.forwards_per_step
             self._steps_this_process += 1
-            self._timed_due = self._agreed_timed_checkpoint()
             hooks.run(StepInfo(state.step, total, params, opt_state, stats, time.perf_counter() - t_prev))
             t_prev = time.perf_counter()
         return params, opt_state, "done"
@@ -276,13 +280,7 @@ class Trainer:
             hooks.add(lambda i: self._dev(i.params, i.step), every=c.eval.eval_every, at_end=True)
         if c.run.stop_after is not None:
             hooks.add(self._stop_after, every=1)
-        timed = (lambda: self._timed_due) if c.run.checkpoint_minutes else None
-        hooks.add(
-            lambda i: self._checkpoint(i.step, i.params, i.opt_state),
-            every=c.run.checkpoint_every,
-            at_end=True,
-            when=timed,
-        )
+        hooks.add(lambda i: self._checkpoint(i.step, i.params, i.opt_state), every=c.run.checkpoint_every, at_end=True)
         return hooks
 
     def _log_step(self, info: StepInfo) -> None:
@@ -348,25 +346,40 @@ class Trainer:
         self._ckpts.prune_best(None if self.best is None else self.best["step"])
         self.say(f"[zojax] checkpoint step {step} -> {path} ({time.perf_counter() - t0:.1f}s)")
 
-    def _agreed_stop(self) -> int | None:
-        """The stop request (signal number, 0 for ``stop_after``), agreed by all processes: a
-        SIGTERM that reached one process stops them all at the same step."""
+    def _agree_between_steps(self) -> tuple[int | None, bool]:
+        r"""What every process does before the next step, agreed in one all-gather of two integers:
+
+        .. math::
+
+            \mathrm{stop} = \max_p s_p, \qquad
+            \mathrm{due} = \max_p \mathbb{1}[t_p - t^{\mathrm{saved}}_p \ge 60\,m]
+
+        where :math:`s_p` is process :math:`p`'s stop request (its signal number, 0 for
+        ``stop_after`` / :meth:`request_stop`, -1 for none) and :math:`m` is
+        ``checkpoint_minutes`` (0: never due). A SIGTERM that reached one process stops them all at
+        the same step (one that lands during the all-gather counts at the next step, on all), and a
+        time-based checkpoint is saved by all of them at the same step. One process: no all-gather.
+
+        Returns:
+          ``(stop, due)``: the agreed stop request (``None``: go on) and whether a time-based
+          checkpoint of the last step's state is due (never before this process's first step, nor
+          when that step was just saved).
+        """
+        minutes = self.config.run.checkpoint_minutes
+        due = (
+            bool(minutes)
+            and self._steps_this_process > 0
+            and self.state.step != self._last_saved
+            and time.perf_counter() - self._saved_at >= 60 * minutes
+        )
         if hosts.count() == 1:
-            return self._stop_signal
-        (signum,) = hosts.agree([-1 if self._stop_signal is None else self._stop_signal])
-        if signum < 0:  # (a signal that lands during the gather counts at the next step, on all)
-            return None
+            return self._stop_signal, due
+        signum, any_due = hosts.agree([-1 if self._stop_signal is None else self._stop_signal, int(due)])
+        if signum < 0:
+            return None, bool(any_due)
         if self._stop_signal is None:
             self._stop_signal = signum
-        return signum
-
-    def _agreed_timed_checkpoint(self) -> bool:
-        """Whether ``checkpoint_minutes`` have passed since the last save (on any process)."""
-        minutes = self.config.run.checkpoint_minutes
-        if not minutes:  # the same config on every process: nothing to agree on
-            return False
-        due = time.perf_counter() - self._saved_at >= 60 * minutes
-        return bool(hosts.agree([int(due)])[0])
+        return signum, bool(any_due)
 
     def _close_progress(self) -> None:
         if self._progress is not None:

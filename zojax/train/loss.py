@@ -19,15 +19,15 @@ objective: a candidate's mean option log-probability is then the log-probability
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from zojax.models import Adapted, PerturbableModelLoss
-from zojax.models.model import project
-from zojax.tasks.scoring import OBJECTIVES, shared_classification_from_logits
+from zojax.models import PerturbableModelLoss
+from zojax.tasks.scoring import OBJECTIVES, SHARED_PROMPT_OBJECTIVES
+from zojax.train.metric_loss import F1Scorer, f1_loss, head_logits
 
 PyTree = Any
 Array = jax.Array
@@ -51,9 +51,7 @@ def last_token_logits(
       perturbation: ``(direction, scale)`` to evaluate at ``params + scale · v`` on the fly.
     """
     h = lm.hidden_states(params, input_ids, attention_mask, perturbation=perturbation)[:, -1]
-    if isinstance(lm, Adapted):
-        return project(lm.model.config, lm.base, h)
-    return project(lm.config, params, h, perturbation)
+    return head_logits(lm, params, h, perturbation)
 
 
 def _flat(x: Any) -> Array:
@@ -67,7 +65,8 @@ def task_loss(lm: Any, objective: str, batch: Batch) -> PerturbableModelLoss:
     Args:
       lm: a :class:`zojax.models.Model` or :class:`zojax.models.Adapted` (anything with
         ``token_logprobs(params, ids, mask, *, perturbation)``).
-      objective: ``"classification"`` or ``"lm"`` (``Task.objective``).
+      objective: ``"classification"`` or ``"lm"`` (``Task.objective``), or ``"accuracy"`` (minus
+        the accuracy of a candidate batch: :func:`zojax.tasks.scoring.negative_accuracy`).
       batch: the batch (numpy or jax arrays; classification ids are ``[B, C, T]``, or ``[B, T]``
         with ``candidate_ids [B, C]`` for shared prompts).
 
@@ -81,16 +80,47 @@ def task_loss(lm: Any, objective: str, batch: Batch) -> PerturbableModelLoss:
     if objective not in OBJECTIVES:
         raise ValueError(f"objective: expected one of {sorted(OBJECTIVES)}, got {objective!r}")
     if "candidate_ids" in batch:  # shared prompts, single-token candidates
+        if objective not in SHARED_PROMPT_OBJECTIVES:
+            raise ValueError(f"objective: {objective!r} does not apply to a candidate batch")
         fn = functools.partial(
             last_token_logits,
             lm,
             input_ids=jnp.asarray(batch["input_ids"], jnp.int32),
             attention_mask=jnp.asarray(batch["attention_mask"], jnp.int32),
         )
-        return PerturbableModelLoss(fn, functools.partial(shared_classification_from_logits, batch=batch))
+        return PerturbableModelLoss(fn, functools.partial(SHARED_PROMPT_OBJECTIVES[objective], batch=batch))
     fn = functools.partial(
         lm.token_logprobs,
         input_ids=_flat(batch["input_ids"]),
         attention_mask=_flat(batch["attention_mask"]),
     )
     return PerturbableModelLoss(fn, functools.partial(OBJECTIVES[objective], batch=batch))
+
+
+LossOf = Callable[[Any, Batch], PerturbableModelLoss]
+"""``(lm, batch) -> loss``: the training objective of a batch as a perturbable loss of ``lm``."""
+
+
+def training_loss(objective: str, scorer: F1Scorer | None = None, num_new: int = 0, pad_id: int = 0) -> LossOf:
+    """The trainer's objective: ``"classification"``/``"lm"``/``"accuracy"`` (:func:`task_loss`) or
+    ``"f1"`` (:func:`zojax.train.metric_loss.f1_loss` with ``scorer``, ``num_new`` tokens, ``pad_id``).
+
+    Example:
+      >>> loss_of = training_loss(task.objective)
+      >>> loss_of(model, batch)(model.params)
+    """
+    if objective == "f1":
+        if scorer is None:
+            raise ValueError("objective 'f1': needs the F1 scorer of the training examples")
+        return functools.partial(_f1_loss_of, scorer=scorer, num_new=num_new, pad_id=pad_id)
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective: expected one of {sorted((*OBJECTIVES, 'f1'))}, got {objective!r}")
+    return functools.partial(_task_loss_of, objective=objective)
+
+
+def _task_loss_of(lm: Any, batch: Batch, *, objective: str) -> PerturbableModelLoss:
+    return task_loss(lm, objective, batch)
+
+
+def _f1_loss_of(lm: Any, batch: Batch, *, scorer: F1Scorer, num_new: int, pad_id: int) -> PerturbableModelLoss:
+    return f1_loss(lm, batch, scorer, num_new, pad_id)

@@ -8,17 +8,24 @@ runs; every other name goes to :func:`zojax.models.load_model`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 from zojax.models import Model
 from zojax.train.data import ByteTokenizer
 
 
-def build_model(name: str, dtype: str = "float32", opt_bos: str = "mezo") -> Model:
+def build_model(
+    name: str, dtype: str = "float32", opt_bos: str = "mezo", shardings: Callable[[Any], Any] | None = None
+) -> Model:
     """Loads ``name`` (see ``zojax.models.load_model``) or builds ``random:<preset>``.
 
     ``random:<preset>`` is a randomly initialised Llama (``random:tiny``) or OPT
     (``random:opt-tiny``) preset with a 259-token byte vocabulary and :class:`ByteTokenizer`,
     for tests and smoke runs.
+
+    ``shardings`` (parameter shapes -> shardings): a Hugging Face checkpoint is loaded straight
+    onto them, each process reading only its slices; random presets and GGUF files ignore it.
     """
     from zojax import models as zm
 
@@ -37,7 +44,7 @@ def build_model(name: str, dtype: str = "float32", opt_bos: str = "mezo") -> Mod
         except ValueError as e:
             raise ValueError(f"--model: {e}") from None
         return zm.init_model(cfg, 0, dtype).replace(tokenizer=tok)
-    return zm.load_model(name, dtype=dtype, opt_bos=opt_bos)
+    return zm.load_model(name, dtype=dtype, opt_bos=opt_bos, shardings=shardings)
 
 
 def check_model_name(name: str) -> None:

@@ -171,11 +171,15 @@ class Placement:
 
 def _put(tree: PyTree, shardings: PyTree) -> PyTree:
     """Global arrays from values every process holds: ``device_put`` on one process; on several,
-    each process places only the slices its devices own (``jax.make_array_from_callback``)."""
+    each process places only the slices its devices own (``jax.make_array_from_callback``). Arrays
+    already global (sharded loading, computed from global arrays) are kept or resharded, never
+    gathered to a host."""
     if jax.process_count() == 1:
         return jax.device_put(tree, shardings)
 
     def one(x: Any, sharding: NamedSharding) -> jax.Array:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return x if x.sharding == sharding else jax.device_put(x, sharding)
         host = np.asarray(x)
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 

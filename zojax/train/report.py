@@ -64,6 +64,12 @@ def describe(
             f"lr {c.optim.lr:g}, eps {c.optim.eps:g}, train seq len {data.seq_len}"
             + (f" ({data.truncated} sequences truncated)" if data.truncated else "")
         )
+        if c.optim.objective != "task":
+            what = {"accuracy": "minus the batch accuracy", "f1": "minus the mean F1 of greedy answers"}
+            lines.append(
+                f"[zojax] objective: {what[c.optim.objective]} (--objective {c.optim.objective}; "
+                "dev selection by the metric)"
+            )
     if placement_line or c.model.dtype != "float32":
         lines.append(f"[zojax] {'; '.join(filter(None, [precision_line(c), placement_line]))}")
     for note in [*splits.meta.get("notes", []), *size_notes(c, splits.meta["sizes"])]:

@@ -29,7 +29,7 @@ from zojax import precision, registry
 from zojax.models import Model
 from zojax.step import jit_options, step_stats
 from zojax.train.config import FO_METHOD, TrainConfig, is_zo
-from zojax.train.loss import task_loss
+from zojax.train.loss import LossOf
 from zojax.transforms import decay_mask
 
 PyTree = Any
@@ -100,12 +100,13 @@ def build_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 StepFn = Callable[[PyTree, PyTree, PyTree, Mapping[str, Any]], tuple[PyTree, PyTree, dict]]
 
 
-def build_step(tuned: Tuned, objective: str, tx: optax.GradientTransformation, zeroth_order: bool) -> StepFn:
+def build_step(tuned: Tuned, loss_of: LossOf, tx: optax.GradientTransformation, zeroth_order: bool) -> StepFn:
     """One jitted step ``(params, opt_state, frozen, batch) -> (params, opt_state, stats)``.
 
-    Zeroth-order: ``tx.update(params, state, params, value_fn=loss)`` with the perturbable task
-    loss, as in :func:`zojax.jit_step` (which this extends with the first-order branch and the
-    ``changed`` statistic). First order: ``jax.value_and_grad`` of the same loss, then ``tx``.
+    ``loss_of(lm, batch)`` gives the batch's perturbable loss (:func:`zojax.train.loss.training_loss`).
+    Zeroth-order: ``tx.update(params, state, params, value_fn=loss)`` with that loss, as in
+    :func:`zojax.jit_step` (which this extends with the first-order branch and the ``changed``
+    statistic). First order: ``jax.value_and_grad`` of the same loss, then ``tx``.
     ``params`` and ``opt_state`` are donated (:func:`zojax.jit_options`).
 
     Returns:
@@ -118,7 +119,7 @@ def build_step(tuned: Tuned, objective: str, tx: optax.GradientTransformation, z
     def step(
         params: PyTree, opt_state: PyTree, frozen: PyTree, batch: Mapping[str, Any]
     ) -> tuple[PyTree, PyTree, dict[str, Array]]:
-        loss = task_loss(tuned.bind(frozen), objective, batch)
+        loss = loss_of(tuned.bind(frozen), batch)
         if zeroth_order:
             updates, opt_state = tx.update(params, opt_state, params, value_fn=loss)
             stats = step_stats(opt_state)
