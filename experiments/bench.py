@@ -68,7 +68,7 @@ from bench_memory import malloc_trim, reset_peak_rss, vm_hwm_bytes, vm_rss_bytes
 import zojax.models as zm
 from zojax import perturb, registry
 from zojax.train.heap import returning_freed_memory
-from zojax.train.loss import task_loss
+from zojax.train.loss import task_loss, training_loss
 from zojax.train.step import Tuned, build_step
 
 FORWARD = "forward"
@@ -267,7 +267,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             )
         else:
             tx = optax.adam(LEARNING_RATE)
-        step = build_step(Tuned(template, params, None), OBJECTIVE, tx, zeroth_order)
+        step = build_step(Tuned(template, params, None), training_loss(OBJECTIVE), tx, zeroth_order)
         state = {"params": params, "opt": tx.init(params)}
         with returning_freed_memory():  # as the trainer compiles its step
             compiled = step.lower(state["params"], state["opt"], None, batch).compile()
