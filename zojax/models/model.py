@@ -93,27 +93,34 @@ def perturb_layer(
 
     I.i.d. noise (or :data:`LOW_RANK_DENSE` off): ``perturb_subtree`` of the whole layer and
     ``low_rank = {}``. Subspace noise: every ``[in, out]`` dense kernel stays unperturbed and its
-    noise goes to ``low_rank[name] = {"a": s·A, "b": B}`` (:func:`zojax.perturb.subspace_factors`,
-    applied by :func:`zojax.models.modules.low_rank_dense` as ``x K + (x sA) Bᵀ``); biases and
-    norm scales (i.i.d. under SubZero) are perturbed in place as before.
+    noise goes to ``low_rank[name] = {"a": s·A, "b": B}`` (:func:`zojax.perturb.subspace_factors_many`,
+    one call for all the layer's kernels, so their bases share one batched Cholesky; applied by
+    :func:`zojax.models.modules.low_rank_dense` as ``x K + (x sA) Bᵀ``); biases and norm scales
+    (i.i.d. under SubZero) are perturbed in place as before.
     """
     if direction.subspace is None or not LOW_RANK_DENSE:
         return perturb.perturb_subtree(layer, ("layers",), direction, scale, layer=li), {}
+    key = jax.tree_util.DictKey
+    kernels = {
+        name: module["kernel"].shape
+        for name, module in layer.items()
+        if isinstance(module, dict)
+        and "kernel" in module
+        and module["kernel"].ndim == 2
+        and perturb.matrix_shape(module["kernel"].shape) == module["kernel"].shape
+    }
+    leaves = [((key("layers"), key(name), key("kernel")), shape, li) for name, shape in kernels.items()]
+    factors = dict(zip(kernels, perturb.subspace_factors_many(direction, leaves), strict=True))
     out, low_rank = {}, {}
     for name, module in layer.items():
-        kernel = module.get("kernel") if isinstance(module, dict) else None
-        path = (jax.tree_util.DictKey("layers"), jax.tree_util.DictKey(name))
-        factors = None
-        if kernel is not None and kernel.ndim == 2 and perturb.matrix_shape(kernel.shape) == kernel.shape:
-            factors = perturb.subspace_factors(
-                direction, (*path, jax.tree_util.DictKey("kernel")), kernel.shape, li
-            )
-        if factors is None:
+        path = (key("layers"), key(name))
+        if factors.get(name) is None:
             out[name] = perturb.perturb_subtree(module, path, direction, scale, layer=li)
             continue
+        a, b = factors[name]
         rest = {k: x for k, x in module.items() if k != "kernel"}
-        out[name] = {"kernel": kernel, **perturb.perturb_subtree(rest, path, direction, scale, layer=li)}
-        low_rank[name] = {"a": jnp.asarray(scale, jnp.float32) * factors[0], "b": factors[1]}
+        out[name] = {"kernel": module["kernel"], **perturb.perturb_subtree(rest, path, direction, scale, layer=li)}
+        low_rank[name] = {"a": jnp.asarray(scale, jnp.float32) * a, "b": b}
     return out, low_rank
 
 
