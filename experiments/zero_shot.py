@@ -55,10 +55,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     load_s = time.perf_counter() - t0
     tok = model.tokenizer
 
-    def generate_fn(prompt_ids: list[int]) -> list[int]:
-        out = model.generate(model.params, prompt_ids, max_new_tokens=args.max_new_tokens,
-                             stop_strings=("\n",), return_text=False, stop_rule=args.stop_rule)
-        return list(out)
+    def generate_fn(prompts: list[list[int]]) -> list[list[int]]:
+        return model.generate_batch(model.params, prompts, max_new_tokens=args.max_new_tokens,
+                                    stop_strings=("\n",), stop_rule=args.stop_rule)
 
     report: dict[str, Any] = {
         "model": args.model,

@@ -10,3 +10,6 @@ os.environ.setdefault("ZOJAX_MESH", "none")
 import tempfile
 
 os.environ.setdefault("ZOJAX_CACHE_DIR", tempfile.mkdtemp(prefix="zojax-cache-"))  # `zojax tasks`'s cache
+
+# the trainer tests' fixtures (data_dir, xla_cache), module-scoped in each module that uses them
+pytest_plugins = ["tests._trainer"]

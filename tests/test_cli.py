@@ -217,6 +217,31 @@ def test_config_files_are_checked_against_the_same_choices() -> None:
             C.from_dict({section: {name: "bogus"}}).resolve()
 
 
+# integers checked elsewhere: the budget pair when steps are resolved, M and q by their estimators
+INTEGERS_WITHOUT_MINIMUM = {"optim.steps", "optim.forward_budget", "optim.num_candidates", "optim.num_queries"}
+
+
+def test_every_integer_option_has_a_least_value_or_its_own_check() -> None:
+    hints = {f"{s}.{f.name}": typing.get_type_hints(cls)[f.name] for s, cls in C.SECTIONS.items()
+             for f in dataclasses.fields(cls)}  # fmt: skip
+    integers = {k for k, t in hints.items() if t in (int, int | None)}
+    assert integers - INTEGERS_WITHOUT_MINIMUM == {k for k, f in C.fields().items() if "minimum" in f.metadata}
+
+
+@pytest.mark.parametrize("key", sorted(k for k, f in C.fields().items() if "minimum" in f.metadata))
+def test_an_integer_below_its_minimum_names_the_flag(key: str) -> None:
+    """Config files and sweeps skip argparse; resolve() checks each field's ``minimum`` metadata."""
+    least = C.fields()[key].metadata["minimum"]
+    section, name = key.split(".")
+    nested: dict[str, dict[str, Any]] = {section: {name: least - 1}}
+    if key in ("optim.rank", "optim.refresh_every"):
+        nested[section]["perturbation"] = "subspace"
+    with pytest.raises(ValueError, match=rf"^{C.flag(key)}: expected an integer >= {least}, got {least - 1}$"):
+        C.from_dict(nested).resolve()
+    nested[section][name] = least  # and the least value itself is accepted
+    C.from_dict(nested).resolve()
+
+
 @pytest.mark.parametrize("argv", [["--help"], ["methods"], ["tasks", "--help"], ["finetune", "--help"]])
 def test_help_and_listings_do_not_import_jax(argv: list[str]) -> None:
     code = (

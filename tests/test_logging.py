@@ -1,8 +1,8 @@
 """The run logs' trackers (:mod:`zojax.train.logging`): the interface with a fake tracker, the
 ``trackers`` option, Weights & Biases in offline mode, and the trainer honouring the option.
 
-TensorBoard's event files (format, resume truncation) are tested with the trainer in
-``test_train.py``.
+and TensorBoard's event files: their scalars by step and by forward passes, and a resume's truncation
+(a second event file, rewound with the checkpoint).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 
 from zojax.errors import UserError
 from zojax.train import MetricsLogger, Tracker, TrainConfig, Trainer, read_events, read_metrics
-from zojax.train import config as config_lib
-from zojax.train.logging import WANDB_MISSING, WandbTracker
+from zojax.train import resolve as resolve_lib
+from zojax.train.trackers import WANDB_MISSING, WandbTracker
 
 RECORDS = [
     {"event": "eval", "step": 0, "forwards": 0, "dev_accuracy": 0.5, "wall_time": 0.1},
@@ -70,7 +70,7 @@ def test_the_trackers_option_is_checked(monkeypatch: pytest.MonkeyPatch) -> None
         resolve("mlflow")
     with pytest.raises(ValueError, match=r"--trackers: .* twice"):
         resolve("tensorboard", "tensorboard")
-    monkeypatch.setattr(config_lib, "wandb_installed", lambda: False)
+    monkeypatch.setattr(resolve_lib, "wandb_installed", lambda: False)
     with pytest.raises(ValueError, match=r"--trackers: 'wandb' needs the wandb package: pip install 'zojax\[wandb\]'"):
         resolve("wandb")
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` fails
@@ -120,3 +120,28 @@ def test_the_trainer_honours_the_trackers_option(tmp_path: Path) -> None:
             assert by_step[0] == by_forwards[0] == 0
             assert by_step[1]["test/test_accuracy"] == pytest.approx(test["test_accuracy"], rel=1e-7)
             assert "test_by_forwards/test_accuracy" in by_forwards[1] and "test/wall_time" in by_step[1]
+
+
+def test_event_file_format(tmp_path: Path) -> None:
+    log = MetricsLogger(tmp_path)
+    log.log_config({"optim": {"method": "mezo"}})  # a text summary, not a scalar
+    log.log({"event": "train", "step": 1, "forwards": 6, "loss": 0.5, "note": "x"})
+    off = log.offsets()
+    log.log({"event": "train", "step": 2, "forwards": 12, "loss": 0.25})
+    log.close()
+    events = list(read_events(tmp_path / "tb"))
+    assert events == [
+        (1, {"train/loss": 0.5}),
+        (6, {"train_by_forwards/loss": 0.5}),
+        (2, {"train/loss": 0.25}),
+        (12, {"train_by_forwards/loss": 0.25}),
+    ]
+    log = MetricsLogger(tmp_path, off)  # a resume truncates both logs to the checkpoint
+    log.log({"event": "train", "step": 2, "forwards": 12, "loss": 0.125})  # into a second event file
+    log.close()
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
+    resumed = [(2, {"train/loss": 0.125}), (12, {"train_by_forwards/loss": 0.125})]
+    assert list(read_events(tmp_path / "tb")) == [*events[:2], *resumed]
+    assert len(list((tmp_path / "tb").iterdir())) == 2
+    MetricsLogger(tmp_path, off).close()  # resuming from the first checkpoint again drops what followed it
+    assert list(read_events(tmp_path / "tb")) == events[:2]

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tests.test_train import ColonTemplate, data_dir, make_config, run_cli, xla_cache  # noqa: F401
+from tests._trainer import ColonTemplate, make_config, run_cli
 from zojax.perturb import Direction, key_data, perturb
 from zojax.tasks import get_task
 from zojax.tasks.metrics import f1_score
@@ -39,7 +39,7 @@ def _accuracy(model, params, batch) -> float:
     return float(np.mean(batch["gold_mask"][np.arange(b), scores.argmax(-1)]))
 
 
-def test_negative_accuracy_is_minus_the_accuracy(data_dir: Path) -> None:  # noqa: F811
+def test_negative_accuracy_is_minus_the_accuracy(data_dir: Path) -> None:
     model = build_model("random:tiny")
     task = get_task("sst2")
     sp = task.splits(seed=0, num_train=16, num_dev=8, num_test=8, data_dir=data_dir)
@@ -54,7 +54,7 @@ def test_negative_accuracy_is_minus_the_accuracy(data_dir: Path) -> None:  # noq
     assert float(negative_accuracy(scores, toy)) == -0.5
 
 
-def test_accuracy_on_shared_prompts_equals_the_candidate_layout(data_dir: Path) -> None:  # noqa: F811
+def test_accuracy_on_shared_prompts_equals_the_candidate_layout(data_dir: Path) -> None:
     task = get_task("sst2").with_template(ColonTemplate())
     model = build_model("random:tiny")
     sp = task.splits(seed=0, num_train=16, num_dev=8, num_test=8, data_dir=data_dir)
@@ -69,7 +69,7 @@ def test_accuracy_on_shared_prompts_equals_the_candidate_layout(data_dir: Path) 
         assert float(a.perturbed(model.params, d, 0.5)) == float(b.perturbed(model.params, d, 0.5))
 
 
-def test_accuracy_objective_raises_the_training_accuracy(data_dir: Path, xla_cache) -> None:  # noqa: F811
+def test_accuracy_objective_raises_the_training_accuracy(data_dir: Path, xla_cache) -> None:
     """MeZO on minus the accuracy of each batch of the easy task (every training review positive):
     the accuracy on all 16 training examples goes from the random model's to above it.
 
@@ -133,7 +133,7 @@ def test_f1_scorer_cuts_at_the_stop_and_scores_like_evaluation() -> None:
     np.testing.assert_allclose(float(loss), -np.mean(f1), rtol=1e-6)
 
 
-def test_f1_objective_through_the_cli(capsys, xla_cache, tmp_path: Path) -> None:  # noqa: F811
+def test_f1_objective_through_the_cli(capsys, xla_cache, tmp_path: Path) -> None:
     """--objective f1 on a SQuAD-shaped task: the training loss is minus the F1 of the batch's greedy
     answers (in [−1, 0]), selection uses dev F1; a wrong pairing of objective and task is one line."""
     _squad_dir(tmp_path)

@@ -29,6 +29,7 @@ Equalities asserted, and why:
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -80,17 +81,19 @@ def stderr_tail(text: str, lines: int = 40) -> str:
     return "\n".join(kept[-lines:])
 
 
-def run_children(cmds: dict[str, list[str]], logs: Path) -> dict[str, str]:
-    """Runs the commands concurrently; fails with every child's stderr if one fails or time runs out."""
-    env = child_env()
+def run_children(
+    cmds: dict[str, list[str]], logs: Path, script: Path = SMOKE, envs: dict[str, dict[str, str]] | None = None
+) -> dict[str, str]:
+    """Runs ``script`` with each command concurrently (``envs``: extra environment by child); fails with
+    every child's stderr if one fails or time runs out."""
     procs: dict[str, subprocess.Popen] = {}
     files = {}
     for name, cmd in cmds.items():
         files[name] = (open(logs / f"{name}.out", "w+"), open(logs / f"{name}.err", "w+"))  # noqa: SIM115
         procs[name] = subprocess.Popen(
-            [sys.executable, str(SMOKE), *cmd],
+            [sys.executable, str(script), *cmd],
             cwd=REPO,
-            env=env,
+            env={**child_env(), **(envs or {}).get(name, {})},
             stdout=files[name][0],
             stderr=files[name][1],
         )
@@ -178,6 +181,28 @@ def test_two_process_sharded_step_equals_single_process(tmp_path: Path) -> None:
     )
     for k in param_keys:
         np.testing.assert_allclose(p0[k], ref[k], rtol=1e-6, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.slow
+def test_two_process_evaluation_equals_single_process(tmp_path: Path) -> None:
+    """Candidate scoring and greedy generation with rows split over two processes (``data=2,fsdp=2``,
+    3-row passes rounded up to 4): both processes fetch the same results, equal to one device's
+    (scores to 1e-6, generations and metrics exactly)."""
+    job = {distributed.ENV_COORDINATOR: f"127.0.0.1:{free_port()}", distributed.ENV_NUM_PROCESSES: "2"}
+    mh = ["--num-cpu-devices", "2", "--mesh", "data=2,fsdp=2", "--out", str(tmp_path / "mh")]
+    run_children(
+        {"process0": mh, "process1": mh, "single": ["--mesh", "none", "--out", str(tmp_path / "ref")]},
+        tmp_path,
+        REPO / "experiments" / "multihost_eval_smoke.py",
+        {f"process{i}": {**job, distributed.ENV_PROCESS_ID: str(i)} for i in range(2)},
+    )
+    p0, p1, ref = (json.loads((tmp_path / name).read_text()) for name in ("mh.p0.json", "mh.p1.json", "ref.p0.json"))
+    assert (p0["process_count"], p0["mesh"], ref["process_count"], ref["mesh"]) == (2, "data=2,fsdp=2", 1, "none")
+    assert p0 == p1
+    assert (p0["forward_passes"], ref["forward_passes"]) == (4, 5)  # 14 sequences in passes of 4 / 3 rows
+    assert p0["generations"] == ref["generations"] and len(set(ref["generations"])) >= 5
+    assert (p0["f1"], p0["predictions"], p0["accuracy"]) == (ref["f1"], ref["predictions"], ref["accuracy"])
+    np.testing.assert_allclose(np.asarray(p0["scores"]), np.asarray(ref["scores"]), rtol=0, atol=1e-6)
 
 
 def test_initialize_configuration_errors(monkeypatch: pytest.MonkeyPatch) -> None:

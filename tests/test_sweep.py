@@ -4,7 +4,7 @@
   resumed to completion: every cell equals the uninterrupted run of its ``--print-commands`` line;
   a real SIGTERM stops the running cell with a checkpoint and the next invocation finishes it;
 * the table's numbers equal ones computed by hand from fixture runs;
-* the paper spec's dry run: 396 cells, every method the same forward budget;
+* the paper spec's dry run: 627 cells (SubZero rows included), every method the same forward budget;
 * the CPU spec resolves, and gives every ZO method the same budget.
 """
 
@@ -40,7 +40,7 @@ def _sst2(d: Path) -> Path:
     return d
 
 
-def _spec(tmp: Path, data: Path, steps: int = 3) -> Path:
+def _spec(tmp: Path, data: Path, steps: int = 3, **base: object) -> Path:
     spec = {
         "name": "tiny",
         "out": str(tmp / "out"),
@@ -54,6 +54,7 @@ def _spec(tmp: Path, data: Path, steps: int = 3) -> Path:
             "optim.steps": steps,
             "eval.eval_every": 1,
             "run.checkpoint_every": 1,
+            **base,
         },
         "grid": {"run.seed": [0, 1]},
         "methods": [
@@ -92,7 +93,7 @@ def test_sweep_stop_resume_and_print_commands(tmp_path: Path) -> None:
     assert "8 interrupted" in first.stdout
     assert all(S.cell_status(spec.out / c.id) == "started" for c in cells)
 
-    second = _zojax("sweep", str(spec_path), "--no-progress")
+    second = _zojax("sweep", str(spec_path), "--no-progress", "--jobs", "2")
     assert second.returncode == 0, second.stdout + second.stderr
     assert "8 done now" in second.stdout
     assert all(S.cell_status(spec.out / c.id) == "done" for c in cells)
@@ -118,7 +119,9 @@ def test_sweep_stop_resume_and_print_commands(tmp_path: Path) -> None:
 
 
 def test_sigterm_stops_the_running_cell_and_the_next_invocation_finishes_it(tmp_path: Path) -> None:
-    spec_path = _spec(tmp_path, _sst2(tmp_path / "data"), steps=600)
+    # long enough to be stopped mid-run; no evaluation or checkpoint per step (SIGTERM writes its own)
+    spec_path = _spec(tmp_path, _sst2(tmp_path / "data"), steps=600, **{"eval.eval_every": 0,
+                      "run.checkpoint_every": 0})  # fmt: skip
     spec = S.load_spec(spec_path)
     cell = spec.cells()[0]
     proc = subprocess.Popen(
@@ -205,12 +208,15 @@ def test_paper_spec_dry_run() -> None:
     spec = S.load_spec(REPO / "experiments" / "sweeps" / "paper_opt13b.toml")
     os.environ.setdefault("ZOJAX_DATA_DIR", str(SHARED))
     rows = S.plan(spec, check_data=True)
-    assert len(rows) == 11 * 3 * (1 + 3 + 4 + 4)
+    assert len(rows) == 11 * 3 * (1 + 3 + 4 + 4 + 3 + 4)
     budgets = S.budgets(rows)
     assert budgets.pop("zero-shot") == {0}
     assert len({b for v in budgets.values() for b in v}) == 1  # every method the same forward passes
     steps = {r.cell.label: r.steps for r in rows}
-    assert steps["MeZO"] == 19998 and steps["MeZO-GV"] == steps["MeZO-Greedy"] == 6666
+    assert steps["MeZO"] == steps["SubZero"] == 19998
+    assert steps["MeZO-GV"] == steps["MeZO-Greedy"] == steps["SubZero-GV"] == 6666
+    subspace = {r.cell.label for r in rows if r.cell.options.get("optim.perturbation") == "subspace"}
+    assert subspace == {"SubZero", "SubZero-GV"}
     assert {r.cell.options["data.task"] for r in rows} == {
         "sst2", "rte", "cb", "boolq", "wsc", "wic", "multirc", "copa", "record", "squad", "drop"
     }  # fmt: skip
@@ -220,6 +226,6 @@ def test_cpu_spec_resolves_with_equal_zo_budgets() -> None:
     for path in sorted((REPO / "experiments" / "sweeps").glob("cpu_smollm2*.toml")):
         spec = S.load_spec(path)
         rows = S.plan(spec, check_data=False)
-        zo = {label: b for label, b in S.budgets(rows).items() if label.startswith("MeZO")}
+        zo = {label: b for label, b in S.budgets(rows).items() if label.startswith(("MeZO", "SubZero"))}
         assert zo and len({b for v in zo.values() for b in v}) == 1, (path.name, zo)
         assert all(b >= 1000 for v in zo.values() for b in v)

@@ -154,12 +154,11 @@ def test_f1_known_cases() -> None:
 
 
 def fake_generate(answers: dict[str, str]):
-    """generate_fn returning canned continuations keyed by the prompt's question."""
+    """generate_fn returning canned continuations keyed by the prompts' questions."""
 
-    def gen(prompt_ids: list[int]) -> list[int]:
-        text = TOK.decode(prompt_ids)
-        q = text.rsplit("Question: ", 1)[1].split("\n")[0]
-        return TOK.encode(answers[q], add_bos=False)
+    def gen(prompts: list[list[int]]) -> list[list[int]]:
+        questions = [TOK.decode(p).rsplit("Question: ", 1)[1].split("\n")[0] for p in prompts]
+        return [TOK.encode(answers[q], add_bos=False) for q in questions]
 
     return gen
 

@@ -2,7 +2,8 @@
 
 The estimators (MeZO's SPSA, n-SPSA, MeZO-GV, MeZO-Greedy) are pure functions over parameter pytrees
 (:mod:`zojax.estimators`) exposed as optax transformations (:mod:`zojax.transforms`) that regenerate
-their perturbations from PRNG keys (:mod:`zojax.perturb`); :func:`zojax.jit_step` compiles a step
+their perturbations from PRNG keys (:mod:`zojax.perturb`), and the paper's optimizers, each an
+estimator followed by SGD (:mod:`zojax.alias`); :func:`zojax.jit_step` compiles a step
 of one (donated, with the compiler options that keep it within a forward's memory).
 
 The names below are imported on first use (:mod:`zojax._lazy`), so that the ``zojax`` command's help
@@ -20,19 +21,15 @@ _EXPORTS = {
     "METHODS": "registry",
     "Method": "registry",
     "ZO_COMPILER_OPTIONS": "step",
+    **dict.fromkeys(("decay_mask", "mezo", "mezo_greedy", "mezo_gv", "mezo_nspsa"), "alias"),
     "jit_options": "step",
     "jit_step": "step",
     **dict.fromkeys(
         (
             "SkipNonfiniteState",
             "ZOState",
-            "decay_mask",
             "greedy",
             "guided",
-            "mezo",
-            "mezo_greedy",
-            "mezo_gv",
-            "mezo_nspsa",
             "nspsa",
             "skip_nonfinite",
             "spsa",
@@ -43,4 +40,4 @@ _EXPORTS = {
     ),
 }
 __getattr__, __dir__ = attach(__name__, _EXPORTS)
-__all__ = sorted([*_EXPORTS, "estimators", "perturb", "registry"])
+__all__ = sorted([*_EXPORTS, "alias", "estimators", "perturb", "registry", "transforms"])

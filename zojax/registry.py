@@ -52,9 +52,9 @@ class Method:
     @property
     def optimizer(self) -> Callable[..., optax.GradientTransformationExtraArgs]:
         """Builds the estimator followed by SGD from ``learning_rate`` and options."""
-        from zojax import transforms
+        from zojax import alias
 
-        return getattr(transforms, self.optimizer_name)
+        return getattr(alias, self.optimizer_name)
 
     @property
     def estimate(self) -> Callable[..., Estimate]:

@@ -80,23 +80,23 @@ class Spec:
 
 
 def _common(eps: Any, distribution: str) -> dict[str, Any]:
-    from zojax import estimators
+    from zojax import checks
 
-    estimators.check_eps(eps)
-    estimators.check_distribution(distribution)
+    checks.check_eps(eps)
+    checks.check_distribution(distribution)
     return {"eps": eps, "distribution": distribution}
 
 
 def _validate_spsa(eps: Any = 1e-3, one_sided: Any = False, distribution: str = "gaussian") -> dict[str, Any]:
-    from zojax import estimators
+    from zojax import checks
 
-    return {**_common(eps, distribution), "one_sided": estimators.check_flag("one_sided", one_sided)}
+    return {**_common(eps, distribution), "one_sided": checks.check_flag("one_sided", one_sided)}
 
 
 def _validate_nspsa(eps: Any = 1e-3, num_queries: Any = 2, distribution: str = "gaussian") -> dict[str, Any]:
-    from zojax import estimators
+    from zojax import checks
 
-    return {**_common(eps, distribution), "num_queries": estimators.check_num_queries(num_queries)}
+    return {**_common(eps, distribution), "num_queries": checks.check_num_queries(num_queries)}
 
 
 def _validate_guided(
@@ -107,21 +107,21 @@ def _validate_guided(
     normalize: Any = False,
     distribution: str = "gaussian",
 ) -> dict[str, Any]:
-    from zojax import estimators
+    from zojax import checks
 
     common = _common(eps, distribution)
-    m = estimators.check_guided_options(num_candidates, elite_ratio, weighting, normalize)
+    m = checks.check_guided_options(num_candidates, elite_ratio, weighting, normalize)
     return {**common, "num_candidates": m, "elite_ratio": elite_ratio, "weighting": weighting, "normalize": normalize}
 
 
 def _validate_greedy(
     eps: Any = 1e-3, num_candidates: Any = 4, reuse_best_loss: Any = False, distribution: str = "gaussian"
 ) -> dict[str, Any]:
-    from zojax import estimators
+    from zojax import checks
 
     common = _common(eps, distribution)
-    m = estimators.check_num_candidates(num_candidates, 1)
-    return {**common, "num_candidates": m, "reuse_best_loss": estimators.check_flag("reuse_best_loss", reuse_best_loss)}
+    m = checks.check_num_candidates(num_candidates, 1)
+    return {**common, "num_candidates": m, "reuse_best_loss": checks.check_flag("reuse_best_loss", reuse_best_loss)}
 
 
 SPSA = Spec("estimate_spsa", lambda **_: 2, _validate_spsa)

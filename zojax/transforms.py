@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -35,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from zojax import estimators, perturb, specs
+from zojax import checks, perturb, specs
 from zojax.estimators import Estimate
 
 PyTree = Any
@@ -99,7 +98,7 @@ def zeroth_order(
     base_key = perturb.key_data(key)
 
     def init_fn(params: PyTree) -> ZOState:
-        estimators.check_params(params)
+        checks.check_params(params)
         return ZOState(
             key=jnp.array(base_key),  # a fresh buffer: a step that donates the state must not free base_key
             count=jnp.zeros((), jnp.int32),
@@ -126,7 +125,7 @@ def zeroth_order(
             raise ValueError(
                 "value_fn: pass the loss as update(updates, state, params, value_fn=lambda p: loss(p, batch))"
             )
-        estimators.check_params(params)
+        checks.check_params(params)
         if updates is not None:
             _check_same_structure(updates, params)
         step_key = perturb.fold_in(state.key, state.count)
@@ -165,9 +164,9 @@ def _from_spec(
     **options: Any,
 ) -> optax.GradientTransformationExtraArgs:
     """The transformation of ``spec`` with ``options`` (checked once, by ``spec.validate``) and the
-    perturbation family (i.i.d., or SubZero's subspace: :func:`zojax.estimators.check_perturbation`)."""
+    perturbation family (i.i.d., or SubZero's subspace: :func:`zojax.checks.check_perturbation`)."""
     options = spec.validate(**options)
-    subspace = estimators.check_perturbation(perturbation, rank, refresh_every)
+    subspace = checks.check_perturbation(perturbation, rank, refresh_every)
     return zeroth_order(functools.partial(spec.estimate, **options), spec.num_forwards(**options), key, subspace)
 
 
@@ -254,160 +253,6 @@ def greedy(
     sub = {"perturbation": perturbation, "rank": rank, "refresh_every": refresh_every}
     options = {"num_candidates": num_candidates, "reuse_best_loss": reuse_best_loss}
     return _from_spec(specs.GREEDY, key, eps=eps, distribution=distribution, **options, **sub)
-
-
-_NO_DECAY = re.compile(r"bias|norm|(^|[^a-z])ln([^a-z]|$)", re.IGNORECASE)
-
-
-def decay_mask(params: PyTree) -> PyTree:
-    """MeZO's weight-decay mask: ``False`` for biases and normalisation parameters, ``True`` elsewhere.
-
-    A leaf is exempt when any entry of its key path contains ``bias`` or ``norm`` or is ``ln``-like
-    (MeZO skips names with ``bias``, ``layer_norm`` or ``layernorm``). Embeddings are decayed, as in MeZO.
-    """
-
-    def keep(path: Any, _: Any) -> bool:
-        return not _NO_DECAY.search(jax.tree_util.keystr(tuple(path)))
-
-    return jax.tree_util.tree_map_with_path(keep, params)
-
-
-def _with_sgd(
-    estimator: optax.GradientTransformationExtraArgs,
-    learning_rate: optax.ScalarOrSchedule,
-    weight_decay: float,
-) -> optax.GradientTransformationExtraArgs:
-    parts: list[optax.GradientTransformation] = [estimator]
-    # Under optax.inject_hyperparams the decay is a traced array: keep the term unless it is a
-    # literal zero.
-    if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
-        parts.append(optax.add_decayed_weights(weight_decay, mask=decay_mask))
-    parts.append(optax.sgd(learning_rate))
-    return optax.chain(*parts)
-
-
-def mezo(
-    learning_rate: optax.ScalarOrSchedule,
-    eps: float = 1e-3,
-    *,
-    weight_decay: float = 0.0,
-    one_sided: bool = False,
-    distribution: str = "gaussian",
-    perturbation: str = "iid",
-    rank: int | None = None,
-    refresh_every: int | None = None,
-    key: int | jax.Array = 0,
-) -> optax.GradientTransformationExtraArgs:
-    """MeZO: SPSA estimate, MeZO's weight decay (none on biases and norms), then SGD.
-
-    ``θ ← θ − η (g z + λ θ ⊙ mask)``, ``g = (L(θ+εz) − L(θ−εz)) / 2ε``.
-
-    Example:
-      >>> tx = mezo(learning_rate=1e-2, eps=1e-3)
-      >>> params = {"w": jnp.ones(3)}
-      >>> state = tx.init(params)
-      >>> updates, state = tx.update(params, state, params, value_fn=lambda p: jnp.sum(p["w"] ** 2))
-      >>> params = optax.apply_updates(params, updates)
-    """
-    return _with_sgd(
-        spsa(
-            eps,
-            one_sided=one_sided,
-            distribution=distribution,
-            perturbation=perturbation,
-            rank=rank,
-            refresh_every=refresh_every,
-            key=key,
-        ),
-        learning_rate,
-        weight_decay,
-    )
-
-
-def mezo_nspsa(
-    learning_rate: optax.ScalarOrSchedule,
-    eps: float = 1e-3,
-    num_queries: int = 2,
-    *,
-    weight_decay: float = 0.0,
-    distribution: str = "gaussian",
-    perturbation: str = "iid",
-    rank: int | None = None,
-    refresh_every: int | None = None,
-    key: int | jax.Array = 0,
-) -> optax.GradientTransformationExtraArgs:
-    """n-SPSA with SGD (the paper's Table X baseline), ``2q`` forwards per step."""
-    return _with_sgd(
-        nspsa(
-            eps,
-            num_queries,
-            distribution=distribution,
-            perturbation=perturbation,
-            rank=rank,
-            refresh_every=refresh_every,
-            key=key,
-        ),
-        learning_rate,
-        weight_decay,
-    )
-
-
-def mezo_gv(
-    learning_rate: optax.ScalarOrSchedule,
-    eps: float = 1e-3,
-    num_candidates: int = 4,
-    elite_ratio: float = 0.5,
-    *,
-    weighting: str = "mean_diff",
-    normalize: bool = False,
-    weight_decay: float = 0.0,
-    distribution: str = "gaussian",
-    perturbation: str = "iid",
-    rank: int | None = None,
-    refresh_every: int | None = None,
-    key: int | jax.Array = 0,
-) -> optax.GradientTransformationExtraArgs:
-    """MeZO-GV: guided estimate then SGD, ``M + 2`` forwards per step (see :func:`guided`)."""
-    est = guided(
-        eps,
-        num_candidates,
-        elite_ratio,
-        weighting=weighting,
-        normalize=normalize,
-        distribution=distribution,
-        perturbation=perturbation,
-        rank=rank,
-        refresh_every=refresh_every,
-        key=key,
-    )
-    return _with_sgd(est, learning_rate, weight_decay)
-
-
-def mezo_greedy(
-    learning_rate: optax.ScalarOrSchedule,
-    eps: float = 1e-3,
-    num_candidates: int = 4,
-    *,
-    reuse_best_loss: bool = False,
-    weight_decay: float = 0.0,
-    distribution: str = "gaussian",
-    perturbation: str = "iid",
-    rank: int | None = None,
-    refresh_every: int | None = None,
-    key: int | jax.Array = 0,
-) -> optax.GradientTransformationExtraArgs:
-    """MeZO-Greedy: step along the best of ``M`` candidates with SGD (see :func:`greedy`)."""
-    est = greedy(
-        eps,
-        num_candidates,
-        reuse_best_loss=reuse_best_loss,
-        distribution=distribution,
-        perturbation=perturbation,
-        rank=rank,
-        refresh_every=refresh_every,
-        key=key,
-    )
-    return _with_sgd(est, learning_rate, weight_decay)
 
 
 class SkipNonfiniteState(NamedTuple):

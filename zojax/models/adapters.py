@@ -156,13 +156,22 @@ class Adapted:
         with ``P`` ones once the cache holds the prefix) gives OPT's generated tokens positions
         ``T+P, T+P+1, …``; zojax keeps them contiguous, consistent with :meth:`logits`.
         """
+        params, extra = self._generation(trainable)
+        return self.model.generate(params, prompt, **extra, **kw)
+
+    def generate_batch(self, trainable: PyTree, prompts: Any, **kw: Any) -> list[list[int]]:
+        """Greedy generation of several prompts at once (:meth:`zojax.models.Model.generate_batch`),
+        with the adapter as in :meth:`generate`."""
+        params, extra = self._generation(trainable)
+        return self.model.generate_batch(params, prompts, **extra, **kw)
+
+    def _generation(self, trainable: PyTree) -> tuple[PyTree, dict[str, Any]]:
+        """The base model's parameters and extra generation arguments for ``trainable``."""
         if self.kind == "lora":
-            return self.model.generate(self.merged_params(trainable), prompt, **kw)
+            return self.merged_params(trainable), {}
         if self.kind == "prefix":
             layers = trainable["layers"]
-            return self.model.generate(
-                self.base, prompt, prefix_kv=(layers["keys"], layers["values"]), **kw
-            )
+            return self.base, {"prefix_kv": (layers["keys"], layers["values"])}
         raise NotImplementedError(f"generate: not implemented for {self.kind!r} adapters")
 
 

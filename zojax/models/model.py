@@ -41,6 +41,7 @@ import numpy as np
 from zojax import perturb
 from zojax.models.config import ModelConfig
 from zojax.models.modules import LOW_RANK, DecoderBlock
+from zojax.models.rows import LOCAL, Rows, padded_rows
 
 Array = jax.Array
 PyTree = Any
@@ -475,7 +476,8 @@ class Model:
         prefix_kv: tuple[Array, Array] | None = None,
         stop_rule: str = "text",
     ) -> list[int] | str:
-        r"""Greedy decoding with a KV cache (jitted prefill + jitted decode chunks).
+        r"""Greedy decoding with a KV cache (jitted prefill + jitted decode chunks): one prompt,
+        :meth:`generate_batch` of one row.
 
         Decoding stops at ``max_new_tokens``, at an end-of-sequence / ``stop_ids`` token (not
         returned), or by ``stop_rule``:
@@ -510,15 +512,77 @@ class Model:
         Returns:
           the new token ids, or the decoded text.
         """
-        if stop_rule not in STOP_RULES:
-            raise ValueError(f"stop_rule: expected one of {STOP_RULES}, got {stop_rule!r}")
-        tok = self.tokenizer
         if isinstance(prompt, str):
             ids = self.encode(prompt)
             return_text = True if return_text is None else return_text
         else:
             ids = [int(i) for i in np.asarray(prompt).reshape(-1)]
-        if not ids:
+        (result,) = self.generate_batch(
+            params,
+            [ids],
+            max_new_tokens=max_new_tokens,
+            stop_strings=stop_strings,
+            stop_ids=stop_ids,
+            chunk=chunk,
+            prefix_kv=prefix_kv,
+            stop_rule=stop_rule,
+        )
+        if return_text:
+            if max_new_tokens <= 0:
+                return ""
+            if self.tokenizer is None:
+                raise ValueError("return_text: this model has no tokenizer")
+            text = self.tokenizer.decode(result)
+            for s in stop_strings if stop_rule == "text" else ():
+                if s in text:
+                    text = text[: text.index(s)]
+            return text
+        return result
+
+    def generate_batch(
+        self,
+        params: PyTree,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int = 50,
+        stop_strings: Sequence[str] = ("\n",),
+        stop_ids: Sequence[int] | None = None,
+        chunk: int = 16,
+        prefix_kv: tuple[Array, Array] | None = None,
+        stop_rule: str = "text",
+        rows: int | None = None,
+        placement: Rows = LOCAL,
+    ) -> list[list[int]]:
+        r"""Greedy decoding of several prompts at once (:meth:`generate`'s rules, row by row).
+
+        The prompts are left-padded to one power-of-two length ``T ≥ 32`` and the batch to
+        ``B' = ⌈max(rows, len(prompts)) / D⌉·D`` rows (copies of the first prompt, dropped), ``D =
+        placement.data_size``; every row keeps its own positions ``0..T_b−1`` and continues at
+        ``T_b, T_b+1, …``, so each row's tokens are those of :meth:`generate` on that prompt alone.
+        The rows are split over the devices by ``placement`` (:mod:`zojax.models.rows`) and each
+        chunk's tokens fetched whole on every process; decoding ends once every prompt has stopped.
+
+        Args:
+          params: the parameters (on the devices as ``placement`` expects, e.g. FSDP-sharded).
+          prompts: token ids, one non-empty sequence per prompt.
+          max_new_tokens: most tokens to generate per prompt.
+          stop_strings: see :meth:`generate`.
+          stop_ids: see :meth:`generate`.
+          chunk: decode steps per jitted call.
+          prefix_kv: see :meth:`generate` (shared by every row).
+          stop_rule: ``"text"`` or ``"mezo"`` (see :meth:`generate`).
+          rows: pad the batch to at least this many rows (a fixed shape compiles once).
+          placement: where the rows live (default: one device).
+
+        Returns:
+          the new token ids of each prompt (no stop token; ``"text"``: up to the token that
+          completed a stop string).
+        """
+        if stop_rule not in STOP_RULES:
+            raise ValueError(f"stop_rule: expected one of {STOP_RULES}, got {stop_rule!r}")
+        tok = self.tokenizer
+        prompts = [[int(i) for i in np.asarray(p).reshape(-1)] for p in prompts]
+        if not prompts or not all(prompts):
             raise ValueError("prompt: at least one token is needed")
         if stop_ids is None:
             stop_ids = (
@@ -531,26 +595,31 @@ class Model:
             stop_strings = ()
         stop_set = {int(s) for s in stop_ids}
         if max_new_tokens <= 0:
-            return "" if return_text else []
-        n_prompt = len(ids)
+            return [[] for _ in prompts]
+        n = len(prompts)
+        b = padded_rows(max(n, rows or 0), placement.data_size)
+        lengths = [len(p) for p in prompts] + [len(prompts[0])] * (b - n)
         num_prefix = 0 if prefix_kv is None else int(prefix_kv[0].shape[1])
         # Power-of-two prompt buckets: each distinct length compiles a prefill and a decode
         # program, and SQuAD-like prompts would otherwise hit a dozen shapes (~20 s each on CPU).
-        tp = max(32, 1 << (n_prompt - 1).bit_length())
+        tp = max(32, 1 << (max(lengths) - 1).bit_length())
         steps = -(-max(max_new_tokens - 1, 0) // chunk) * chunk
         cache_len = num_prefix + tp + steps
-        prompt_arr = np.zeros((1, tp), np.int32)
-        mask = np.zeros((1, tp), np.int32)
-        prompt_arr[0, tp - n_prompt :] = ids
-        mask[0, tp - n_prompt :] = 1
-        first, cache, valid = _prefill(
-            self.config, self.dtype, params, prompt_arr, mask, cache_len, prefix_kv
+        prompt_arr = np.zeros((b, tp), np.int32)
+        mask = np.zeros((b, tp), np.int32)
+        for r, p in enumerate(prompts + [prompts[0]] * (b - n)):
+            prompt_arr[r, tp - len(p) :] = p
+            mask[r, tp - len(p) :] = 1
+        placed = placement.batch(
+            {"ids": prompt_arr, "mask": mask, "pos": np.asarray(lengths, np.int32)}  # prefix slots take no positions
         )
-        out = [int(first[0])]
-        token = first
-        # cache layout: [prefix slots | left-padded prompt | generated tokens]
-        index = jnp.asarray(num_prefix + tp, jnp.int32)
-        pos = jnp.asarray([n_prompt], jnp.int32)  # prefix slots take no positions (MeZO)
+        token, cache, valid = _prefill(
+            self.config, self.dtype, params, placed["ids"], placed["mask"], cache_len, prefix_kv
+        )
+        outs = [[int(t)] for t in placement.fetch(token)[:n]]
+        # cache layout: [prefix slots | left-padded prompts | generated tokens]
+        index = np.int32(num_prefix + tp)
+        pos = placed["pos"]
 
         def finished(out: list[int]) -> tuple[bool, list[int]]:
             for j, t in enumerate(out):
@@ -564,22 +633,24 @@ class Model:
                             return True, out[:j]
             return len(out) >= max_new_tokens, out[:max_new_tokens]
 
-        done, result = finished(out)
-        while not done:
+        results: list[list[int] | None] = [None] * n
+
+        def check() -> bool:
+            for r in range(n):
+                if results[r] is None:
+                    done, result = finished(outs[r])
+                    if done:
+                        results[r] = result
+            return all(r is not None for r in results)
+
+        while not check():
             toks, cache, valid, token, index, pos = _decode(
                 self.config, self.dtype, chunk, params, cache, valid, token, index, pos
             )
-            out.extend(int(t) for t in np.asarray(toks)[:, 0])
-            done, result = finished(out)
-        if return_text:
-            if tok is None:
-                raise ValueError("return_text: this model has no tokenizer")
-            text = tok.decode(result)
-            for s in stop_strings:
-                if s in text:
-                    text = text[: text.index(s)]
-            return text
-        return result
+            toks = placement.fetch(toks)  # [chunk, B']
+            for r in range(n):
+                outs[r].extend(int(t) for t in toks[:, r])
+        return [list(r) for r in results if r is not None]
 
 
 def stop_token_ids(tokenizer: Any, stop_strings: Sequence[str]) -> list[int]:

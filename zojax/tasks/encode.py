@@ -49,7 +49,8 @@ class TokenizerLike(Protocol):
         ...
 
 
-def _pad_id(tokenizer: TokenizerLike) -> int:
+def pad_id(tokenizer: TokenizerLike) -> int:
+    """The id padding is written with: the tokenizer's pad token, else its EOS, else 0."""
     pad = getattr(tokenizer, "pad_id", None)
     if pad is None:
         pad = getattr(tokenizer, "eos_id", None)
@@ -202,7 +203,7 @@ def classification_batch(
         cand_mask[i, : len(e)] = 1.0
         gold_mask[i, list(ex.gold)] = 1.0
         labels[i] = ex.label
-    ids, mask, tmask = left_pad(rows, _pad_id(tokenizer), t, tokenizer.bos_id)
+    ids, mask, tmask = left_pad(rows, pad_id(tokenizer), t, tokenizer.bos_id)
     return {
         "input_ids": ids.reshape(b, c, t),
         "attention_mask": mask.reshape(b, c, t),
@@ -229,7 +230,7 @@ def lm_batch(
     False scores every non-pad token after the first (plain causal-LM loss)."""
     enc = [encode_gold(task, ex, tokenizer, max_length, max_new_tokens) for ex in examples]
     t = seq_len or padded_length(max(len(s.ids) for s in enc), pad_to_multiple_of)
-    ids, mask, tmask = left_pad(enc, _pad_id(tokenizer), t, tokenizer.bos_id)
+    ids, mask, tmask = left_pad(enc, pad_id(tokenizer), t, tokenizer.bos_id)
     if not only_option:
         tmask = mask.astype(np.float32)
         first = mask.argmax(axis=1)

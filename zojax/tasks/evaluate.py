@@ -6,7 +6,14 @@ forward passes: rows are sorted by length, lengths are bucketed to a multiple of
 per bucket, the last pass padded with copies) so a jitted scorer compiles once per bucket
 (buckets are geometric: 2**k or 1.5 * 2**k tokens, about two shapes per doubling).
 The generic ``logits_fn`` interface has no KV cache, so the prompt is not shared across
-candidates; batching all candidates together is what is done instead.
+candidates; batching all candidates together is what is done instead. Generation batches its
+prompts the same way (sorted by length, ``token_budget`` tokens of prompt plus new tokens per call).
+
+On several devices a :class:`~zojax.models.rows.Rows` placement (the trainer's
+:class:`~zojax.train.placement.Placement`) splits every pass's rows over its ``data`` axis: the
+rows per pass are rounded up to a multiple of its size ``D`` (the budget is the whole pass's, as
+``--batch-size`` is the whole step's), filled with copies whose results are dropped, placed with
+``placement.batch`` and the per-row results fetched whole on every process.
 """
 
 from __future__ import annotations
@@ -20,14 +27,15 @@ from typing import Any
 import jax
 import numpy as np
 
+from zojax.models.rows import LOCAL, Rows, padded_rows
 from zojax.tasks.base import Example
 from zojax.tasks.encode import (
     Encoded,
     TokenizerLike,
-    _pad_id,
     encode_candidates,
     encode_generation_prompt,
     left_pad,
+    pad_id,
     padded_length,
 )
 from zojax.tasks.metrics import f1_score, is_correct
@@ -68,6 +76,36 @@ def _progress(it: Any, total: int, desc: str, enabled: bool) -> Any:
     return tqdm(it, total=total, desc=desc, leave=False)
 
 
+def length_chunks(
+    lengths: Sequence[int], token_budget: int, pad_to_multiple_of: int, data_size: int = 1, extra: int = 0
+) -> list[tuple[list[int], int, int]]:
+    r"""Passes of about ``token_budget`` tokens: ``(indices, padded length t, rows)`` each.
+
+    Rows are taken longest first; a pass's length is its longest row's
+    ``padded_length(n + extra, pad_to_multiple_of, geometric=True)`` and it holds
+    ``rows = ⌈max(1, ⌊token_budget / t⌋) / D⌉·D`` rows (the last pass of a length fewer).
+
+    Args:
+      lengths: each row's token count.
+      token_budget: tokens per pass (over all data shards).
+      pad_to_multiple_of: the length bucket's multiple.
+      data_size: ``D``, the rows' multiple (:attr:`zojax.models.rows.Rows.data_size`).
+      extra: tokens added to every row (generation: the new tokens).
+
+    Returns:
+      the passes, covering every index once.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    chunks: list[tuple[list[int], int, int]] = []
+    i = 0
+    while i < len(order):
+        t = padded_length(lengths[order[i]] + extra, pad_to_multiple_of, geometric=True)
+        rows = padded_rows(max(1, token_budget // t), data_size)
+        chunks.append((order[i : i + rows], t, rows))
+        i += rows
+    return chunks
+
+
 def score_sequences(
     logits_fn: LogitsFn,
     params: Any,
@@ -77,27 +115,23 @@ def score_sequences(
     pad_to_multiple_of: int = 32,
     progress: bool = False,
     desc: str = "scoring",
+    placement: Rows = LOCAL,
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """Mean option log-prob of every sequence, batched by length buckets.
+    """Mean option log-prob of every sequence, batched by length buckets (:func:`length_chunks`),
+    each pass's rows placed by ``placement`` (default: one device).
 
     Returns ``(scores float64[N], stats)``."""
     scorer = _jitted_scorer(logits_fn)
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i].ids))
     out = np.zeros(len(seqs), dtype=np.float64)
-    chunks: list[tuple[list[int], int, int]] = []
-    i = 0
-    while i < len(order):
-        t = padded_length(len(seqs[order[i]].ids), pad_to_multiple_of, geometric=True)
-        rows = max(1, token_budget // t)
-        chunks.append((order[i : i + rows], t, rows))
-        i += rows
-    pad = _pad_id(tokenizer)
+    chunks = length_chunks([len(s.ids) for s in seqs], token_budget, pad_to_multiple_of, placement.data_size)
+    pad = pad_id(tokenizer)
     t0 = time.perf_counter()
     tokens = 0
     for idx, t, rows in _progress(chunks, len(chunks), desc, progress):
         batch = [seqs[j] for j in idx] + [seqs[idx[0]]] * (rows - len(idx))
         ids, mask, tmask = left_pad(batch, pad, t, tokenizer.bos_id)
-        s = np.asarray(scorer(params, ids, mask, tmask))
+        placed = placement.batch({"ids": ids, "mask": mask, "tmask": tmask})
+        s = placement.fetch(scorer(params, placed["ids"], placed["mask"], placed["tmask"]))
         out[idx] = s[: len(idx)]
         tokens += int(sum(len(seqs[j].ids) for j in idx))
     dt = time.perf_counter() - t0
@@ -123,9 +157,11 @@ def evaluate_candidates(
     token_budget: int = 4096,
     pad_to_multiple_of: int = 32,
     progress: bool = True,
+    placement: Rows = LOCAL,
 ) -> EvalResult:
     """Accuracy by candidate scoring: predict the candidate with the highest mean option
-    log-prob (no calibration); correct if it is a gold candidate (any gold for ReCoRD)."""
+    log-prob (no calibration); correct if it is a gold candidate (any gold for ReCoRD).
+    ``placement``: where each pass's rows live (see :func:`score_sequences`)."""
     seqs: list[Encoded] = []
     spans: list[tuple[int, int]] = []
     for i, ex in enumerate(examples):
@@ -133,7 +169,7 @@ def evaluate_candidates(
         spans.append((len(seqs), len(seqs) + len(enc)))
         seqs.extend(enc)
     flat, stats = score_sequences(
-        logits_fn, params, tokenizer, seqs, token_budget, pad_to_multiple_of, progress, task.name
+        logits_fn, params, tokenizer, seqs, token_budget, pad_to_multiple_of, progress, task.name, placement
     )
     preds, scores = [], []
     for a, b in spans:
@@ -158,20 +194,31 @@ def evaluate_generation(
     max_new_tokens: int = 50,
     progress: bool = True,
     stop_rule: str = "text",
+    token_budget: int = 0,
+    placement: Rows = LOCAL,
 ) -> EvalResult:
-    r"""F1 of greedy generations (``generate_fn(prompt_ids) -> new ids``), max over gold answers
-    (SQuAD normalisation).
+    r"""F1 of greedy generations, max over gold answers (SQuAD normalisation).
+
+    ``generate_fn(prompts) -> new ids of each`` runs a batch of prompts: :func:`length_chunks` of
+    ``token_budget`` tokens of prompt plus ``max_new_tokens`` per call (``0``: one prompt per data
+    shard), longest prompts first, each call's rows a multiple of ``placement.data_size`` (filled
+    with copies whose generations are dropped); ``generate_fn`` places them with the same
+    ``placement`` (:meth:`zojax.models.Model.generate_batch`).
 
     ``stop_rule`` cleans the text: ``"text"`` cuts it at the first "\n" (default), ``"mezo"``
     only strips it, as MeZO does; ``generate_fn`` should stop by the same rule
-    (``Model.generate(..., stop_rule=...)``)."""
+    (``Model.generate_batch(..., stop_rule=...)``)."""
     t0 = time.perf_counter()
-    texts: list[str] = []
-    for i, ex in _progress(enumerate(examples), len(examples), task.name, progress):
-        p = encode_generation_prompt(
-            task, ex, tokenizer, demos[i] if demos else (), max_length, max_new_tokens
-        )
-        texts.extend(generate_texts(generate_fn, tokenizer, [p], stop_rule=stop_rule))
+    prompts = [
+        encode_generation_prompt(task, ex, tokenizer, demos[i] if demos else (), max_length, max_new_tokens)
+        for i, ex in enumerate(examples)
+    ]
+    chunks = length_chunks([len(p) for p in prompts], token_budget, 32, placement.data_size, max_new_tokens)
+    texts: list[str] = [""] * len(prompts)
+    for idx, _, rows in _progress(chunks, len(chunks), task.name, progress):
+        batch = [prompts[j] for j in idx] + [prompts[idx[0]]] * (rows - len(idx))
+        for j, text in zip(idx, generate_texts(generate_fn, tokenizer, batch, stop_rule=stop_rule), strict=False):
+            texts[j] = text
     dt = time.perf_counter() - t0
     f1s = [f1_score(t, ex.answers) for t, ex in zip(texts, examples, strict=True)]
     stats = {"seconds": dt, "examples_per_s": len(examples) / dt if dt > 0 else 0.0}
@@ -191,13 +238,15 @@ def evaluate(
     num_demos: int = 0,
     demo_pool: Sequence[Example] | None = None,
     stop_rule: str = "text",
+    placement: Rows = LOCAL,
     **kwargs: Any,
 ) -> EvalResult:
     """Zero-shot (``num_demos=0``) or ICL evaluation with MeZO's demonstrations: one seeded set of
     ``num_demos`` examples per test example, drawn from ``demo_pool`` (the train pool).
 
     ``stop_rule`` (generation tasks only; see :func:`evaluate_generation`): ``"text"`` or
-    ``"mezo"``."""
+    ``"mezo"``. ``placement``: where each pass's rows live (default: one device; the trainer's
+    mesh splits them over ``data``)."""
     demos = None
     if num_demos > 0:
         if not demo_pool:
@@ -207,11 +256,11 @@ def evaluate(
         if generate_fn is None:
             raise ValueError(f"{task.name} is a generation task: pass generate_fn")
         return evaluate_generation(
-            task, examples, generate_fn, tokenizer, demos, stop_rule=stop_rule, **kwargs
+            task, examples, generate_fn, tokenizer, demos, stop_rule=stop_rule, placement=placement, **kwargs
         )
     if logits_fn is None:
         raise ValueError(f"{task.name} is scored by candidates: pass logits_fn and params")
-    return evaluate_candidates(task, examples, logits_fn, params, tokenizer, demos, **kwargs)
+    return evaluate_candidates(task, examples, logits_fn, params, tokenizer, demos, placement=placement, **kwargs)
 
 
 def zero_shot(task: Task, examples: Sequence[Example], tokenizer: TokenizerLike,

@@ -31,7 +31,8 @@ from zojax.tasks.metrics import clean_generation
 from zojax.tasks.registry import Task
 
 LogitsFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
-GenerateFn = Callable[[list[int]], Sequence[int]]
+GenerateFn = Callable[[list[list[int]]], Sequence[Sequence[int]]]
+"""``generate_fn(prompts) -> the new token ids of each prompt`` (greedy, a batch at a time)."""
 Batch = Mapping[str, Any]
 Array = jax.Array
 
@@ -248,8 +249,9 @@ def generate_texts(
     stop: str = "\n",
     stop_rule: str = "text",
 ) -> list[str]:
-    """Greedy generations (``generate_fn(prompt_ids) -> new token ids``), decoded and cleaned by
-    :func:`~zojax.tasks.metrics.clean_generation` (``"text"``: cut at ``stop`` and stripped;
-    ``"mezo"``: stripped). ``generate_fn`` should stop by the same ``stop_rule``
-    (:meth:`zojax.models.Model.generate`)."""
-    return [clean_generation(tokenizer.decode(list(generate_fn(list(p)))), stop, stop_rule) for p in prompts]
+    """Greedy generations of a batch of prompts (one ``generate_fn(prompts) -> new ids of each``
+    call), decoded and cleaned by :func:`~zojax.tasks.metrics.clean_generation` (``"text"``: cut
+    at ``stop`` and stripped; ``"mezo"``: stripped). ``generate_fn`` should stop by the same
+    ``stop_rule`` (:meth:`zojax.models.Model.generate_batch`)."""
+    outs = generate_fn([list(p) for p in prompts])
+    return [clean_generation(tokenizer.decode(list(o)), stop, stop_rule) for o in outs]

@@ -22,7 +22,8 @@ _EXPORTS = {
         ("DataArgs", "EvalArgs", "ModelArgs", "OptimArgs", "RunArgs", "TrainConfig", "method_names"), "config"
     ),
     **dict.fromkeys(("ByteTokenizer", "TrainBatches", "step_indices"), "data"),
-    **dict.fromkeys(("MetricsLogger", "Tracker", "read_events", "read_metrics", "strip_timing"), "logging"),
+    **dict.fromkeys(("MetricsLogger", "read_metrics", "strip_timing"), "logging"),
+    **dict.fromkeys(("Tracker", "read_events"), "trackers"),
     "Trainer": "loop",
     **dict.fromkeys(("task_loss", "training_loss"), "loss"),
     "build_model": "models",

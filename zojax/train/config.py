@@ -23,13 +23,10 @@ n-SPSA ``2q``, MeZO-GV and MeZO-Greedy ``M + 2``, ``ft`` 1 forward plus its back
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
-import re
 from typing import Any, ClassVar
 
 from zojax import registry, specs
-from zojax.train.logging import TRACKERS, WANDB_MISSING, wandb_installed
+from zojax.train.trackers import TRACKERS
 
 FO_METHOD = "ft"
 EVAL_METHODS = ("zero-shot", "icl")
@@ -102,7 +99,9 @@ def option(default: Any, help: str, **cli: Any) -> Any:
         :meth:`TrainConfig.resolve`; listed in the usage, or after "one of:" when a ``metavar`` is
         given), ``metavar``, ``parse`` (text to value; a tuple field is comma-separated),
         ``default_help`` (what a ``None`` default means), ``exclusive`` (a mutually exclusive
-        group's name) and ``action="store_true"`` (a bool flag without its ``--no-`` form).
+        group's name), ``action="store_true"`` (a bool flag without its ``--no-`` form) and
+        ``minimum`` (an integer field's least value, checked by :meth:`TrainConfig.resolve` once the
+        defaults are filled; ``None`` is left to the resolution).
     """
     return dataclasses.field(default=default, metadata={"help": help, **cli})
 
@@ -137,11 +136,11 @@ class ModelArgs:
     master_weights: bool = option(False, "with --dtype bfloat16: float32 trained weights (their memory), bfloat16 "
                                   "compute, so updates below half a bfloat16 ulp are kept")  # fmt: skip
     tuning: str = option("full", "full fine-tuning, LoRA or prefix tuning", choices=TUNINGS)
-    lora_rank: int = option(8, "LoRA rank r")
+    lora_rank: int = option(8, "LoRA rank r", minimum=1)
     lora_alpha: float = option(16.0, "LoRA alpha")
     lora_targets: tuple[str, ...] = option(("q", "v"), "comma-separated LoRA targets (q,k,v,o,gate,up,down,fc1,fc2 "
                                            "or full module names)")  # fmt: skip
-    num_virtual_tokens: int = option(5, "prefix-tuning length")
+    num_virtual_tokens: int = option(5, "prefix-tuning length", minimum=1)
     opt_bos: str = option("mezo", "OPT checkpoints only: BOS id 0 as MeZO's run.py sets it (mezo) or the tokenizer's "
                           "own </s>, id 2 (checkpoint)", choices=OPT_BOS)  # fmt: skip
 
@@ -157,16 +156,18 @@ class DataArgs:
                            f"test, dev before and after) or mezo (MeZO's {_sizes('mezo')}, dev every "
                            f"{PROTOCOL_SIZES['mezo']['eval_every']} steps)", choices=PROTOCOLS)  # fmt: skip
     num_train: int | None = option(None, "training examples sampled from the train pool",
-                                   default_help=_by_protocol("num_train"))  # fmt: skip
+                                   default_help=_by_protocol("num_train"), minimum=1)  # fmt: skip
     num_dev: int | None = option(None, "dev examples sampled from the train pool; when the pool cannot hold them and "
                                  "a train set, dev takes half the pool (said in the run's notes)",
-                                 default_help=_by_protocol("num_dev", "the task's (`zojax tasks`)"))  # fmt: skip
+                                 default_help=_by_protocol("num_dev", "the task's (`zojax tasks`)"),
+                                 minimum=0)  # fmt: skip
     num_test: int | None = option(None, "test examples from validation, all when fewer",
-                                  default_help=_by_protocol("num_test"))  # fmt: skip
+                                  default_help=_by_protocol("num_test"), minimum=0)  # fmt: skip
     max_length: int = option(2048, "cap on training sequence length in tokens (left truncation keeping BOS, as "
-                             "MeZO does); batches are padded to the longest capped sequence: one compile")  # fmt: skip
-    eval_max_length: int = option(2048, "the same cap for dev/test scoring and generation prompts")
-    max_new_tokens: int = option(50, "generation budget of SQuAD/DROP in tokens (MeZO's)")
+                             "MeZO does); batches are padded to the longest capped sequence: one compile",
+                             minimum=2)  # fmt: skip
+    eval_max_length: int = option(2048, "the same cap for dev/test scoring and generation prompts", minimum=2)
+    max_new_tokens: int = option(50, "generation budget of SQuAD/DROP in tokens (MeZO's)", minimum=1)
 
 
 @dataclasses.dataclass
@@ -198,14 +199,14 @@ class OptimArgs:
                                choices=specs.PERTURBATIONS)  # fmt: skip
     rank: int | None = option(None, "subspace rank (the paper's grid: 32, 64 for full and LoRA tuning, 8, 16 "
                               "for prefix)", default_help=f"{SUBSPACE_DEFAULTS['rank']} with --perturbation "
-                              "subspace")  # fmt: skip
+                              "subspace", minimum=1)  # fmt: skip
     refresh_every: int | None = option(None, "steps between subspace refreshes (the paper's grid: 500, 1000, 2000)",
                                        default_help=f"{SUBSPACE_DEFAULTS['refresh_every']} with --perturbation "
-                                       "subspace")  # fmt: skip
+                                       "subspace", minimum=1)  # fmt: skip
     weight_decay: float = option(0.0, "MeZO's decoupled weight decay, none on biases and norms")
     update_rounding: str = option("nearest", "rounding of updates into bfloat16 weights (stochastic: unbiased, no "
                                   "extra memory)", choices=specs.ROUNDINGS)  # fmt: skip
-    batch_size: int = option(16, "examples per step (the paper's)")
+    batch_size: int = option(16, "examples per step (the paper's)", minimum=1)
     steps: int | None = option(None, "training steps", exclusive="budget",
                                default_help=f"a budget of {DEFAULT_FORWARD_BUDGET} forward passes")  # fmt: skip
     forward_budget: int | None = option(None, "total forward passes; steps = N // forwards per step, so "
@@ -219,14 +220,16 @@ class EvalArgs:
 
     TITLE: ClassVar[str] = "evaluation"
     eval_every: int | None = option(None, "dev evaluation every N steps (0: before and after training only)",
-                                    default_help=_by_protocol("eval_every"))  # fmt: skip
+                                    default_help=_by_protocol("eval_every"), minimum=0)  # fmt: skip
     eval_before: bool = option(True, "evaluate on dev before the first step")
     select_by: str = option("loss", "which dev evaluation's parameters are tested: the lowest dev loss of the "
                             "training objective (MeZO's rule) or the highest task metric; ties go to the later "
                             "step", choices=SELECT_BY)  # fmt: skip
     select_initial: bool = option(False, "let the untrained step-0 parameters be selected")
-    num_demos: int = option(32, "demonstrations per example for --method icl (MeZO's number)")
-    token_budget: int = option(1024, "tokens per scoring forward pass in evaluation", flag="--eval-token-budget")
+    num_demos: int = option(32, "demonstrations per example for --method icl (MeZO's number)", minimum=0)
+    token_budget: int = option(1024, "tokens per evaluation forward pass (candidate scoring) or generation batch "
+                               "(prompt + new tokens), over all data shards", flag="--eval-token-budget",
+                               minimum=1)  # fmt: skip
     stop_rule: str = option("text", "SQuAD/DROP generation stops when the text holds a newline (text) or at the "
                             "exact newline token id or EOS (mezo, MeZO's rule)", choices=STOP_RULES)  # fmt: skip
 
@@ -238,18 +241,19 @@ class RunArgs:
     TITLE: ClassVar[str] = "run"
     mesh: str = option("auto", "devices: auto (all, on the fsdp axis; $ZOJAX_MESH when set), none (one device) or "
                        "data=D,fsdp=F")  # fmt: skip
-    seed: int = option(0, "seed of data sampling and order, adapters and perturbations")
+    seed: int = option(0, "seed of data sampling and order, adapters and perturbations", minimum=0)
     out: str | None = option(None, "run directory (metrics, TensorBoard events, checkpoints, results)",
                              default_help="runs/<task>_<method>_<tuning>_s<seed>_<time>")  # fmt: skip
     resume: bool = option(False, "continue the run in --out from its latest valid checkpoint", action="store_true")
-    checkpoint_every: int = option(0, "checkpoint every N steps (0: only by time, at the end and on Ctrl-C/SIGTERM)")
+    checkpoint_every: int = option(0, "checkpoint every N steps (0: only by time, at the end and on Ctrl-C/SIGTERM)",
+                                    minimum=0)  # fmt: skip
     checkpoint_minutes: float = option(10.0, "also checkpoint after this many minutes of training since the last "
                                        "(0: off): a kill loses at most that much")  # fmt: skip
-    keep_checkpoints: int = option(2, "periodic checkpoints kept (the best-by-dev one is separate)")
+    keep_checkpoints: int = option(2, "periodic checkpoints kept (the best-by-dev one is separate)", minimum=1)
     progress: bool = option(True, "show a progress bar")
     dry_run: bool = option(False, "validate the configuration, print it and exit", action="store_true")
     stop_after: int | None = option(None, "checkpoint and stop after N steps in this process (resume later; never "
-                                    "carried into a --resume)", metavar="N")  # fmt: skip
+                                    "carried into a --resume)", metavar="N", minimum=1)  # fmt: skip
     trackers: tuple[str, ...] = option(("tensorboard",), "comma-separated trackers besides metrics.jsonl: "
                                        + ", ".join(TRACKERS) + " (W&B: pip install 'zojax[wandb]')")  # fmt: skip
 
@@ -284,7 +288,7 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ resolution
     def resolve(self) -> TrainConfig:
-        """A copy with every default filled in and every option checked.
+        """A copy with every default filled in and every option checked (:func:`zojax.train.resolve.resolve`).
 
         Returns:
           the resolved config: ``optim.lr``, ``optim.eps`` and ``optim.steps`` are set.
@@ -292,180 +296,14 @@ class TrainConfig:
         Raises:
           ValueError: an invalid option; the message starts with the option's name.
         """
-        c = from_dict(to_dict(self))
-        m, d, o, e, r = c.model, c.data, c.optim, c.eval, c.run
-        known = fields()
-        for key, value in flat_items(c).items():  # argparse checks most choices; config files and sweeps too
-            if "choices" in known[key].metadata:
-                _choice(flag(key), value, known[key].metadata["choices"])
-        if m.master_weights and m.dtype != "bfloat16":
-            raise ValueError("--master-weights: needs --dtype bfloat16 (float32 weights are already the master copy)")
-        if o.update_rounding == "stochastic" and (m.dtype != "bfloat16" or m.master_weights):
-            raise ValueError(
-                "--update-rounding stochastic: rounds bfloat16 weights; needs --dtype bfloat16 "
-                "without --master-weights"
-            )
-        if r.mesh.strip().lower() == "auto" and os.environ.get(MESH_ENV, "").strip():
-            r.mesh = os.environ[MESH_ENV].strip()
-        mesh_axis_sizes(r.mesh)
-        _check_trackers(r.trackers)
-        sizes = PROTOCOL_SIZES[d.protocol]
-        for name in ("num_train", "num_dev", "num_test"):
-            if getattr(d, name) is None:
-                setattr(d, name, sizes[name])
-        if e.eval_every is None:
-            e.eval_every = sizes["eval_every"]
-        if o.perturbation == "subspace":
-            o.rank = SUBSPACE_DEFAULTS["rank"] if o.rank is None else o.rank
-            o.refresh_every = SUBSPACE_DEFAULTS["refresh_every"] if o.refresh_every is None else o.refresh_every
-            _positive("--rank", o.rank)
-            _positive("--refresh-every", o.refresh_every)
-        elif o.rank is not None or o.refresh_every is not None:
-            raise ValueError("--rank and --refresh-every: only with --perturbation subspace")
-        try:
-            from zojax.tasks import get_task
+        from zojax.train.resolve import resolve
 
-            task = get_task(d.task)
-        except KeyError as err:
-            raise ValueError(f"--task: {err.args[0]}") from None
-        if d.num_dev is None:
-            d.num_dev = task.num_dev
-        _check_objective(c, task)
-        _positive("--batch-size", o.batch_size)
-        _positive("--num-train", d.num_train)
-        _positive("--max-length", d.max_length, minimum=2)
-        _positive("--eval-max-length", d.eval_max_length, minimum=2)
-        _positive("--max-new-tokens", d.max_new_tokens)
-        _positive("--eval-token-budget", e.token_budget)
-        _positive("--num-test", d.num_test, minimum=0)
-        if d.num_dev is not None:
-            _positive("--num-dev", d.num_dev, minimum=0)
-        _positive("--eval-every", e.eval_every, minimum=0)
-        _positive("--checkpoint-every", r.checkpoint_every, minimum=0)
-        _positive("--keep-checkpoints", r.keep_checkpoints)
-        _positive("--lora-rank", m.lora_rank)
-        _positive("--num-virtual-tokens", m.num_virtual_tokens)
-        _positive("--num-demos", e.num_demos, minimum=0)
-        if r.stop_after is not None:
-            _positive("--stop-after", r.stop_after)
-        if not (r.checkpoint_minutes >= 0 and math.isfinite(r.checkpoint_minutes)):
-            raise ValueError(f"--checkpoint-minutes: must be a finite number >= 0, got {r.checkpoint_minutes}")
-        if o.weight_decay < 0:
-            raise ValueError(f"--weight-decay: must be >= 0, got {o.weight_decay}")
-        if o.eps is None:
-            o.eps = DEFAULT_EPS[m.tuning]
-        if not (o.eps > 0 and math.isfinite(o.eps)):
-            raise ValueError(f"--eps: the perturbation scale must be > 0, got {o.eps}")
-        lr_defaulted = o.lr is None
-        if o.lr is None:
-            table = DEFAULT_FT_LR if o.method == FO_METHOD else DEFAULT_ZO_LR
-            o.lr = table[m.tuning]
-        if not (o.lr >= 0 and math.isfinite(o.lr)):
-            raise ValueError(f"--lr: must be a finite number >= 0, got {o.lr}")
-        if is_zo(o.method):
-            self._check_method(c)
-        fps = c.forwards_per_step()
-        resolved = o.forward_budget is not None and fps and o.steps == o.forward_budget // fps
-        if o.steps is not None and o.forward_budget is not None and not resolved:
-            raise ValueError("--steps and --forward-budget: give one of them, not both")
-        if not c.training:
-            o.steps, o.forward_budget = 0, None
-        elif o.forward_budget is not None:
-            _positive("--forward-budget", o.forward_budget)
-            if o.forward_budget < fps:
-                raise ValueError(
-                    f"--forward-budget: {o.forward_budget} forward passes buy no step of "
-                    f"{o.method} ({fps} forwards/step)"
-                )
-            o.steps = o.forward_budget // fps
-        elif o.steps is None:
-            o.steps = default_steps(o.method, fps)
-        _positive("--steps", o.steps, minimum=0 if not c.training else 1)
-        forwards = o.steps * fps
-        if lr_defaulted and is_zo(o.method) and m.tuning == "full" and forwards > DEFAULT_LR_MAX_FORWARDS:
-            raise ValueError(
-                f"--lr: required for {forwards} forward passes of full tuning; the default "
-                f"{DEFAULT_ZO_LR['full']:g} was tuned for the {DEFAULT_FORWARD_BUDGET}-forward demo and is "
-                f"only used up to {DEFAULT_LR_MAX_FORWARDS} (the paper's grid at 40,000 forward passes: "
-                "1e-7, 2e-7, 5e-7)"
-            )
-        if o.method == "icl" and e.num_demos < 1:
-            raise ValueError("--num-demos: icl needs at least one demonstration")
-        return c
-
-    @staticmethod
-    def _check_method(c: TrainConfig) -> None:
-        """Builds the optimizer once: the estimator's own checks, reported with the option's flag."""
-        o = c.optim
-        try:
-            registry.get(o.method).optimizer(o.lr, **c.method_options())
-        except specs.OptionError as err:
-            key = f"optim.{err.option}"
-            if key not in fields():
-                raise
-            raise ValueError(f"{flag(key)}: {err.reason}") from None
+        return resolve(self)
 
 
 def default_steps(method: str, forwards_per_step: int) -> int:
     """Steps when neither ``--steps`` nor ``--forward-budget`` is given: the default budget."""
     return max(1, DEFAULT_FORWARD_BUDGET // max(1, forwards_per_step))
-
-
-def _choice(flag: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{flag}: invalid choice {value!r}; choose from {', '.join(choices)}")
-
-
-def mesh_axis_sizes(spec: str) -> dict[str, int] | None:
-    """The axis sizes ``--mesh data=D,fsdp=F`` names (either may be left out), or ``None`` for
-    ``auto`` and ``none``; the device count is checked when the run starts
-    (:func:`zojax.train.placement.parse_mesh`).
-
-    Raises:
-      ValueError: naming ``--mesh``, for anything else, a repeated axis or a size below 1.
-    """
-    text = spec.strip().lower()
-    if text in ("auto", "none"):
-        return None
-    sizes: dict[str, int] = {}
-    for part in text.split(","):
-        m = re.fullmatch(r"\s*(data|fsdp)\s*=\s*(\d+)\s*", part)
-        if m is None or m.group(1) in sizes:
-            raise ValueError(f"--mesh: expected 'auto', 'none' or 'data=D,fsdp=F', got {spec!r}")
-        sizes[m.group(1)] = int(m.group(2))
-    if any(v < 1 for v in sizes.values()):
-        raise ValueError(f"--mesh: axis sizes must be at least 1, got {spec!r}")
-    return sizes
-
-
-def _check_trackers(trackers: tuple[str, ...]) -> None:
-    for t in trackers:
-        _choice("--trackers", t, TRACKERS)
-    if len(set(trackers)) != len(trackers):
-        raise ValueError(f"--trackers: {', '.join(trackers)} names a tracker twice")
-    if "wandb" in trackers and not wandb_installed():
-        raise ValueError(WANDB_MISSING)
-
-
-def _check_objective(c: TrainConfig, task: Any) -> None:
-    """``--objective``: a metric objective needs a zeroth-order method and a task with that metric;
-    selection by dev loss then means the dev metric (the training objective's own dev value)."""
-    o = c.optim
-    if o.objective == "task":
-        return
-    if c.training and not is_zo(o.method):
-        raise ValueError(f"--objective {o.objective}: not differentiable; train it with a zeroth-order --method")
-    if o.objective == "accuracy" and task.generation:
-        raise ValueError(f"--objective accuracy: {task.name} has no candidates to pick from; use --objective f1")
-    if o.objective == "f1" and not task.generation:
-        raise ValueError(f"--objective f1: {task.name} is scored by accuracy; use --objective accuracy")
-    if c.eval.select_by == "loss":
-        c.eval.select_by = "metric"
-
-
-def _positive(flag: str, value: Any, minimum: int = 1) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{flag}: expected an integer >= {minimum}, got {value!r}")
 
 
 # ---------------------------------------------------------------------- JSON round trip

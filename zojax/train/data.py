@@ -28,11 +28,11 @@ import numpy as np
 
 from zojax.tasks import Encoded, Example, Task, encode_candidates, encode_gold
 from zojax.tasks.encode import (
-    _pad_id,
     classification_batch,
     encode_generation_prompt,
     left_pad,
     lm_batch,
+    pad_id,
     padded_length,
 )
 
@@ -152,13 +152,11 @@ class TrainBatches:
             lengths = [len(self._prompt(ex, 10**9)) for ex in self.examples]
         else:
             lengths = [len(encode_gold(task, ex, tokenizer, 10**9, max_new_tokens).ids) for ex in self.examples]
-        self.truncated = sum(n > self.max_length for n in lengths)
-        self.seq_len = min(padded_length(max(lengths), 8), self.max_length)
-        if self.layout == "prompts":  # the prompt leaves room for the generated tokens
-            self.truncated = sum(n > self.max_length - self.max_new_tokens for n in lengths)
-            self.seq_len = min(padded_length(max(lengths), 8), self.max_length - self.max_new_tokens)
-        if self.shared_prompt:  # the prompt without its option token
-            self.seq_len = min(padded_length(max(lengths) - 1, 8), self.max_length - 1)
+        # a shared prompt is fed without its option token; a generation prompt leaves room for the answer
+        drop = 1 if self.shared_prompt else 0
+        cap = self.max_length - (self.max_new_tokens if self.layout == "prompts" else drop)
+        self.truncated = sum(n - drop > cap for n in lengths)
+        self.seq_len = min(padded_length(max(lengths) - drop, 8), cap)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -180,7 +178,7 @@ class TrainBatches:
     def _prompt_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """Left-padded generation prompts and their examples' indices (the ``f1`` objective)."""
         prompts = [Encoded(self._prompt(self.examples[i], self.max_length), 1) for i in indices]
-        ids, mask, _ = left_pad(prompts, _pad_id(self.tokenizer), self.seq_len, self.tokenizer.bos_id)
+        ids, mask, _ = left_pad(prompts, pad_id(self.tokenizer), self.seq_len, self.tokenizer.bos_id)
         return {"input_ids": ids, "attention_mask": mask, "example_index": np.asarray(indices, np.int32)}
 
     def batch_of(self, exs: Sequence[Example]) -> dict[str, np.ndarray]:
@@ -211,7 +209,7 @@ class TrainBatches:
             cand_mask[i, : len(toks)] = 1.0
             gold_mask[i, list(ex.gold)] = 1.0
             labels[i] = ex.label
-        ids, mask, _ = left_pad(prompts, _pad_id(self.tokenizer), self.seq_len,
+        ids, mask, _ = left_pad(prompts, pad_id(self.tokenizer), self.seq_len,
                                 self.tokenizer.bos_id)  # fmt: skip
         return {
             "input_ids": ids,

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zojax.models.rows import LOCAL, Rows, padded_rows
 from zojax.tasks import Example, Task
 from zojax.tasks.scoring import candidate_nll, shared_candidate_scores, shifted_target_mask, target_mean
 from zojax.train.config import TrainConfig
@@ -84,6 +85,7 @@ class DevObjective:
         batch_size: int = 16,
         max_length: int = 2048,
         max_new_tokens: int = 50,
+        placement: Rows = LOCAL,
     ) -> None:
         """Encodes ``examples`` once.
 
@@ -91,12 +93,16 @@ class DevObjective:
           task: the task (its ``objective`` is the loss).
           examples: the split (non-empty).
           tokenizer: the tokenizer.
-          batch_size: rows per evaluation batch.
+          batch_size: rows per evaluation batch (rounded up to a multiple of ``placement.data_size``).
           max_length: cap on sequence length (left truncation keeping BOS), as in training.
           max_new_tokens: generation budget (as in training; ``lm`` sequences leave room for it).
+          placement: where each batch's rows live (default: one device; a mesh splits them over
+            ``data``).
         """
         self.objective = task.objective
         self.n = len(examples)
+        self.placement = placement
+        batch_size = padded_rows(batch_size, placement.data_size)
         enc = TrainBatches(task, examples, tokenizer, batch_size, 0, max_length, max_new_tokens)
         self.batches: list[dict[str, np.ndarray]] = []
         for start in range(0, self.n, batch_size):
@@ -112,7 +118,7 @@ class DevObjective:
         """``L_dev`` with ``sums_fn(params, frozen, batch) -> (Σ w ℓ, Σ w)`` (jitted by the caller)."""
         total, weight = 0.0, 0.0
         for b in self.batches:
-            s, n = jax.device_get(sums_fn(params, frozen, b))
+            s, n = jax.device_get(sums_fn(params, frozen, self.placement.batch(b)))
             total, weight = total + float(s), weight + float(n)
         return total / weight if weight > 0 else math.nan
 
@@ -182,7 +188,9 @@ class Evaluator:
         it from the candidate scores the metric needs anyway), else ``None``.
     """
 
-    def __init__(self, config: TrainConfig, task: Task, splits: Any, tokenizer: Any, tuned: Any) -> None:
+    def __init__(
+        self, config: TrainConfig, task: Task, splits: Any, tokenizer: Any, tuned: Any, placement: Rows = LOCAL
+    ) -> None:
         """Encodes the dev objective's batches once.
 
         Args:
@@ -191,15 +199,19 @@ class Evaluator:
           splits: its splits (``train_pool``, ``dev``, ``test``).
           tokenizer: the tokenizer.
           tuned: the :class:`~zojax.train.step.Tuned` model (its ``template`` and ``frozen``).
+          placement: where evaluation's and generation's rows live (the run's
+            :class:`~zojax.train.placement.Placement`: split over the mesh's ``data`` axis).
         """
         c = config
         self.config, self.task, self.splits, self.tokenizer, self.tuned = c, task, splits, tokenizer, tuned
+        self.placement = placement
         self.dev_objective: DevObjective | None = None
         self._dev_sums: Callable | None = None
         if task.objective == "lm" and len(splits.dev) > 0:
             # the dev loss of the training objective (MeZO's selection rule) needs its own forwards
             self.dev_objective = DevObjective(
-                task, splits.dev.examples, tokenizer, c.optim.batch_size, c.data.max_length, c.data.max_new_tokens
+                task, splits.dev.examples, tokenizer, c.optim.batch_size, c.data.max_length, c.data.max_new_tokens,
+                placement,
             )
             self._dev_sums = jitted_objective_sums(tuned.bind, task.objective)
         if c.model.tuning == "full":
@@ -224,22 +236,26 @@ class Evaluator:
         full = c.model.tuning == "full"
         eval_params = params if full else {"frozen": tuned.frozen, "trainable": params}
 
-        def generate_fn(prompt_ids: list[int]) -> list[int]:
-            out = tuned.bind(tuned.frozen).generate(
+        def generate_fn(prompts: list[list[int]]) -> list[list[int]]:
+            return tuned.bind(tuned.frozen).generate_batch(
                 params,
-                prompt_ids,
+                prompts,
                 max_new_tokens=c.data.max_new_tokens,
                 stop_strings=("\n",),
                 stop_rule=c.eval.stop_rule,
-                return_text=False,
+                placement=self.placement,
             )
-            return list(out)
 
-        kw: dict[str, Any] = {"max_length": c.data.eval_max_length, "progress": c.run.progress}
+        kw: dict[str, Any] = {
+            "max_length": c.data.eval_max_length,
+            "progress": c.run.progress,
+            "token_budget": c.eval.token_budget,
+            "placement": self.placement,
+        }
         if self.task.generation:
             kw.update(max_new_tokens=c.data.max_new_tokens, stop_rule=c.eval.stop_rule)
         else:
-            kw.update(token_budget=c.eval.token_budget, pad_to_multiple_of=8)
+            kw.update(pad_to_multiple_of=8)
         t0 = time.perf_counter()
         res = evaluate(
             self.task,

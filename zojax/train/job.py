@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from zojax.models import Model
-from zojax.tasks.encode import _pad_id
+from zojax.tasks.encode import pad_id
 from zojax.train.config import TrainConfig, is_zo
 from zojax.train.data import TrainBatches
 from zojax.train.evaluation import Evaluator
@@ -68,12 +68,10 @@ def load_splits(config: TrainConfig) -> Any:
 def job_loss(config: TrainConfig, task: Any, data: TrainBatches) -> LossOf:
     """The run's training objective (``--objective``): the task's own loss, or minus its metric."""
     objective = config.optim.objective
-    if objective == "task":
-        return training_loss(task.objective)
-    if objective == "accuracy":
-        return training_loss("accuracy")
+    if objective != "f1":
+        return training_loss(task.objective if objective == "task" else objective)
     scorer = F1Scorer(data.examples, data.tokenizer, config.eval.stop_rule)
-    return training_loss("f1", scorer, config.data.max_new_tokens, _pad_id(data.tokenizer))
+    return training_loss("f1", scorer, config.data.max_new_tokens, pad_id(data.tokenizer))
 
 
 def build_job(config: TrainConfig, model: Model | None = None) -> tuple[Job, PyTree]:
@@ -126,7 +124,7 @@ def build_job(config: TrainConfig, model: Model | None = None) -> tuple[Job, PyT
         step_fn = build_step(tuned, job_loss(c, task, data), tx, is_zo(c.optim.method))
     params = tuned.params
     tuned = dataclasses.replace(tuned, params=None)  # the loop owns (donates) them
-    evaluate = Evaluator(c, task, splits, tokenizer, tuned)
+    evaluate = Evaluator(c, task, splits, tokenizer, tuned, placement)
     job = Job(
         task, splits, tokenizer, model_desc, tuned, c.forwards_per_step(), data, tx, step_fn, evaluate, placement
     )

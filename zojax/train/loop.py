@@ -12,7 +12,7 @@ r"""The fine-tuning loop: :class:`Trainer` steps, and hooks do everything period
 4. steps; after each step the hooks (:mod:`zojax.train.hooks`) log it, move the progress bar,
    evaluate on dev every ``eval_every`` steps and at the end (keeping the best-by-dev parameters
    as a checkpoint, not in memory), and checkpoint every ``checkpoint_every`` steps and at the end;
-   before each step, one agreement of all processes (:func:`zojax.train.hosts.agree`, a single
+   before each step, one agreement of all processes (:mod:`zojax.train.stopping`, a single
    all-gather) decides whether to stop and whether ``checkpoint_minutes`` have passed since the
    last save (then the last step's state is saved first); Ctrl-C/SIGTERM and ``stop_after``
    checkpoint and stop, and a resume continues bitwise identically;
@@ -26,9 +26,6 @@ The first step compiles; it returns the memory it frees to the OS as it goes
 from __future__ import annotations
 
 import contextlib
-import signal
-import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -53,6 +50,7 @@ from zojax.train.report import precision_warning
 from zojax.train.run_dir import default_out
 from zojax.train.state import RunState
 from zojax.train.step import Tuned, build_optimizer, build_step, prepare_tuning
+from zojax.train.stopping import StopControl
 
 __all__ = [
     "Trainer",
@@ -100,10 +98,7 @@ class Trainer:
         self.state = RunState()
         self._model = model
         self._log = log
-        self._stop_signal: int | None = None
-        self._steps_this_process = 0
-        self._last_saved = -1
-        self._saved_at = time.perf_counter()
+        self._stops = StopControl()
         self._progress: ProgressBar | None = None
         self._logger: MetricsLogger | None = None
         self._ckpts: ckpt_lib.Checkpoints | None = None
@@ -137,23 +132,7 @@ class Trainer:
 
     def request_stop(self, signum: int | None = None) -> None:
         """Asks the loop to checkpoint and stop after the current step."""
-        self._stop_signal = signum if signum is not None else 0
-
-    def _install_signals(self) -> dict[int, Any]:
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-
-        def handler(signum: int, frame: Any) -> None:
-            del frame
-            if self._stop_signal is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            self._stop_signal = signum
-            sys.stderr.write(
-                f"\n[zojax] {signal.Signals(signum).name}: finishing the current step, then "
-                "checkpointing (Ctrl-C again to abort at once)\n"
-            )
-
-        return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._stops.request(signum)
 
     def check_run_dir(self) -> None:
         """Raises ``ValueError`` when ``--out`` / ``--resume`` do not fit the run directory (a new
@@ -196,13 +175,11 @@ class Trainer:
         self._tracker = BestTracker(c.eval.select_by, c.eval.select_initial, self.state.best)
         main = hosts.is_main()
         self._logger = MetricsLogger(self.run_dir, self.state.log_offsets, c.run.trackers) if main else NullLogger()
-        previous = self._install_signals()
         try:
-            self._logger.log_config(to_dict(c))
-            return self._run(params, opt_state, job.tuned.frozen)
+            with self._stops.signals_handled():
+                self._logger.log_config(to_dict(c))
+                return self._run(params, opt_state, job.tuned.frozen)
         finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
             self._logger.close()
             self._close_progress()
 
@@ -214,7 +191,7 @@ class Trainer:
             return params, opt_state
         tree, meta = restored
         self.state = RunState.from_meta(meta)
-        self._last_saved = self.state.step if self.state.step else -1
+        self._stops.last_saved = self.state.step if self.state.step else -1
         self.say(f"[zojax] resumed {self.run_dir} at step {self.state.step}")
         return tree["params"], tree["opt_state"]
 
@@ -233,7 +210,7 @@ class Trainer:
         if self.state.step == 0 and c.eval.eval_before and has_dev and self.state.dev_before is None:
             self._dev(params, 0)  # (a run stopped before its first step has it already)
         status = "interrupted"
-        if self._agree_between_steps()[0] is None:
+        if self._agree()[0] is None:
             params, opt_state, status = self._train(params, opt_state, frozen, self._hooks(has_dev))
             self._close_progress()
         if status != "done":
@@ -247,23 +224,25 @@ class Trainer:
     def _train(self, params: PyTree, opt_state: PyTree, frozen: PyTree, hooks: Hooks) -> tuple[PyTree, PyTree, str]:
         """Steps until ``steps`` or a stop request; the hooks do the rest."""
         job, state, total = self.job, self.state, self.config.optim.steps
-        t_prev = self._saved_at = time.perf_counter()
+        stops = self._stops
+        stops.restart_clock()
+        t_prev = time.perf_counter()
         while state.step < total:
-            stop, checkpoint_due = self._agree_between_steps()  # the step's one collective
+            stop, checkpoint_due = self._agree()  # the step's one collective
             if stop is not None:
-                return params, opt_state, "interrupted" if self._stop_signal else "stopped"
+                return params, opt_state, "interrupted" if stops.signal else "stopped"
             if checkpoint_due:  # checkpoint_minutes since the last save: the last step's state
                 self._checkpoint(state.step, params, opt_state)
                 t_prev = time.perf_counter()  # (not counted in the next step's time)
             batch = job.placement.batch(job.data.batch(state.step))
             # the first call compiles: give the compiler's garbage back as it goes (zojax.train.heap)
-            first = self._steps_this_process == 0
+            first = stops.steps_this_process == 0
             with returning_freed_memory() if first else contextlib.nullcontext():
                 params, opt_state, stats = job.step_fn(params, opt_state, frozen, batch)
             stats = {k: v.item() for k, v in jax.device_get(stats).items()}
             state.step += 1
             state.forwards = state.step * job.forwards_per_step
-            self._steps_this_process += 1
+            stops.steps_this_process += 1
             hooks.run(StepInfo(state.step, total, params, opt_state, stats, time.perf_counter() - t_prev))
             t_prev = time.perf_counter()
         return params, opt_state, "done"
@@ -296,7 +275,7 @@ class Trainer:
             if k in info.stats:
                 rec[k] = info.stats[k]
         nearest = self.config.optim.update_rounding == "nearest"
-        if nearest and self._steps_this_process == 1 and info.stats.get("changed", 1.0) < 0.5:
+        if nearest and self._stops.steps_this_process == 1 and info.stats.get("changed", 1.0) < 0.5:
             self.say(precision_warning(self.config, info.stats["changed"]))
         rec.update(
             step_time=dt,
@@ -307,7 +286,7 @@ class Trainer:
         self._logger.log(rec)
 
     def _stop_after(self, info: StepInfo) -> None:
-        if self._steps_this_process >= self.config.run.stop_after and info.step < info.total:
+        if self._stops.steps_this_process >= self.config.run.stop_after and info.step < info.total:
             self.request_stop()
 
     def _dev(self, params: PyTree, step: int) -> None:
@@ -341,45 +320,13 @@ class Trainer:
         t0 = time.perf_counter()
         meta = self.state.meta(self.job.forwards_per_step, self._logger.offsets())
         path = self._ckpts.save(step, {"params": params, "opt_state": opt_state}, meta)
-        self._saved_at = time.perf_counter()
-        self._last_saved = step
+        self._stops.saved(step)
         self._ckpts.prune_best(None if self.best is None else self.best["step"])
         self.say(f"[zojax] checkpoint step {step} -> {path} ({time.perf_counter() - t0:.1f}s)")
 
-    def _agree_between_steps(self) -> tuple[int | None, bool]:
-        r"""What every process does before the next step, agreed in one all-gather of two integers:
-
-        .. math::
-
-            \mathrm{stop} = \max_p s_p, \qquad
-            \mathrm{due} = \max_p \mathbb{1}[t_p - t^{\mathrm{saved}}_p \ge 60\,m]
-
-        where :math:`s_p` is process :math:`p`'s stop request (its signal number, 0 for
-        ``stop_after`` / :meth:`request_stop`, -1 for none) and :math:`m` is
-        ``checkpoint_minutes`` (0: never due). A SIGTERM that reached one process stops them all at
-        the same step (one that lands during the all-gather counts at the next step, on all), and a
-        time-based checkpoint is saved by all of them at the same step. One process: no all-gather.
-
-        Returns:
-          ``(stop, due)``: the agreed stop request (``None``: go on) and whether a time-based
-          checkpoint of the last step's state is due (never before this process's first step, nor
-          when that step was just saved).
-        """
-        minutes = self.config.run.checkpoint_minutes
-        due = (
-            bool(minutes)
-            and self._steps_this_process > 0
-            and self.state.step != self._last_saved
-            and time.perf_counter() - self._saved_at >= 60 * minutes
-        )
-        if hosts.count() == 1:
-            return self._stop_signal, due
-        signum, any_due = hosts.agree([-1 if self._stop_signal is None else self._stop_signal, int(due)])
-        if signum < 0:
-            return None, bool(any_due)
-        if self._stop_signal is None:
-            self._stop_signal = signum
-        return signum, bool(any_due)
+    def _agree(self) -> tuple[int | None, bool]:
+        """Whether to stop, and whether a time-based checkpoint is due (:meth:`StopControl.agree`)."""
+        return self._stops.agree(self.state.step, self.config.run.checkpoint_minutes)
 
     def _close_progress(self) -> None:
         if self._progress is not None:
@@ -390,12 +337,12 @@ class Trainer:
     def _stopped(self, status: str, params: PyTree, opt_state: PyTree) -> dict[str, Any]:
         """Checkpoints a stopped run (unless just saved) and says how to resume it."""
         step = self.state.step
-        if self._last_saved != step:
+        if self._stops.last_saved != step:
             self._checkpoint(step, params, opt_state)
         how = "interrupted" if status == "interrupted" else "stopped"
         self.say(f"[zojax] {how} at step {step}/{self.config.optim.steps}; resume with: zojax finetune "
                  f"--out {self.run_dir} --resume")  # fmt: skip
-        return {"status": status, "signal": self._stop_signal or None, "step": step, "run_dir": str(self.run_dir)}
+        return {"status": status, "signal": self._stops.signal or None, "step": step, "run_dir": str(self.run_dir)}
 
     def _finish(self, params: PyTree) -> dict[str, Any]:
         """Test evaluation of the best-by-dev parameters and the final report."""
@@ -419,24 +366,7 @@ class Trainer:
                 rec["test_loss"] = test["loss"]
             rec.update(eval_time=test["eval_time"], wall_time=state.wall(), time=time.time())
             self._logger.log(rec)
-        report = {
-            "status": "done",
-            "run_dir": str(self.run_dir),
-            "task": c.data.task,
-            "method": c.optim.method,
-            "tuning": c.model.tuning,
-            "model": job.model_desc,
-            "steps": total,
-            "forwards_per_step": fps,
-            "forwards": total * fps,
-            "dev_before": state.dev_before,
-            "dev_after": state.last_dev,
-            "best": self.best,
-            "selected_step": chosen_step,
-            "test": test,
-            "splits": job.splits.meta,
-            "wall_time": state.wall(),
-        }
+        report = report_lib.final_report(c, job, state, self.run_dir, chosen_step, test)
         if hosts.is_main():
             report_lib.write_results(self.run_dir, report)
         for line in report_lib.summary(report, c.training, self.run_dir):

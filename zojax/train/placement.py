@@ -13,8 +13,10 @@ A mesh has two axes, ``data`` (the batch's rows) and ``fsdp`` (the parameters' h
 ==========================  =====================================================================
 
 :class:`Placement` puts the trainable and frozen parameters on the mesh with their
-``NamedSharding``\ s and each batch's rows over ``data``; the jitted step, evaluation and generation
-then run partitioned by XLA (GSPMD) and keep the parameters' shardings. The perturbations need
+``NamedSharding``\ s and each batch's rows over ``data``: training batches, and evaluation's and
+generation's too (it is a :class:`zojax.models.rows.Rows`: they pad their rows to a multiple of
+:attr:`Placement.data_size` and :meth:`Placement.fetch` their per-row results). The jitted step,
+evaluation and generation then run partitioned by XLA (GSPMD) and keep the parameters' shardings. The perturbations need
 nothing more: each element's noise is a counter-based hash of its index (:mod:`zojax.perturb`), so a
 shard draws its own noise where it lives and no noise crosses devices. A leaf whose sharded
 dimension does not divide by the axis size is replicated instead (said by :meth:`Placement.describe`).
@@ -29,7 +31,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from zojax.train.config import mesh_axis_sizes
+from zojax.train.resolve import mesh_axis_sizes
 
 PyTree = Any
 MESH_AXES = ("data", "fsdp")
@@ -118,7 +120,8 @@ class Placement:
         return _put(tree, self.param_shardings(tree))
 
     def batch(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """A batch with its rows (leading axis) split over ``data`` (no mesh: unchanged).
+        """A batch with its rows (leading axis) split over ``data`` (no mesh: unchanged); on several
+        processes each places only its devices' rows.
 
         Raises:
           ValueError: when the batch's rows do not divide by the ``data`` axis.
@@ -136,6 +139,20 @@ class Placement:
                 )
             out[k] = _put(v, rows if np.ndim(v) else NamedSharding(self.mesh, PartitionSpec()))
         return out
+
+    @property
+    def data_size(self) -> int:
+        """The ``data`` axis's size (1 without a mesh): batches' rows come in multiples of it."""
+        return 1 if self.mesh is None else int(self.mesh.shape["data"])
+
+    def fetch(self, x: Any) -> np.ndarray:
+        """A result of a placed batch (e.g. per-row scores split over ``data``) as one host array,
+        whole on every process (``process_allgather`` where other processes hold some rows)."""
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
 
     def init(self, init_fn: Any, params: PyTree) -> PyTree:
         """``init_fn(params)`` (an optimizer's ``init``), on the mesh like the parameters."""

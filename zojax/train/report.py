@@ -78,6 +78,31 @@ def describe(
     return lines
 
 
+def final_report(
+    config: TrainConfig, job: Any, state: Any, run_dir: Path, selected_step: int, test: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """What ``results.json`` holds: the run, its budget, the dev evaluations, the selected step and the test."""
+    c, total, fps = config, config.optim.steps, job.forwards_per_step
+    return {
+        "status": "done",
+        "run_dir": str(run_dir),
+        "task": c.data.task,
+        "method": c.optim.method,
+        "tuning": c.model.tuning,
+        "model": job.model_desc,
+        "steps": total,
+        "forwards_per_step": fps,
+        "forwards": total * fps,
+        "dev_before": state.dev_before,
+        "dev_after": state.last_dev,
+        "best": state.best,
+        "selected_step": selected_step,
+        "test": test,
+        "splits": job.splits.meta,
+        "wall_time": state.wall(),
+    }
+
+
 def write_results(run_dir: Path, report: Mapping[str, Any]) -> None:
     """Writes ``<run_dir>/results.json`` atomically."""
     tmp = run_dir / "results.json.tmp"

@@ -26,11 +26,11 @@ import jax.numpy as jnp
 import optax
 
 from zojax import precision, registry
+from zojax.alias import decay_mask
 from zojax.models import Model
 from zojax.step import jit_options, step_stats
 from zojax.train.config import FO_METHOD, TrainConfig, is_zo
 from zojax.train.loss import LossOf
-from zojax.transforms import decay_mask
 
 PyTree = Any
 Array = jax.Array
