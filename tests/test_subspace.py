@@ -488,7 +488,7 @@ def test_subspace_draws_agree_under_sharding() -> None:
     """``θ + s·v`` and the factors ``A, B`` under an FSDP × tensor mesh equal the one-device values
     to a few float32 ulps (not bitwise: the Gram matrix ``gᵀg`` of the Cholesky-QR sums over ``m``,
     which XLA may partition like the leaf; with LAPACK's potrf/trsm it was replicated and bitwise,
-    but that version hung XLA:CPU inside the layer scan, see ``perturb._orthonormal``)."""
+    but that version hung XLA:CPU inside the layer scan, see ``perturb._orthonormal_many``)."""
     from jax.sharding import NamedSharding
 
     from tests.test_sharding import mesh, params_and_specs, shard
