@@ -32,9 +32,15 @@ Usage::
 Models: ``smollm2-135m``, ``smollm2-360m``, ``llama-1b`` (Llama-3.2-1B shape) and any other
 :func:`zojax.models.llama_config` preset (``tiny`` for a smoke test); ``opt-...`` for OPT presets.
 Methods (``--methods``, comma separated): ``mezo``, ``nspsa-q2``, ``mezo-gv-m2``, ``mezo-gv-m4``,
-``mezo-gv-m8``, ``mezo-greedy-m4``, ``ft-adam`` (the default: all of them), any ``nspsa-qN`` /
-``mezo-gv-mN`` / ``mezo-greedy-mN``, or a registry name alone for its default variants. Every method
-registered in :data:`zojax.METHODS` is included by default.
+``mezo-gv-m8``, ``mezo-greedy-m4``, ``subzero-r32``, ``subzero-gv-m4-r32``, ``ft-adam`` (the
+default: all of them), any ``nspsa-qN`` / ``mezo-gv-mN`` / ``mezo-greedy-mN``, or a registry name
+alone for its default variants. Every method registered in :data:`zojax.METHODS` is included by
+default. A ``-rR`` suffix selects SubZero's subspace noise of rank ``R`` (``perturbation="subspace"``,
+``refresh_every`` = :data:`SUBSPACE_REFRESH`), and ``subzero`` spells ``mezo`` (``subzero-r32`` is
+MeZO with rank-32 subspace noise, ``subzero-gv-m4-r32`` MeZO-GV M = 4 with it). For those rows the
+method's process also times ``basis_s``: one jitted regeneration of every matrix leaf's ``U, V``
+(Gaussian draws + QR, all layers), what a refresh step would pay if the factors were cached,
+printed below the table.
 """
 
 from __future__ import annotations
@@ -75,6 +81,8 @@ VARIANT_OPTION: dict[str, tuple[str, str]] = {
     "mezo-greedy": ("m", "num_candidates"),
 }
 DEFAULT_VARIANTS: dict[str, tuple[int, ...]] = {"nspsa": (2,), "mezo-gv": (2, 4, 8), "mezo-greedy": (4,)}
+SUBZERO_VARIANTS = ("subzero-r32", "subzero-gv-m4-r32")  # run by default, after the registry's
+SUBSPACE_REFRESH = 1000  # the trainer's default --refresh-every
 LEARNING_RATE = 1e-6
 EPS = 1e-3
 OBJECTIVE = "lm"  # teacher-forced next-token loss on every position (zojax.train.loss)
@@ -89,15 +97,28 @@ def default_methods() -> list[str]:
             names += [f"{name}-{letter}{v}" for v in DEFAULT_VARIANTS[name]]
         else:
             names.append(name)
-    return [*names, FO_ADAM]
+    return [*names, *SUBZERO_VARIANTS, FO_ADAM]
 
 
 def parse_method(name: str) -> tuple[str, dict[str, Any]]:
-    """``"mezo-gv-m4"`` -> ``("mezo-gv", {"num_candidates": 4})``; ``"ft-adam"`` -> ``("ft-adam", {})``.
+    """``"mezo-gv-m4"`` -> ``("mezo-gv", {"num_candidates": 4})``; ``"ft-adam"`` -> ``("ft-adam", {})``;
+    ``"subzero-gv-m4-r32"`` -> ``("mezo-gv", {"num_candidates": 4, "perturbation": "subspace",
+    "rank": 32, "refresh_every": SUBSPACE_REFRESH})``.
 
     Raises:
       ValueError: for an unknown name (the message lists the choices).
     """
+    low = re.fullmatch(r"(.+)-r(\d+)", name)
+    if low and low.group(1) != FO_ADAM:
+        inner = re.sub(r"^subzero", "mezo", low.group(1))
+        try:
+            base, options = parse_method(inner)
+        except ValueError:
+            pass
+        else:
+            if base != FO_ADAM and int(low.group(2)) >= 1:
+                sub = {"perturbation": "subspace", "rank": int(low.group(2)), "refresh_every": SUBSPACE_REFRESH}
+                return base, {**options, **sub}
     if name == FO_ADAM or (name in registry.METHODS and name not in VARIANT_OPTION):
         return name, {}
     m = re.fullmatch(r"(.+)-([a-z])(\d+)", name)
@@ -105,7 +126,8 @@ def parse_method(name: str) -> tuple[str, dict[str, Any]]:
         return m.group(1), {VARIANT_OPTION[m.group(1)][1]: int(m.group(3))}
     raise ValueError(
         f"--methods: unknown method {name!r}; choose from {default_methods()} "
-        f"(or nspsa-qN, mezo-gv-mN, mezo-greedy-mN, or a registry name: {sorted(registry.METHODS)})"
+        f"(or nspsa-qN, mezo-gv-mN, mezo-greedy-mN, a registry name: {sorted(registry.METHODS)}, "
+        f"any of them with a -rR suffix for rank-R subspace noise, subzero for mezo)"
     )
 
 
@@ -134,6 +156,7 @@ def forwards_per_step(name: str) -> int:
     base, options = parse_method(name)
     if base == FO_ADAM:
         return 1
+    options = {k: v for k, v in options.items() if k not in registry.PERTURBATION_OPTIONS}
     return registry.get(base).forwards_per_step(**options)
 
 
@@ -182,6 +205,28 @@ def time_calls(call: Callable[[], Any], steps: int, repeats: int, warmup: int) -
             call()
         out.append((time.perf_counter() - t) / steps)
     return out
+
+
+def subspace_bases(params: Any, rank: int) -> Callable[[jax.Array], Any]:
+    """A jitted ``key -> every matrix leaf's (U, V)`` of rank ``rank`` (every layer of stacked leaves):
+    the Gaussian draws and QR that SubZero's noise regenerates (:func:`zojax.perturb.subspace_basis`)."""
+
+    def bases(key: jax.Array) -> list[Any]:
+        sub = perturb.Subspace(key, rank)
+        out = []
+        for path, x in jax.tree_util.tree_leaves_with_path(params):
+            stacked = perturb.is_stacked(path)
+            mn = perturb.matrix_shape(x.shape[1:] if stacked else x.shape)
+            if mn is None:
+                continue
+            if stacked:
+                layers = jnp.arange(x.shape[0], dtype=jnp.uint32)
+                out.append(jax.vmap(lambda i, p=path, mn=mn: perturb.subspace_basis(sub, p, *mn, i))(layers))
+            else:
+                out.append(perturb.subspace_basis(sub, path, *mn))
+        return out
+
+    return jax.jit(bases)
 
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
@@ -262,6 +307,14 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             f"forward {statistics.median(forward_times):.4g}s per call (repeats "
             f"{', '.join(f'{x:.4g}' for x in forward_times)})"
         )
+    basis_s = None
+    if name != FORWARD and options.get("perturbation") == "subspace":
+        bases = subspace_bases(state["params"], options["rank"])
+        key = perturb.subspace_key(perturb.key_data(args.seed), 0, options["refresh_every"])
+        basis_s = statistics.median(
+            time_calls(lambda: jax.block_until_ready(bases(key)), args.steps, args.repeats, max(args.warmup, 1))
+        )
+        say(f"U, V of every matrix (rank {options['rank']}): {basis_s:.4g}s")
     peaks = [h for h in (hwm_compile, hwm_run) if h is not None]
     return {
         "name": name,
@@ -269,6 +322,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "repeat_seconds": times,
         "forward_seconds": None if forward_times is None else statistics.median(forward_times),
         "forward_repeat_seconds": forward_times,
+        "basis_s": basis_s,
         "compile_s": compile_s,
         "temp_bytes": temp,
         "param_bytes": param_bytes,
@@ -376,6 +430,8 @@ def summarize(fwd: dict[str, Any], results: list[dict[str, Any]], args: argparse
                 r.get("param_bytes"),
             ),
             "temp_bytes": r.get("temp_bytes"),
+            "basis_s": r.get("basis_s"),
+            "basis_over_forward": ratio(r.get("basis_s"), fwd_s),
             "peak_rss": r.get("peak_rss"),
             "compile_s": r.get("compile_s"),
             "repeat_seconds": r.get("repeat_seconds"),
@@ -410,6 +466,13 @@ def table(fwd: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             f"| {fmt(r['peak_rss_over_forward'], '.3f')} | {fmt(r['compile_s'], '.1f')} |"
             + (f" error: {r['error']}" if "error" in r else "")
         )
+    for r in rows:
+        if r.get("basis_s") is not None:
+            lines.append(
+                f"\n{r['method']}: U, V of every matrix (draws + QR, all layers, rank {r['options']['rank']}) "
+                f"{fmt(r['basis_s'], '.4g')} s = {fmt(r['basis_over_forward'], '.3f')} forwards (a refresh step's "
+                f"cost were U, V cached; regenerated, it is inside every perturbed forward and the update)"
+            )
     return "\n".join(lines)
 
 

@@ -31,18 +31,21 @@ Subspace perturbations (SubZero, Yu et al. ICCV 2025; :class:`Subspace`): when a
 
 .. math::
 
-   z = \frac{\sqrt{mn}}{r} \, U Z V^\top, \qquad U = \mathrm{qr}(G_U) \in \mathbb{R}^{m×r},\;
-   V = \mathrm{qr}(G_V) \in \mathbb{R}^{n×r},\; Z \in \mathbb{R}^{r×r},
+   z = \sqrt{\frac{mn}{r_U r_V}} \, U Z V^\top, \qquad U = \mathrm{qr}(G_U) \in \mathbb{R}^{m×r_U},\;
+   V = \mathrm{qr}(G_V) \in \mathbb{R}^{n×r_V},\; Z \in \mathbb{R}^{r_U×r_V},
 
 with ``G_U, G_V`` Gaussian drawn from ``fold_in(fold_in(subspace.key, id(leaf)) [, layer], 0 / 1)``
 (the basis: shared by every candidate and every step until the transform refreshes the subspace key)
-and ``Z`` drawn like an i.i.d. leaf of shape ``[r, r]`` from the candidate key. ``r = min(rank, m, n)``.
+and ``Z`` drawn like an i.i.d. leaf of shape ``[r_U, r_V]`` from the candidate key. ``r_U = min(rank, m)``,
+``r_V = min(rank, n)`` as SubZero's reduced QR; a side of dimension ``≤ rank`` uses ``I`` for its basis
+(:func:`subspace_ranks`), so a matrix with both sides ``≤ rank`` gets i.i.d. noise.
 A leaf is a matrix when its per-layer shape has at least two axes of size > 1: ``[m, n]`` (unit axes
 dropped, as SubZero's ``squeeze``); a ``[m, n1, n2, …]`` leaf is matricised as ``[m, n1·n2·…]``. Every
-other leaf (biases, norm scales) keeps the i.i.d. noise, as in SubZero. The ``√(mn)/r`` factor is
-SubZero's: ``E‖z‖² = mn``, the same as an i.i.d. Gaussian leaf. The direction's weighted sum over
-keys is taken on the ``r×r`` cores, ``v = (√(mn)/r) U (Σ_i w_i Z_i) Vᵀ``. ``U, V`` are regenerated
-(QR) wherever the noise is needed: nothing but keys is stored.
+other leaf (biases, norm scales) keeps the i.i.d. noise, as in SubZero. The ``√(mn/(r_U r_V))`` factor
+is SubZero's: ``E‖z‖² = mn``, the same as an i.i.d. Gaussian leaf. The direction's weighted sum over
+keys is taken on the ``r_U×r_V`` cores, ``v = c U (Σ_i w_i Z_i) Vᵀ``. ``U, V`` are regenerated
+(QR) wherever the noise is needed: nothing but keys is stored; every consumer orthonormalises the
+bases of all the matrices it needs at once (:func:`leaves_noise`, :func:`subspace_factors_many`).
 
 Which leaves are perturbed (the non-float rule): **every leaf of a perturbed or updated pytree must
 have a real floating-point dtype** (``float64``, ``float32``, ``bfloat16``, ``float16``, ...).
@@ -68,7 +71,6 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
-import jax.scipy.linalg
 import numpy as np
 
 from zojax.specs import DISTRIBUTIONS
@@ -327,7 +329,8 @@ class Subspace:
 
     Attributes:
       key: ``uint32[4]`` basis key; every matrix leaf's ``U, V`` are regenerated from it.
-      rank: the subspace rank ``r`` (static; clipped per matrix to ``min(r, m, n)``).
+      rank: the subspace rank ``r`` (static; clipped per side of a matrix to ``min(r, m)``,
+        ``min(r, n)``: :func:`subspace_ranks`).
     """
 
     key: jax.Array
@@ -357,66 +360,254 @@ def matrix_shape(shape: Sequence[int]) -> tuple[int, int] | None:
     return dims[0], int(np.prod(dims[1:], dtype=np.int64))
 
 
+def subspace_ranks(rank: int, m: int, n: int) -> tuple[int, int]:
+    r"""SubZero's basis ranks ``(r_U, r_V) = (min(rank, m), min(rank, n))`` of an ``m×n`` matrix.
+
+    SubZero takes ``U = qr(G_U)`` of a Gaussian ``G_U ∈ R^{m×rank}``: the reduced QR's ``Q`` is
+    ``m × min(rank, m)``, and likewise for ``V``; the core ``Z`` is ``r_U × r_V`` and the scale
+    ``√(mn / (r_U r_V))``. A side of dimension ``≤ rank`` (a LoRA factor's rank axis, a short prefix)
+    spans its whole space, and zojax takes ``I`` for it instead of a square orthogonal ``Q``: the
+    same covariance ``c² (V Vᵀ) ⊗ (U Uᵀ)`` (and, for Gaussian cores, the same distribution: ``Q Z``
+    is distributed as ``Z``), with no QR to compute. A matrix with both sides ``≤ rank`` gets plain
+    i.i.d. noise (``c = 1``, ``z = Z``).
+    """
+    return min(int(rank), m), min(int(rank), n)
+
+
+@dataclasses.dataclass(frozen=True)
+class _MatrixSpec:
+    """A matrix leaf (or one layer of a stacked one) under subspace noise, viewed as ``[m, n]``."""
+
+    path: tuple[Any, ...]
+    shape: tuple[int, ...]  # the per-layer shape
+    m: int
+    n: int
+    layer: int | jax.Array | None  # the given layer of a stacked leaf
+    num_layers: int | None  # a whole stacked leaf: every layer, vmapped
+
+
+LeafSpec = tuple[KeyPath, Sequence[int], "int | jax.Array | None"]  # (path, shape, layer)
+
+
+def _matrix_spec(path: KeyPath, shape: Sequence[int], layer: int | jax.Array | None) -> _MatrixSpec | None:
+    """The matrix view of a leaf (``layer`` as in :meth:`Direction.leaf`), or ``None`` (i.i.d. noise)."""
+    shape = tuple(int(s) for s in shape)
+    whole = is_stacked(path) and layer is None
+    per_layer = shape[1:] if whole else shape
+    mn = matrix_shape(per_layer)
+    if mn is None:
+        return None
+    return _MatrixSpec(tuple(path), per_layer, *mn, layer, shape[0] if whole else None)
+
+
+def _over_layers(spec: _MatrixSpec, fn: Callable[[Any], Any]) -> Any:
+    """``fn(layer)`` for one matrix; for a whole stacked leaf, ``vmap``-ped over its layers."""
+    if spec.num_layers is None:
+        return fn(spec.layer)
+    return jax.vmap(fn)(jnp.arange(spec.num_layers, dtype=jnp.uint32))
+
+
+def _basis_draws(subspace: Subspace, spec: _MatrixSpec) -> tuple[jax.Array | None, jax.Array | None]:
+    """Gaussian ``G_U [m, rank]``, ``G_V [n, rank]`` from ``fold_in(fold_in(fold_in(key, id) [, layer], 0 | 1)``,
+    ``None`` for a side of dimension ``≤ rank`` (its basis is ``I``: :func:`subspace_ranks`)."""
+    r = int(subspace.rank)
+
+    def draw(layer: Any) -> tuple[jax.Array | None, jax.Array | None]:
+        key = fold_in(subspace.key, path_id(spec.path))
+        if layer is not None:
+            key = fold_in(key, layer)
+        g_u = _draw(fold_in(key, 0), (spec.m, r), "gaussian") if spec.m > r else None
+        g_v = _draw(fold_in(key, 1), (spec.n, r), "gaussian") if spec.n > r else None
+        return g_u, g_v
+
+    return _over_layers(spec, draw)
+
+
+def _bases(
+    subspace: Subspace, specs: Sequence[_MatrixSpec]
+) -> list[tuple[jax.Array | None, jax.Array | None]]:
+    """``(U, V)`` of every matrix in ``specs`` (``None`` for an identity side), orthonormalised together."""
+    draws = [_basis_draws(subspace, spec) for spec in specs]
+    q = iter(_orthonormal_many([g for pair in draws for g in pair if g is not None]))
+    return [(None if g_u is None else next(q), None if g_v is None else next(q)) for g_u, g_v in draws]
+
+
 def subspace_basis(
     subspace: Subspace, path: KeyPath, m: int, n: int, layer: int | jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array]:
-    """float32 ``U [m, r]`` and ``V [n, r]`` with orthonormal columns for one matrix leaf (or layer).
+    """float32 ``U [m, r_U]`` and ``V [n, r_V]`` with orthonormal columns for one matrix leaf (or layer).
 
-    ``r = min(subspace.rank, m, n)``; ``U = qr(G_U)``, ``V = qr(G_V)`` with ``G_U, G_V`` standard
-    Gaussian from ``fold_in(fold_in(fold_in(subspace.key, id(leaf)) [, layer], 0 | 1)`` (the
-    reduced QR's ``Q``, as SubZero's ``torch.linalg.qr`` of Gaussian matrices, computed by
-    Cholesky-QR: see :func:`_orthonormal`).
+    ``(r_U, r_V) = (min(rank, m), min(rank, n))`` (:func:`subspace_ranks`); ``U = qr(G_U)``,
+    ``V = qr(G_V)`` with ``G_U, G_V`` standard Gaussian from ``fold_in(fold_in(fold_in(subspace.key,
+    id(leaf)) [, layer], 0 | 1)`` (the reduced QR's ``Q``, as SubZero's ``torch.linalg.qr`` of
+    Gaussian matrices, computed by Cholesky-QR: see :func:`_orthonormal_many`); ``I`` for a side of
+    dimension ``≤ rank``.
     """
-    r = min(int(subspace.rank), m, n)
-    key = fold_in(subspace.key, path_id(path))
-    if layer is not None:
-        key = fold_in(key, layer)
-    g_u = _draw(fold_in(key, 0), (m, r), "gaussian")
-    g_v = _draw(fold_in(key, 1), (n, r), "gaussian")
-    return _orthonormal(g_u), _orthonormal(g_v)
+    spec = _MatrixSpec(tuple(path), (m, n), m, n, layer, None)
+    u, v = _bases(subspace, [spec])[0]
+    eye = lambda k: jnp.eye(k, dtype=jnp.float32)
+    return (eye(m) if u is None else u), (eye(n) if v is None else v)
 
 
-def _orthonormal(g: jax.Array) -> jax.Array:
-    """The ``Q`` of ``g = QR`` with ``diag(R) > 0``, by Cholesky-QR: ``Q = g C⁻ᵀ``, ``CCᵀ = gᵀg``.
+def _orthonormal_many(gs: Sequence[jax.Array]) -> list[jax.Array]:
+    """The ``Q`` of ``g = QR`` (``diag(R) > 0``) of each ``g [..., m_i, r]``, by Cholesky-QR:
+    ``Q = g L⁻ᵀ``, ``LLᵀ = gᵀg``, with one batched :func:`_cholesky_inverse` for all of them.
 
     The same ``Q`` as a Householder QR normalised to a positive ``diag(R)``; a Gaussian ``[m, r]``
-    with ``m ≥ r`` is well conditioned, so one pass is accurate to float32 (``‖QᵀQ − I‖ ≈ 1e-6``),
+    with ``m > r`` is well conditioned, so one pass is accurate to float32 (``‖QᵀQ − I‖ ≈ 1e-6``),
     and it is matmul-bound: ~6x faster than ``jnp.linalg.qr`` on CPU for ``[1536, 32]``
-    (``experiments/bench_subspace.py``).
+    (``experiments/bench_subspace.py``). ``L⁻¹`` comes from plain JAX ops rather than LAPACK's
+    ``potrf`` / ``trsm`` custom calls: with those inside the model's layer ``scan`` a jitted
+    SmolLM2-shaped step hung on XLA:CPU (jax 0.10.2; ``docs/jax_workarounds.md``). Its loops are
+    emitted once per call whatever the number of matrices: the ``r×r`` Gram matrices of all the
+    ``g`` (every leaf of a layer, every layer of a stacked leaf) are stacked and inverted by one
+    ``vmap``. Called per matrix instead, the LoRA tiny-model SubZero-GV step held 36 copies of the
+    two loops (84 ``while`` s) and took twice the i.i.d. step's compile time.
     """
+    if not gs:
+        return []
     hi = jax.lax.Precision.HIGHEST
-    chol = jnp.linalg.cholesky(jnp.matmul(g.T, g, precision=hi))
-    return jax.scipy.linalg.solve_triangular(chol, g.T, lower=True).T
+    r = int(gs[0].shape[-1])
+    grams = [jnp.einsum("...ki,...kj->...ij", g, g, precision=hi).reshape(-1, r, r) for g in gs]
+    inverse = jax.vmap(_cholesky_inverse)(jnp.concatenate(grams))
+    out, start = [], 0
+    for g, gram in zip(gs, grams, strict=True):
+        inv = inverse[start : start + gram.shape[0]].reshape((*g.shape[:-2], r, r))
+        start += gram.shape[0]
+        out.append(jnp.einsum("...kj,...ij->...ki", g, inv, precision=hi))
+    return out
 
 
-def _subspace_matrix(
-    direction: Direction, path: KeyPath, shape: tuple[int, ...], layer: int | jax.Array | None
-) -> jax.Array:
-    """``(√(mn)/r) U (Σ_i w_i Z_i) Vᵀ`` for one per-layer slice (``shape`` without the layer axis)."""
-    m, n = matrix_shape(shape)  # type: ignore[misc]
-    u, v = subspace_basis(direction.subspace, path, m, n, layer)
-    r = u.shape[1]
-    cores = jax.vmap(lambda k: leaf_noise(k, path, (r, r), direction.distribution, layer))(
-        direction.keys
-    )
-    hi = jax.lax.Precision.HIGHEST
-    core = jnp.tensordot(direction.weights, cores, axes=1, precision=hi)
-    z = jnp.matmul(u, jnp.matmul(core, v.T, precision=hi), precision=hi)
-    return (jnp.float32(np.sqrt(m * n) / r) * z).reshape(shape)
+def _cholesky_inverse(a: jax.Array) -> jax.Array:
+    r"""``L⁻¹`` for the Cholesky factor ``L`` of a symmetric positive definite ``r×r`` matrix ``a``.
+
+    Column ``j`` of ``L``: ``L_jj = √(a_jj − Σ_{k<j} L_jk²)``, ``L_ij = (a_ij − Σ_{k<j} L_ik L_jk) / L_jj``
+    for ``i > j``; then row ``i`` of ``L⁻¹`` by forward substitution, ``(e_i − Σ_{k<i} L_ik
+    (L⁻¹)_k) / L_ii``. Two ``fori_loop`` s of ``r`` steps on ``r×r`` arrays (multiply + sum, exact
+    float32 on every backend, where a ``dot`` may run at reduced precision).
+    """
+    r = a.shape[0]
+    rows = jnp.arange(r)
+
+    def column(j: jax.Array, low: jax.Array) -> jax.Array:
+        lj = low[j]
+        d = jnp.sqrt(a[j, j] - jnp.sum(lj * lj))
+        col = jnp.where(rows > j, (a[:, j] - jnp.sum(low * lj, axis=1)) / d, 0.0)
+        return low.at[:, j].set(jnp.where(rows == j, d, col))
+
+    low = jax.lax.fori_loop(0, r, column, jnp.zeros_like(a))
+
+    def row(i: jax.Array, inv: jax.Array) -> jax.Array:
+        return inv.at[i].set((jnp.where(rows == i, 1.0, 0.0) - jnp.sum(low[i][:, None] * inv, axis=0)) / low[i, i])
+
+    return jax.lax.fori_loop(0, r, row, jnp.zeros_like(a))
 
 
-def _subspace_leaf(
-    direction: Direction, path: KeyPath, shape: tuple[int, ...], layer: int | jax.Array | None
-) -> jax.Array | None:
-    """The subspace noise of a leaf (or one layer of it), or ``None`` when it is not a matrix."""
-    stacked = is_stacked(path)
-    per_layer = shape[1:] if stacked and layer is None else shape
-    if matrix_shape(per_layer) is None:
-        return None
-    if stacked and layer is None:
-        layers = jnp.arange(shape[0], dtype=jnp.uint32)
-        return jax.vmap(lambda i: _subspace_matrix(direction, path, per_layer, i))(layers)
-    return _subspace_matrix(direction, path, per_layer, layer)
+def _product(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a @ b`` (over any leading batch axes) as a broadcast multiply and a sum over the short
+    contracted axis (``r``).
+
+    Not a ``dot``: a dot's kernel (blocking, FMA use) depends on the local shapes, so a product
+    partitioned over devices could round differently from the one-device product. A multiply and a
+    reduce along an unpartitioned axis of ``r`` terms round the same way whatever the sharding of
+    the other axes, which keeps the noise bitwise independent of the mesh; XLA fuses the multiply
+    into the reduce (and the reduce into its consumer), so no ``[m, r, n]`` temporary exists.
+    """
+    return jnp.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2)
+
+
+_Parts = tuple["jax.Array | None", jax.Array, "jax.Array | None", jax.Array]
+
+
+def _subspace_parts(direction: Direction, specs: Sequence[_MatrixSpec]) -> list[_Parts]:
+    """``(U, core Σ_i w_i Z_i [r_U, r_V], V, √(mn / (r_U r_V)))`` of each matrix (``None`` for an
+    identity side); the bases of all of them come from one :func:`_orthonormal_many`."""
+    subspace = direction.subspace
+    assert subspace is not None
+    out = []
+    for spec, (u, v) in zip(specs, _bases(subspace, specs), strict=True):
+        r_u, r_v = subspace_ranks(subspace.rank, spec.m, spec.n)
+
+        def core(layer: Any, spec: _MatrixSpec = spec, shape: tuple[int, int] = (r_u, r_v)) -> jax.Array:
+            cores = jax.vmap(lambda k: leaf_noise(k, spec.path, shape, direction.distribution, layer))(
+                direction.keys
+            )
+            return jnp.sum(direction.weights[:, None, None] * cores, axis=0)
+
+        scale = jnp.float32(np.sqrt(spec.m * spec.n / (r_u * r_v)))
+        out.append((u, _over_layers(spec, core), v, scale))
+    return out
+
+
+def _noise_matrix(parts: _Parts, spec: _MatrixSpec) -> jax.Array:
+    """``(√(mn / (r_U r_V))) U core Vᵀ`` in the leaf's per-layer shape (with the layer axis, if any)."""
+    u, core, v, c = parts
+    x = core if v is None else _product(core, jnp.swapaxes(v, -1, -2))
+    x = x if u is None else _product(u, x)
+    return (c * x).reshape(x.shape[:-2] + spec.shape)
+
+
+def subspace_noise(direction: Direction, leaves: Sequence[LeafSpec]) -> list[jax.Array | None]:
+    """float32 subspace noise ``v`` of each ``(path, shape, layer)`` (as :meth:`Direction.leaf`),
+    ``None`` for a leaf that is not a matrix (it keeps i.i.d. noise) or without a subspace.
+
+    All the matrices' bases are orthonormalised together (one batched Cholesky: see
+    :func:`_orthonormal_many`), so pass every leaf a consumer needs in one call.
+    """
+    if direction.subspace is None:
+        return [None] * len(leaves)
+    specs = [_matrix_spec(*leaf) for leaf in leaves]
+    found = [s for s in specs if s is not None]
+    noise = iter(_noise_matrix(p, s) for p, s in zip(_subspace_parts(direction, found), found, strict=True))
+    return [None if s is None else next(noise) for s in specs]
+
+
+def subspace_factors_many(
+    direction: Direction, leaves: Sequence[LeafSpec]
+) -> list[tuple[jax.Array, jax.Array] | None]:
+    r"""Several matrix leaves' subspace noise as float32 factors ``(A, B)``: ``v = A Bᵀ``, never ``m×n``.
+
+    .. math::
+
+       v = A B^\top, \qquad A = \sqrt{\tfrac{mn}{r_U r_V}}\; U \Big(\sum_i w_i Z_i\Big) \in \mathbb{R}^{m×r_V},
+       \quad B = V \in \mathbb{R}^{n×r_V},
+
+    the same ``U, Z_i, V`` as :meth:`Direction.leaf` (equal to it to float rounding: only the
+    association of the products differs; ``U = I`` or ``V = I`` for a side of dimension ``≤ rank``).
+    A model uses them where the leaf meets activations: ``x (W + s v) = x W + s ((x A) Bᵀ)``, and a
+    row gather ``(W + s v)[ids] = W[ids] + s A[ids] Bᵀ``. The bases of all the leaves are
+    orthonormalised together (one batched Cholesky).
+
+    Args:
+      direction: a direction (with a :attr:`Direction.subspace` for any factors).
+      leaves: ``(path, shape, layer)`` per leaf: the key path in the perturbed pytree, the per-layer
+        shape (without the layer axis when ``layer`` is given) and the layer index of a stacked leaf.
+
+    Returns:
+      ``(A [m, r_V], B [n, r_V])`` per leaf for the matricised ``[m, n] = matrix_shape(shape)``, or
+      ``None`` when the direction has no subspace or the leaf is not a matrix (i.i.d. noise).
+    """
+    if direction.subspace is None:
+        return [None] * len(leaves)
+    specs = [_matrix_spec(*leaf) for leaf in leaves]
+    found = [s for s in specs if s is not None]
+    factors = []
+    for u, core, v, c in _subspace_parts(direction, found):
+        a = core if u is None else _product(u, core)
+        b = jnp.eye(core.shape[-1], dtype=jnp.float32) if v is None else v
+        factors.append((c * a, b))
+    it = iter(factors)
+    return [None if s is None else next(it) for s in specs]
+
+
+def subspace_factors(
+    direction: Direction,
+    path: KeyPath,
+    shape: Sequence[int],
+    layer: int | jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array] | None:
+    """One leaf's :func:`subspace_factors_many`: ``(A, B)`` with ``v = A Bᵀ``, or ``None``."""
+    return subspace_factors_many(direction, [(path, shape, layer)])[0]
 
 
 @jax.tree_util.register_dataclass
@@ -467,13 +658,20 @@ class Direction:
         consumer, so neither the ``[K, *shape]`` draws nor ``v`` itself is materialised (the
         update is applied in place into donated parameters, as in the unrolled case).
 
-        With a :attr:`subspace`, a matrix leaf's ``v`` is the rank-``r`` product built from the
-        ``r×r`` core ``Σ_i w_i Z_i`` (one layer at a time when ``layer`` is given).
+        With a :attr:`subspace`, a matrix leaf's ``v`` is the low-rank product built from the
+        ``r_U×r_V`` core ``Σ_i w_i Z_i`` (one layer at a time when ``layer`` is given; several
+        leaves: :func:`leaves_noise`, which orthonormalises their bases together).
         """
         if self.subspace is not None:
-            low_rank = _subspace_leaf(self, path, tuple(int(s) for s in shape), layer)
+            low_rank = subspace_noise(self, [(path, shape, layer)])[0]
             if low_rank is not None:
                 return low_rank
+        return self.iid_leaf(path, shape, layer)
+
+    def iid_leaf(
+        self, path: KeyPath, shape: Sequence[int], layer: int | jax.Array | None = None
+    ) -> jax.Array:
+        """float32 i.i.d. ``v = Σ_i w_i z_i`` for one leaf, ignoring :attr:`subspace` (see :meth:`leaf`)."""
         num = self.keys.shape[0]
         if num <= UNROLL_MAX:
             total = self.weights[0] * leaf_noise(
@@ -491,10 +689,30 @@ class Direction:
         return jnp.sum(self.weights.reshape((num,) + (1,) * len(shape)) * draws, axis=0)
 
 
+def leaves_noise(direction: Direction, leaves: Sequence[LeafSpec]) -> list[jax.Array]:
+    """float32 ``v`` of each ``(path, shape, layer)`` (as :meth:`Direction.leaf`); under subspace noise
+    the bases of all the matrix leaves are orthonormalised together (:func:`subspace_noise`)."""
+    if direction.subspace is None:
+        return [direction.leaf(*leaf) for leaf in leaves]
+    low_rank = subspace_noise(direction, leaves)
+    return [
+        direction.iid_leaf(*leaf) if x is None else x for x, leaf in zip(low_rank, leaves, strict=True)
+    ]
+
+
+def _noise_tree(
+    direction: Direction, like: PyTree, prefix: KeyPath = (), layer: int | jax.Array | None = None
+) -> PyTree:
+    """:func:`leaves_noise` of every leaf of ``like`` (at ``prefix`` in the perturbed pytree), as a tree."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(like)
+    leaves = [(tuple(prefix) + tuple(p), jnp.shape(x), layer) for p, x in flat]
+    return jax.tree_util.tree_unflatten(treedef, leaves_noise(direction, leaves))
+
+
 def direction_tree(direction: Direction, like: PyTree) -> PyTree:
     """Materialises ``v`` as a pytree of float32 arrays shaped like ``like`` (tests and references)."""
     check_float_leaves(like)
-    return jax.tree_util.tree_map_with_path(lambda p, x: direction.leaf(p, jnp.shape(x)), like)
+    return _noise_tree(direction, like)
 
 
 def perturb(params: PyTree, direction: Direction, scale: float | jax.Array) -> PyTree:
@@ -509,11 +727,8 @@ def perturb(params: PyTree, direction: Direction, scale: float | jax.Array) -> P
     scale = jnp.asarray(scale, jnp.float32)
     num = direction.keys.shape[0]
     if num <= UNROLL_MAX or direction.subspace is not None:
-
-        def add(path: KeyPath, x: jax.Array) -> jax.Array:
-            return (x.astype(jnp.float32) + scale * direction.leaf(path, x.shape)).astype(x.dtype)
-
-        return jax.tree_util.tree_map_with_path(add, params)
+        add = lambda x, v: (x.astype(jnp.float32) + scale * v).astype(x.dtype)
+        return jax.tree.map(add, params, _noise_tree(direction, params))
 
     def body(i: jax.Array, acc: PyTree) -> PyTree:
         c = scale * direction.weights[i]
@@ -555,20 +770,15 @@ def perturb_subtree(
     check_float_leaves(subtree, prefix)
     scale = jnp.asarray(scale, jnp.float32)
 
-    def add(path: KeyPath, x: jax.Array) -> jax.Array:
-        noise = direction.leaf(prefix + tuple(path), x.shape, layer)
-        return (x.astype(jnp.float32) + scale * noise).astype(x.dtype)
-
-    return jax.tree_util.tree_map_with_path(add, subtree)
+    add = lambda x, v: (x.astype(jnp.float32) + scale * v).astype(x.dtype)
+    return jax.tree.map(add, subtree, _noise_tree(direction, subtree, prefix, layer))
 
 
 def scaled_direction_tree(direction: Direction, like: PyTree, factor: float | jax.Array) -> PyTree:
     """``factor · v`` as a pytree in each leaf's dtype (the ZO gradient estimate handed to optax)."""
     check_float_leaves(like)
     factor = jnp.asarray(factor, jnp.float32)
-    return jax.tree_util.tree_map_with_path(
-        lambda p, x: (factor * direction.leaf(p, jnp.shape(x))).astype(x.dtype), like
-    )
+    return jax.tree.map(lambda x, v: (factor * v).astype(x.dtype), like, _noise_tree(direction, like))
 
 
 @runtime_checkable

@@ -18,9 +18,13 @@ On-the-fly perturbation (MeZO): with ``perturbation=(v, s)`` the loss is evaluat
 where ``v = Σ_i w_i z_i`` is regenerated from keys (:mod:`zojax.perturb`). Layer ``l``'s perturbed
 weights are produced inside the scan body with ``perturb_subtree(layer_l, ("layers",), v, s,
 layer=l)``, the embedding where it is gathered / projected, so no perturbed copy of ``θ`` ever
-exists. Compile steps that use it with :data:`zojax.ZO_COMPILER_OPTIONS` (:func:`zojax.jit_step`
-does): loop-invariant code motion would hoist the noise of loop-invariant leaves out of loops and
-keep it alive (``docs/jax_workarounds.md``).
+exists. Under SubZero's subspace noise a matrix's noise is ``s·v = s·A Bᵀ`` of rank ``r``
+(:func:`zojax.perturb.subspace_factors`) and is never built ``m×n`` in the forward: embedding rows
+are ``E[ids] + s A[ids] Bᵀ``, the head's logits ``h Wᵀ + (h Q) Pᵀ`` (:func:`head_parts`) and each
+dense layer ``x K + s (x A) Bᵀ`` inside the layer scan (:func:`perturb_layer`); only the update
+adds the rank-``r`` product, fused into the in-place parameter update. Compile steps that use it
+with :data:`zojax.ZO_COMPILER_OPTIONS` (:func:`zojax.jit_step` does): loop-invariant code motion
+would hoist the noise of loop-invariant leaves out of loops and keep it alive (``docs/jax_workarounds.md``).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import numpy as np
 
 from zojax import perturb
 from zojax.models.config import ModelConfig
-from zojax.models.modules import DecoderBlock
+from zojax.models.modules import LOW_RANK, DecoderBlock
 from zojax.models.rows import LOCAL, Rows, padded_rows
 
 Array = jax.Array
@@ -80,9 +84,83 @@ def _perturb_top(params: PyTree, name: str, perturbation: Perturbation) -> PyTre
     return perturb.perturb_subtree(sub, (name,), direction, scale)
 
 
+LOW_RANK_DENSE = True  # subspace noise on dense kernels as x K + s (x A) Bᵀ (see perturb_layer)
+
+
+def perturb_layer(
+    layer: PyTree, direction: perturb.Direction, scale: Array, li: Array
+) -> tuple[PyTree, PyTree]:
+    r"""Layer ``li`` at ``θ + s·v`` for the decoder block: ``(layer, low_rank)``.
+
+    I.i.d. noise (or :data:`LOW_RANK_DENSE` off): ``perturb_subtree`` of the whole layer and
+    ``low_rank = {}``. Subspace noise: every ``[in, out]`` dense kernel stays unperturbed and its
+    noise goes to ``low_rank[name] = {"a": s·A, "b": B}`` (:func:`zojax.perturb.subspace_factors_many`,
+    one call for all the layer's kernels, so their bases share one batched Cholesky; applied by
+    :func:`zojax.models.modules.low_rank_dense` as ``x K + (x sA) Bᵀ``); biases and norm scales
+    (i.i.d. under SubZero) are perturbed in place as before.
+    """
+    if direction.subspace is None or not LOW_RANK_DENSE:
+        return perturb.perturb_subtree(layer, ("layers",), direction, scale, layer=li), {}
+    key = jax.tree_util.DictKey
+    kernels = {
+        name: module["kernel"].shape
+        for name, module in layer.items()
+        if isinstance(module, dict)
+        and "kernel" in module
+        and module["kernel"].ndim == 2
+        and perturb.matrix_shape(module["kernel"].shape) == module["kernel"].shape
+    }
+    leaves = [((key("layers"), key(name), key("kernel")), shape, li) for name, shape in kernels.items()]
+    factors = dict(zip(kernels, perturb.subspace_factors_many(direction, leaves), strict=True))
+    out, low_rank = {}, {}
+    for name, module in layer.items():
+        path = (key("layers"), key(name))
+        if factors.get(name) is None:
+            out[name] = perturb.perturb_subtree(module, path, direction, scale, layer=li)
+            continue
+        a, b = factors[name]
+        rest = {k: x for k, x in module.items() if k != "kernel"}
+        out[name] = {"kernel": module["kernel"], **perturb.perturb_subtree(rest, path, direction, scale, layer=li)}
+        low_rank[name] = {"a": jnp.asarray(scale, jnp.float32) * a, "b": b}
+    return out, low_rank
+
+
 def _block(config: ModelConfig, dtype: Any) -> DecoderBlock:
     dt = resolve_dtype(dtype)
     return DecoderBlock(config, dtype=dt, param_dtype=dt)
+
+
+def _top_factors(
+    params: PyTree, name: str, leaf: str, perturbation: Perturbation
+) -> tuple[Array, Array] | None:
+    """``(s·A, B)`` with ``s·v = s·A Bᵀ`` for the matrix ``params[name][leaf]`` under subspace noise,
+    else ``None`` (no perturbation, i.i.d. noise, or not a plain ``[m, n]`` matrix)."""
+    if perturbation is None:
+        return None
+    direction, scale = perturbation
+    shape = params[name][leaf].shape
+    if len(shape) != 2 or perturb.matrix_shape(shape) != tuple(shape):
+        return None
+    path = (jax.tree_util.DictKey(name), jax.tree_util.DictKey(leaf))
+    factors = perturb.subspace_factors(direction, path, shape)
+    if factors is None:
+        return None
+    a, b = factors
+    return jnp.asarray(scale, jnp.float32) * a, b
+
+
+def _rows(params: PyTree, name: str, ids: Array, perturbation: Perturbation) -> Array:
+    """Rows ``ids`` of the table ``params[name]["embedding"]``, perturbed where gathered.
+
+    Subspace noise ``s·v = s·A Bᵀ`` is added as ``W[ids] + s A[ids] Bᵀ`` (float32, cast back), so
+    the ``[V, H]`` noise never exists; i.i.d. noise is drawn fused into the gather."""
+    factors = _top_factors(params, name, "embedding", perturbation)
+    if factors is None:
+        return _perturb_top(params, name, perturbation)["embedding"][ids]
+    table = params[name]["embedding"]
+    a, b = factors
+    noise = jnp.matmul(a[ids], b.T, precision=jax.lax.Precision.HIGHEST)
+    return (table[ids].astype(jnp.float32) + noise).astype(table.dtype)
 
 
 def embed_tokens(
@@ -93,10 +171,9 @@ def embed_tokens(
     perturbation: Perturbation,
 ) -> Array:
     """Input embeddings ``E[ids]`` (+ ``P[pos + 2]`` for OPT); the noise gather fuses into the lookup."""
-    x = _perturb_top(params, "embed", perturbation)["embedding"][input_ids]
+    x = _rows(params, "embed", input_ids, perturbation)
     if config.arch == "opt":
-        table = _perturb_top(params, "pos_embed", perturbation)["embedding"]
-        x = x + table[positions + OPT_POSITION_OFFSET]
+        x = x + _rows(params, "pos_embed", positions + OPT_POSITION_OFFSET, perturbation)
     return x
 
 
@@ -118,6 +195,25 @@ def head_weight(config: ModelConfig, params: PyTree, perturbation: Perturbation)
     if config.tie_embeddings:
         return _perturb_top(params, "embed", perturbation)["embedding"]
     return _perturb_top(params, "lm_head", perturbation)["kernel"].T
+
+
+def head_parts(
+    config: ModelConfig, params: PyTree, perturbation: Perturbation
+) -> tuple[Array, tuple[Array, Array] | None]:
+    r"""The head as ``(W [V, H], factors)``: ``W`` (perturbed when the noise is i.i.d.) and, under
+    subspace noise, ``(P [V, r], Q [H, r])`` with the perturbed head ``W + P Qᵀ`` (``W`` unperturbed).
+
+    The logits are then ``h Wᵀ + (h Q) Pᵀ``: the ``[V, H]`` noise is never built. Tied:
+    ``E + s A Bᵀ`` gives ``P = sA, Q = B``; ``lm_head`` ``K [H, V]``, ``(K + s A Bᵀ)ᵀ``, gives
+    ``P = B, Q = sA``.
+    """
+    name, leaf = ("embed", "embedding") if config.tie_embeddings else ("lm_head", "kernel")
+    factors = _top_factors(params, name, leaf, perturbation)
+    if factors is None:
+        return head_weight(config, params, perturbation), None
+    w = params[name][leaf]
+    a, b = factors
+    return (w, (a, b)) if config.tie_embeddings else (w.T, (b, a))
 
 
 def decoder(
@@ -162,13 +258,14 @@ def decoder(
 
     def body(h: Array, xs: tuple[PyTree, PyTree, Array]) -> tuple[Array, Any]:
         layer, extra, li = xs
+        low_rank: PyTree = {}
         if perturbation is not None:
-            direction, scale = perturbation
-            layer = perturb.perturb_subtree(layer, ("layers",), direction, scale, layer=li)
+            layer, low_rank = perturb_layer(layer, *perturbation, li)
         prefix_kv = None
         if layer_fn is not None:
             layer, prefix_kv = layer_fn(layer, extra, li)
-        h, kv = block.apply({"params": layer}, h, positions, key_valid, prefix_kv)
+        variables = {"params": layer, **({LOW_RANK: low_rank} if low_rank else {})}
+        h, kv = block.apply(variables, h, positions, key_valid, prefix_kv)
         return h, (kv if return_kv else None)
 
     xs = (params["layers"], extra_layers, jnp.arange(config.num_layers, dtype=jnp.uint32))
@@ -179,9 +276,16 @@ def decoder(
 def project(
     config: ModelConfig, params: PyTree, h: Array, perturbation: Perturbation = None
 ) -> Array:
-    """float32 logits ``h Wᵀ`` over the full vocabulary."""
-    w = head_weight(config, params, perturbation)
-    return jnp.einsum("...h,vh->...v", h, w.astype(h.dtype), preferred_element_type=jnp.float32)
+    """float32 logits ``h Wᵀ`` over the full vocabulary (``+ (h Q) Pᵀ`` under subspace noise:
+    :func:`head_parts`)."""
+    w, factors = head_parts(config, params, perturbation)
+    logits = jnp.einsum("...h,vh->...v", h, w.astype(h.dtype), preferred_element_type=jnp.float32)
+    if factors is None:
+        return logits
+    p, q = factors
+    hi = jax.lax.Precision.HIGHEST
+    hq = jnp.matmul(h.astype(jnp.float32), q, precision=hi)
+    return logits + jnp.einsum("...r,vr->...v", hq, p, precision=hi)
 
 
 def chunked_logprobs(
@@ -199,7 +303,9 @@ def chunked_logprobs(
     ``log p = ℓ_target − m − log s``. Each chunk of the (perturbed) head weight is gathered inside
     the loop body, so with LICM disabled (:data:`zojax.ZO_COMPILER_OPTIONS`) the noise of a chunk is
     generated fused into the gather and the full perturbed head never exists; only one perturbed
-    chunk (at most ``1/MIN_VOCAB_CHUNKS`` of the head) is live at a time. The chunk size is
+    chunk (at most ``1/MIN_VOCAB_CHUNKS`` of the head) is live at a time. Under subspace noise
+    (:func:`head_parts`) ``h Q [N, r]`` and ``P [V, r]`` are formed once, before the loop, and a
+    chunk's logits are ``h W[c]ᵀ + (h Q) P[c]ᵀ``. The chunk size is
     ``min(vocab_chunk, ⌈V / MIN_VOCAB_CHUNKS⌉)``.
     """
     v = config.vocab_size
@@ -208,6 +314,12 @@ def chunked_logprobs(
     shape = targets.shape
     hf = h.reshape(-1, h.shape[-1])
     tf = targets.reshape(-1)
+    low_rank = None
+    if perturbation is not None and perturbation[0].subspace is not None:
+        _, factors = head_parts(config, params, perturbation)
+        if factors is not None:
+            p, q = factors
+            low_rank = (p, jnp.matmul(hf.astype(jnp.float32), q, precision=jax.lax.Precision.HIGHEST))
 
     def body(
         carry: tuple[Array, Array, Array], i: Array
@@ -215,8 +327,12 @@ def chunked_logprobs(
         m, s, tl = carry
         start = jnp.minimum(i * c, v - c)
         cols = start + jnp.arange(c)
-        w = head_weight(config, params, perturbation)[cols].astype(hf.dtype)
+        w = head_weight(config, params, None if low_rank else perturbation)[cols].astype(hf.dtype)
         logits = jnp.einsum("nh,ch->nc", hf, w, preferred_element_type=jnp.float32)
+        if low_rank is not None:
+            p, hq = low_rank
+            hi = jax.lax.Precision.HIGHEST
+            logits = logits + jnp.einsum("nr,cr->nc", hq, p[cols], precision=hi)
         fresh = cols >= i * c  # the last chunk may overlap the previous one
         logits = jnp.where(fresh[None], logits, -jnp.inf)
         m_new = jnp.maximum(m, jnp.max(logits, axis=-1))

@@ -15,6 +15,10 @@ Attention (per query position ``t``, grouped-query: query head ``h`` uses key/va
 
 Optional extra keys/values (prefix tuning's virtual tokens, or a KV cache) are prepended and always
 visible.
+
+Low-rank weight perturbations: a block applied with a ``"low_rank"`` variable collection
+``{name: {"a": A [in, r], "b": B [out, r]}}`` computes dense layer ``name`` at ``K + A Bᵀ`` as
+``x K + (x A) Bᵀ`` (:func:`low_rank_dense`), never forming the ``in×out`` product.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from zojax.models.config import ModelConfig
 
 Array = jax.Array
 NEG_INF = -1e30
+LOW_RANK = "low_rank"  # the variable collection of low-rank kernel perturbations (low_rank_dense)
 
 
 def rope_inv_freq(config: ModelConfig) -> Array:
@@ -144,6 +149,27 @@ def _dense(features: int, name: str, bias: bool, dtype: Any, param_dtype: Any) -
     )
 
 
+def low_rank_dense(block: nn.Module, dense: nn.Dense, x: Array) -> Array:
+    r"""``dense(x)``, plus ``(x A) Bᵀ`` when ``block`` holds ``{"a", "b"}`` for it in :data:`LOW_RANK`.
+
+    .. math::
+
+       x (K + A B^\top) + b = (x K + b) + (x A) B^\top
+
+    The correction is computed in float32 (``A``, ``B`` are float32) and added before the cast to
+    the layer's dtype. Cost: ``2 r (m + n)`` flops per token against ``2 r m n`` once for the
+    ``m×n`` product ``A Bᵀ``.
+    """
+    y = dense(x)
+    if not block.has_variable(LOW_RANK, dense.name):
+        return y
+    factors = block.get_variable(LOW_RANK, dense.name)
+    hi = jax.lax.Precision.HIGHEST
+    xa = jnp.matmul(x.astype(jnp.float32), factors["a"], precision=hi)
+    delta = jnp.matmul(xa, factors["b"].T, precision=hi)
+    return (y.astype(jnp.float32) + delta).astype(y.dtype)
+
+
 class DecoderBlock(nn.Module):
     """One decoder layer (``config.arch`` selects Llama or OPT).
 
@@ -189,10 +215,14 @@ class DecoderBlock(nn.Module):
         d, hq, hkv = c.head_dim, c.num_heads, c.num_kv_heads
         norm = RMSNorm if llama else LayerNorm
 
+        def dense(features: int, name: str, with_bias: bool, inputs: Array) -> Array:
+            layer = _dense(features, name, with_bias, dt, pdt)
+            return low_rank_dense(self, layer, inputs)
+
         h = norm(c.norm_eps, dt, pdt, name="input_norm")(x)
-        q = _dense(hq * d, "q_proj", bias, dt, pdt)(h).reshape(b, t, hq, d)
-        k = _dense(hkv * d, "k_proj", bias, dt, pdt)(h).reshape(b, t, hkv, d)
-        v = _dense(hkv * d, "v_proj", bias, dt, pdt)(h).reshape(b, t, hkv, d)
+        q = dense(hq * d, "q_proj", bias, h).reshape(b, t, hq, d)
+        k = dense(hkv * d, "k_proj", bias, h).reshape(b, t, hkv, d)
+        v = dense(hkv * d, "v_proj", bias, h).reshape(b, t, hkv, d)
         if llama:
             inv = rope_inv_freq(c)
             q = apply_rope(q, positions, inv)
@@ -219,15 +249,13 @@ class DecoderBlock(nn.Module):
             allowed = attention_mask(key_valid, num_fixed, t)
             out = attend(q, kk, vv, allowed)
             new_kv = (k, v)
-        x = x + _dense(c.hidden_size, "o_proj", bias, dt, pdt)(out)
+        x = x + dense(c.hidden_size, "o_proj", bias, out)
 
         h = norm(c.norm_eps, dt, pdt, name="post_norm")(x)
         if llama:
-            gate = _dense(c.intermediate_size, "gate_proj", False, dt, pdt)(h)
-            up = _dense(c.intermediate_size, "up_proj", False, dt, pdt)(h)
-            y = _dense(c.hidden_size, "down_proj", False, dt, pdt)(nn.silu(gate) * up)
+            gate = dense(c.intermediate_size, "gate_proj", False, h)
+            up = dense(c.intermediate_size, "up_proj", False, h)
+            y = dense(c.hidden_size, "down_proj", False, nn.silu(gate) * up)
         else:
-            y = _dense(c.hidden_size, "fc2", True, dt, pdt)(
-                nn.relu(_dense(c.intermediate_size, "fc1", True, dt, pdt)(h))
-            )
+            y = dense(c.hidden_size, "fc2", True, nn.relu(dense(c.intermediate_size, "fc1", True, h)))
         return x + y, new_kv
