@@ -51,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             rows.append(row)
             print(
-                f"{m:12s} {k:3d} {row['measured']:9.3f} ± {row['stderr']:.3f} "
-                f"{row['exact']:7.3f} {row['lemma']:7.3f}",
+                f"{m:12s} {k:3d} {row['measured']:9.3f} ± {row['stderr']:.3f} {row['exact']:7.3f} {row['lemma']:7.3f}",
                 flush=True,
             )
     if args.json:

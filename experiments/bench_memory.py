@@ -108,8 +108,7 @@ def temp_bytes(args) -> dict:
     base = c.memory_analysis().temp_size_in_bytes
     out["fwd_temp_bytes"] = base
     print(
-        f"forward: temp {base / 2**20:.1f} MiB (params {pbytes / 2**20:.1f} MiB), "
-        f"compile {ct:.1f}s",
+        f"forward: temp {base / 2**20:.1f} MiB (params {pbytes / 2**20:.1f} MiB), compile {ct:.1f}s",
         flush=True,
     )
     methods = [("mezo", zojax.mezo(1e-6, 1e-3))]
@@ -150,9 +149,7 @@ def child(args) -> None:
     reset = reset_peak_rss()
     phases["rss_setup"] = vm_rss_bytes()
     if args.child == "fwd":
-        c, _ = compiled(
-            make_fwd(zm.Model(zm.llama_config(args.preset), None), ids, mask), params, trim=args.trim
-        )
+        c, _ = compiled(make_fwd(zm.Model(zm.llama_config(args.preset), None), ids, mask), params, trim=args.trim)
         phases["hwm_compile"] = vm_hwm_bytes()
         malloc_trim()
         phases["rss_after_compile"] = vm_rss_bytes()
@@ -184,9 +181,7 @@ def child(args) -> None:
             {
                 "mode": args.child,
                 "vm_hwm": max(phases["hwm_compile"], phases["hwm_run"]),
-                "vm_hwm_process": max(
-                    phases["hwm_setup"], phases["hwm_compile"], phases["hwm_run"]
-                ),
+                "vm_hwm_process": max(phases["hwm_setup"], phases["hwm_compile"], phases["hwm_run"]),
                 **phases,
                 "s_per_call": dt,
                 "reset": reset,
@@ -247,16 +242,12 @@ def rss(args, compile_cache: str = "", trim: bool = True) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="smollm2-135m")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument(
-        "--gv", default="2,4,8", help="MeZO-GV candidate counts (comma separated, '' for none)"
-    )
+    ap.add_argument("--gv", default="2,4,8", help="MeZO-GV candidate counts (comma separated, '' for none)")
     ap.add_argument("--skip-temp", action="store_true")
     ap.add_argument("--skip-rss", action="store_true")
     ap.add_argument("--json", default="", help="write the results here")

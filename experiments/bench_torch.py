@@ -242,9 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         fn = torch_child if args.child == "torch" else zojax_child
         print(json.dumps(fn(args)), flush=True)
         return
-    passthrough = [
-        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("json", "child")
-    ]
+    passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("json", "child")]
     results = [run_child("torch", passthrough), run_child("zojax", passthrough)]
     print(
         f"\n{args.model}, batch {args.batch_size} x {args.seq_len} tokens, float32, {os.cpu_count()} CPU threads, "

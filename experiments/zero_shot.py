@@ -36,9 +36,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0, help="MeZO train_set_seed")
     ap.add_argument("--max-length", type=int, default=2048)
     ap.add_argument("--max-new-tokens", type=int, default=50)
-    ap.add_argument("--stop-rule", default="text", choices=["text", "mezo"],
-                    help="generation stop: text = first decoded newline (default); mezo = MeZO's exact "
-                    "newline token id or EOS, text kept whole")
+    ap.add_argument(
+        "--stop-rule",
+        default="text",
+        choices=["text", "mezo"],
+        help="generation stop: text = first decoded newline (default); mezo = MeZO's exact "
+        "newline token id or EOS, text kept whole",
+    )
     ap.add_argument("--token-budget", type=int, default=4096, help="tokens per scoring forward")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", default="results/zero_shot.json")
@@ -56,8 +60,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tok = model.tokenizer
 
     def generate_fn(prompts: list[list[int]]) -> list[list[int]]:
-        return model.generate_batch(model.params, prompts, max_new_tokens=args.max_new_tokens,
-                                    stop_strings=("\n",), stop_rule=args.stop_rule)
+        return model.generate_batch(
+            model.params, prompts, max_new_tokens=args.max_new_tokens, stop_strings=("\n",), stop_rule=args.stop_rule
+        )
 
     report: dict[str, Any] = {
         "model": args.model,
@@ -69,8 +74,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "protocol": "MeZO: test = RandomState(seed).permutation(validation)[:num_test]; candidate "
         "score = mean option-token log-prob (no calibration); generation = greedy, <=50 tokens, "
         "stop at newline (stop_rule), SQuAD F1 (max over the acceptable answers)",
-        "machine": {"platform": platform.platform(),
-                    "jax_devices": [str(d) for d in jax.devices()]},
+        "machine": {"platform": platform.platform(), "jax_devices": [str(d) for d in jax.devices()]},
         "model_load_seconds": round(load_s, 1),
         "tasks": {},
     }
@@ -84,11 +88,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             continue
         test = splits.test.examples
         res = evaluate(
-            task, test, tok, logits_fn=model.logits, params=model.params, generate_fn=generate_fn,
-            num_demos=args.num_demos, demo_pool=splits.train_pool, max_length=args.max_length,
-            progress=not args.no_progress, stop_rule=args.stop_rule,
-            **({"max_new_tokens": args.max_new_tokens} if task.generation else
-               {"token_budget": args.token_budget}),
+            task,
+            test,
+            tok,
+            logits_fn=model.logits,
+            params=model.params,
+            generate_fn=generate_fn,
+            num_demos=args.num_demos,
+            demo_pool=splits.train_pool,
+            max_length=args.max_length,
+            progress=not args.no_progress,
+            stop_rule=args.stop_rule,
+            **({"max_new_tokens": args.max_new_tokens} if task.generation else {"token_budget": args.token_budget}),
         )
         entry = {
             "metric": res.metric,
@@ -101,9 +112,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "stats": {k: round(v, 3) for k, v in res.stats.items()},
         }
         report["tasks"][name] = entry
-        print(f"[{name}] {res.metric} = {100 * res.value:.1f} on {res.n} test examples "
-              f"({res.stats['seconds']:.1f}s, {res.stats.get('examples_per_s', 0):.2f} ex/s)"
-              + (" [carved from validation]" if entry["carved_from_validation"] else ""))
+        print(
+            f"[{name}] {res.metric} = {100 * res.value:.1f} on {res.n} test examples "
+            f"({res.stats['seconds']:.1f}s, {res.stats.get('examples_per_s', 0):.2f} ex/s)"
+            + (" [carved from validation]" if entry["carved_from_validation"] else "")
+        )
     report["total_seconds"] = round(time.perf_counter() - t0, 1)
     return report
 

@@ -6,9 +6,7 @@ import numpy as np
 from scipy import stats
 
 
-def mean_within_bound(
-    samples: np.ndarray, target: np.ndarray, alpha: float = 1e-4
-) -> tuple[bool, np.ndarray]:
+def mean_within_bound(samples: np.ndarray, target: np.ndarray, alpha: float = 1e-4) -> tuple[bool, np.ndarray]:
     """Two-sided z-test per coordinate with a Bonferroni correction over the coordinates.
 
     Args:

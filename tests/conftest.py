@@ -3,9 +3,7 @@ stay on one device (``--mesh auto`` means none) unless a test asks for a mesh.""
 
 import os
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("ZOJAX_MESH", "none")
 import tempfile
 

@@ -20,9 +20,7 @@ from zojax import diagnostics
 
 D = 20_000
 TRIALS = 512  # expected z of the smallest growth step (greedy k=2→4) ≈ 6.5
-CELLS = [("nspsa", 1), ("nspsa", 4)] + [
-    (m, k) for m in ("mezo-greedy", "mezo-gv") for k in (2, 4, 8)
-]
+CELLS = [("nspsa", 1), ("nspsa", 4)] + [(m, k) for m in ("mezo-greedy", "mezo-gv") for k in (2, 4, 8)]
 ALPHA = 1e-3  # family-wise over all cells and comparisons
 
 
@@ -55,9 +53,7 @@ def test_alignment_grows_with_k(table: dict, method: str) -> None:
     crit = stats.norm.ppf(1 - ALPHA / len(CELLS))
     for lo, hi in itertools.pairwise(ks):
         a, b = table[(method, lo)][0], table[(method, hi)][0]
-        diff_lcb = (
-            b.mean() - a.mean() - crit * math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
-        )
+        diff_lcb = b.mean() - a.mean() - crit * math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
         assert diff_lcb > 0, (method, lo, hi)
 
 
@@ -66,9 +62,7 @@ def test_guiding_vector_beats_greedy_at_equal_candidates(table: dict) -> None:
     crit = stats.norm.ppf(1 - ALPHA / len(CELLS))
     for k in (4, 8):
         a, b = table[("mezo-greedy", k)][0], table[("mezo-gv", k)][0]
-        diff_lcb = (
-            b.mean() - a.mean() - crit * math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
-        )
+        diff_lcb = b.mean() - a.mean() - crit * math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
         assert diff_lcb > 0, k
 
 

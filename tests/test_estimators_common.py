@@ -67,9 +67,7 @@ def sample_grads(estimate_fn: Any, params: Any, loss: Any, n: int, seed: int = 0
         est = estimate_fn(loss, params, perturb.fold_in(base, i))
         return ravel_pytree(perturb.direction_tree(est.grad, params))[0]
 
-    return np.asarray(
-        jax.jit(lambda: jax.lax.map(one, jnp.arange(n, dtype=jnp.uint32)))(), np.float64
-    )
+    return np.asarray(jax.jit(lambda: jax.lax.map(one, jnp.arange(n, dtype=jnp.uint32)))(), np.float64)
 
 
 def estimate_fn_for(name: str, **overrides: Any) -> Any:
@@ -132,17 +130,13 @@ def test_biased_estimators_are_descent_directions(name: str) -> None:
 # --- references -------------------------------------------------------------------------------------
 
 
-def _numpy_reference(
-    kind: str, params: Any, loss: Any, key: jax.Array, eps: float, m: int, **kw: Any
-) -> np.ndarray:
+def _numpy_reference(kind: str, params: Any, loss: Any, key: jax.Array, eps: float, m: int, **kw: Any) -> np.ndarray:
     """The algorithm in numpy on materialised noise: candidates, ranking, v, two-point, ĝ."""
     flat0, _ = ravel_pytree(params)
     theta = np.asarray(flat0, np.float64)
     zs = [
         np.asarray(
-            ravel_pytree(perturb.direction_tree(Direction.single(perturb.fold_in(key, i)), params))[
-                0
-            ],
+            ravel_pytree(perturb.direction_tree(Direction.single(perturb.fold_in(key, i)), params))[0],
             np.float64,
         )
         for i in range(m)
@@ -156,9 +150,7 @@ def _numpy_reference(
     order = np.argsort(cand, kind="stable")
     if kind == "guided":
         top = int(kw["elite_ratio"] * m)
-        v = np.mean([zs[i] for i in order[:top]], axis=0) - np.mean(
-            [zs[i] for i in order[top:]], axis=0
-        )
+        v = np.mean([zs[i] for i in order[:top]], axis=0) - np.mean([zs[i] for i in order[top:]], axis=0)
     else:
         v = zs[order[0]]
     g = (f(theta + eps * v) - f(theta - eps * v)) / (2 * eps)
@@ -169,9 +161,7 @@ def _numpy_reference(
 def test_guided_matches_numpy_reference(m: int, alpha: float) -> None:
     params, loss, _ = quadratic_problem()
     key = perturb.key_data(7)
-    est = estimators.estimate_guided(
-        loss, params, key, eps=1e-2, num_candidates=m, elite_ratio=alpha
-    )
+    est = estimators.estimate_guided(loss, params, key, eps=1e-2, num_candidates=m, elite_ratio=alpha)
     got = np.asarray(ravel_pytree(perturb.direction_tree(est.grad, params))[0])
     ref = _numpy_reference("guided", params, loss, key, 1e-2, m, elite_ratio=alpha)
     np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
@@ -191,14 +181,10 @@ def test_greedy_reuse_best_loss_saves_one_forward() -> None:
     params, loss, _ = quadratic_problem()
     key = perturb.key_data(3)
     a = estimators.estimate_greedy(loss, params, key, eps=1e-2, num_candidates=4)
-    b = estimators.estimate_greedy(
-        loss, params, key, eps=1e-2, num_candidates=4, reuse_best_loss=True
-    )
+    b = estimators.estimate_greedy(loss, params, key, eps=1e-2, num_candidates=4, reuse_best_loss=True)
     assert a.losses.shape == (6,) and b.losses.shape == (5,)
     np.testing.assert_allclose(b.projected_grad, a.projected_grad, rtol=1e-3)
-    assert (
-        zojax.METHODS["mezo-greedy"].forwards_per_step(num_candidates=4, reuse_best_loss=True) == 5
-    )
+    assert zojax.METHODS["mezo-greedy"].forwards_per_step(num_candidates=4, reuse_best_loss=True) == 5
 
 
 def test_guided_normalize_and_rank_weights() -> None:
@@ -216,12 +202,8 @@ def test_guided_normalize_and_rank_weights() -> None:
 
 
 @functools.cache  # shared problems and transformations reuse compiled steps
-def make_tx(
-    name: str, learning_rate: float = 1e-2, **overrides: Any
-) -> optax.GradientTransformationExtraArgs:
-    return zojax.METHODS[name].optimizer(
-        learning_rate, **{"eps": 1e-2, **TEST_OPTIONS[name], **overrides}
-    )
+def make_tx(name: str, learning_rate: float = 1e-2, **overrides: Any) -> optax.GradientTransformationExtraArgs:
+    return zojax.METHODS[name].optimizer(learning_rate, **{"eps": 1e-2, **TEST_OPTIONS[name], **overrides})
 
 
 @functools.cache
@@ -266,10 +248,7 @@ def test_deterministic_given_key(name: str) -> None:
     c, _ = run_steps(make_tx(name, key=6), params, loss, 3)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
-    assert any(
-        not np.array_equal(x, y)
-        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(c), strict=True)
-    )
+    assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(c), strict=True))
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
@@ -360,9 +339,7 @@ def test_composes_with_adam_sign_and_multisteps(name: str) -> None:
     # Gradient accumulation: MultiSteps goes *after* the estimator (an estimator inside MultiSteps
     # would only run every k-th step, on the accumulated updates it ignores). Two accumulated
     # estimates equal one SGD step on their mean.
-    acc = optax.chain(
-        est, optax.MultiSteps(optax.sgd(0.1), every_k_schedule=2).gradient_transformation()
-    )
+    acc = optax.chain(est, optax.MultiSteps(optax.sgd(0.1), every_k_schedule=2).gradient_transformation())
     state = acc.init(params)
     p = params
     acc_update = jax.jit(lambda p, s: acc.update(p, s, p, value_fn=loss))
@@ -525,10 +502,7 @@ def test_skip_nonfinite_keeps_params_and_optimizer_state_on_a_nan_step(name: str
     zs = zojax.zo_state(s3)
     assert (int(zs.count), int(zs.nonfinite_count), int(s3.skipped)) == (3, 1, 1)
     # training continues: step 4 moves the parameters and the Adam state
-    assert any(
-        not np.array_equal(x, y)
-        for x, y in zip(jax.tree.leaves(p4), jax.tree.leaves(p3), strict=True)
-    )
+    assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(p4), jax.tree.leaves(p3), strict=True))
     adam = s4.inner_state[1][0]
     assert int(adam.count) == 3  # steps 1, 2 and 4
     assert int(run[5][1].skipped) == 1

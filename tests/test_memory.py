@@ -56,9 +56,7 @@ def test_guided_step_memory_is_constant_in_num_candidates() -> None:
 def test_many_key_direction_equals_the_sum_of_its_draws() -> None:
     """``Direction.leaf`` beyond ``UNROLL_MAX`` keys (one vmap, reduced) is ``Σ_i w_i z_i``."""
     k = 2 * perturb.UNROLL_MAX
-    d = perturb.Direction(
-        perturb.candidate_keys(perturb.key_data(3), k), jnp.linspace(1.0, -1.0, k, dtype=jnp.float32)
-    )
+    d = perturb.Direction(perturb.candidate_keys(perturb.key_data(3), k), jnp.linspace(1.0, -1.0, k, dtype=jnp.float32))
     stacked = (jax.tree_util.DictKey("layers"), jax.tree_util.DictKey("w"))
     for path, shape, layer in [((jax.tree_util.DictKey("embed"),), (64, 8), None),
                                (stacked, (3, 16, 8), None), (stacked, (16, 8), 2)]:  # fmt: skip

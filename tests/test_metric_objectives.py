@@ -106,7 +106,7 @@ def test_greedy_tokens_match_cached_generation_and_the_perturbed_copy() -> None:
     ids = np.full((2, t), 257, np.int32)
     mask = np.zeros((2, t), np.int32)
     for i, p in enumerate(prompts):
-        ids[i, t - len(p):], mask[i, t - len(p):] = p, 1
+        ids[i, t - len(p) :], mask[i, t - len(p) :] = p, 1
     decode = jax.jit(lambda p, pert=None: greedy_tokens(model, p, ids, mask, 6, 257, perturbation=pert))
     got = np.asarray(decode(model.params))
     for i, p in enumerate(prompts):
@@ -125,7 +125,7 @@ def test_f1_scorer_cuts_at_the_stop_and_scores_like_evaluation() -> None:
     tok = ByteTokenizer()
     exs = [Example("a", {}, answers=("the cat",)), Example("b", {}, answers=("dog", "a dog"))]
     scorer = F1Scorer(exs, tok)
-    rows = np.array([list(b"cat\nxx") , [*list(b"a dog"), tok.eos_id]], np.int32)
+    rows = np.array([list(b"cat\nxx"), [*list(b"a dog"), tok.eos_id]], np.int32)
     f1 = scorer(rows, np.array([0, 1]))
     np.testing.assert_allclose(f1, [f1_score("cat", ["the cat"]), 1.0])
     assert scorer.text([*list(b"zz"), tok.eos_id, *list(b"dog")]) == "zz"

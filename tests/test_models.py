@@ -76,9 +76,7 @@ def random_hf_weights(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:
     else:
         f = cfg["ffn_dim"]
         w["model.decoder.embed_tokens.weight"] = r(v, h, scale=0.5)
-        w["model.decoder.embed_positions.weight"] = r(
-            cfg["max_position_embeddings"] + 2, h, scale=0.5
-        )
+        w["model.decoder.embed_positions.weight"] = r(cfg["max_position_embeddings"] + 2, h, scale=0.5)
         w["model.decoder.final_layer_norm.weight"] = 1 + r(h)
         w["model.decoder.final_layer_norm.bias"] = r(h)
         for i in range(n):
@@ -96,9 +94,7 @@ def random_hf_weights(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:
     return w
 
 
-def write_checkpoint(
-    folder: str, cfg: dict, weights: dict[str, np.ndarray], shards: int = 1
-) -> str:
+def write_checkpoint(folder: str, cfg: dict, weights: dict[str, np.ndarray], shards: int = 1) -> str:
     """Writes ``config.json`` and ``model.safetensors`` (or ``shards`` files plus the index)."""
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "config.json"), "w") as f:
@@ -172,6 +168,7 @@ def numpy_logits(
             return k, v
         pk, pv = (np.asarray(x[i], np.float64).transpose(1, 0, 2) for x in prefix)
         return np.concatenate([pk, k], 1), np.concatenate([pv, v], 1)
+
     if cfg["model_type"] == "llama":
         nkv = cfg["num_key_value_heads"]
         d = h // nh
@@ -270,9 +267,7 @@ def hf_model(request, tmp_path_factory):
 def test_logits_match_numpy_reference(hf_model):
     cfg, weights, model = hf_model
     ids = [3, 17, 45, 200, 9, 9, 101, 7, 66, 1]
-    ours = np.asarray(
-        model.logits(model.params, jnp.asarray([ids]), jnp.ones((1, len(ids)), jnp.int32))
-    )[0]
+    ours = np.asarray(model.logits(model.params, jnp.asarray([ids]), jnp.ones((1, len(ids)), jnp.int32)))[0]
     ref = numpy_logits(cfg, weights, ids)
     assert ours.shape == (len(ids), cfg["vocab_size"])
     assert rel_err(ours, ref) <= 1e-4
@@ -335,9 +330,7 @@ def test_loading_errors(tmp_path, monkeypatch):
     broken = dict(weights)
     broken["model.layers.1.mlp.up_proj.weight"] = np.zeros((95, 64), np.float32)
     write_checkpoint(str(tmp_path / "shape"), LLAMA_CFG, broken)
-    with pytest.raises(
-        ValueError, match=r"model\.layers\.1\.mlp\.up_proj\.weight.*\(96, 64\).*\(95, 64\)"
-    ):
+    with pytest.raises(ValueError, match=r"model\.layers\.1\.mlp\.up_proj\.weight.*\(96, 64\).*\(95, 64\)"):
         zm.load_model(str(tmp_path / "shape"))
     # missing tensor
     missing = {k: v for k, v in weights.items() if "layers.0.mlp.gate_proj" not in k}
@@ -412,9 +405,7 @@ def test_token_logprobs_chunked():
     ref = jnp.take_along_axis(full, ids[:, 1:, None], -1)[..., 0]
     h = model.hidden_states(model.params, ids, mask)
     for chunk in (64, 100, 4096):  # 250 % 64 != 0: the last chunk overlaps the previous one
-        got = zm.model.chunked_logprobs(
-            model.config, model.params, h[:, :-1], ids[:, 1:], None, chunk
-        )
+        got = zm.model.chunked_logprobs(model.config, model.params, h[:, :-1], ids[:, 1:], None, chunk)
         np.testing.assert_allclose(got, ref, atol=2e-5)
 
 
@@ -436,9 +427,7 @@ def test_perturbable_loss_and_mezo_step():
 
     @jax.jit
     def step(params, state):
-        updates, state = tx.update(
-            params, state, params, value_fn=zm.next_token_loss(model, ids, mask)
-        )
+        updates, state = tx.update(params, state, params, value_fn=zm.next_token_loss(model, ids, mask))
         return optax.apply_updates(params, updates), state
 
     new, state = step(model.params, state)
@@ -455,9 +444,7 @@ def test_perturbable_loss_and_mezo_step():
 
 
 def _mem_case():
-    cfg = zm.llama_config(
-        "tiny", vocab_size=4096, hidden_size=128, intermediate_size=256, num_layers=4
-    )
+    cfg = zm.llama_config("tiny", vocab_size=4096, hidden_size=128, intermediate_size=256, num_layers=4)
     model = zm.init_model(cfg, 0)
     ids = jax.random.randint(jax.random.key(3), (4, 32), 0, cfg.vocab_size)
     return model, ids, jnp.ones_like(ids)
@@ -517,9 +504,7 @@ def test_generate_matches_full_forwards(arch):
     prompt = [5, 9, 33, 2 + 1, 77]
     ref = _greedy_reference(model.logits, model.params, prompt, 20)
     assert len(set(ref)) >= 5
-    got = model.generate(
-        model.params, prompt, max_new_tokens=20, stop_ids=[], stop_strings=(), chunk=8
-    )
+    got = model.generate(model.params, prompt, max_new_tokens=20, stop_ids=[], stop_strings=(), chunk=8)
     assert got == ref
     # stop ids: generation ends before the first stop token
     stop = ref[6]
@@ -547,9 +532,7 @@ def test_generate_stop_strings_and_text():
     text = _CharTokenizer().decode(ref)
     stop = text[4:6]
     first = text.index(stop)
-    got = model.generate(
-        model.params, [1, 2, 3], max_new_tokens=12, stop_strings=(stop,), stop_ids=[]
-    )
+    got = model.generate(model.params, [1, 2, 3], max_new_tokens=12, stop_strings=(stop,), stop_ids=[])
     assert _CharTokenizer().decode(got).endswith(stop) and len(got) == first + 2
     out = model.generate(model.params, "abc", max_new_tokens=12, stop_strings=(stop,), stop_ids=[])
     assert out == text[:first]
@@ -632,9 +615,7 @@ def test_lora():
     # non-zero B: adapted logits equal the merged weights' logits; perturbation on the fly
     trainable = jax.tree.map(lambda x: x + 0.05, trainable)
     out = adapted.logits(trainable, ids, mask)
-    np.testing.assert_allclose(
-        out, model.logits(adapted.merged_params(trainable), ids, mask), rtol=1e-5, atol=1e-5
-    )
+    np.testing.assert_allclose(out, model.logits(adapted.merged_params(trainable), ids, mask), rtol=1e-5, atol=1e-5)
     assert float(jnp.max(jnp.abs(out - base))) > 1e-3
     d = _direction(1)
     np.testing.assert_allclose(

@@ -40,9 +40,7 @@ def test_packed_rademacher_differs_between_keys_layers_and_leaves() -> None:
     a, b = _draw((64, 64), "rademacher", 0), _draw((64, 64), "rademacher", 1)
     stacked = (jax.tree_util.DictKey("layers"), jax.tree_util.DictKey("w"))
     layers = np.asarray(
-        jax.jit(lambda k: perturb.leaf_noise(k, stacked, (2, 64, 64), "rademacher"))(
-            perturb.key_data(0)
-        )
+        jax.jit(lambda k: perturb.leaf_noise(k, stacked, (2, 64, 64), "rademacher"))(perturb.key_data(0))
     )
     for x, y in [(a, b), (a, layers[0]), (layers[0], layers[1])]:
         agree = float(np.mean(x == y))  # 0.5 expected, sd 1/128
@@ -74,13 +72,9 @@ def test_gaussian_noise_is_uncorrelated_across_neighbours_keys_layers_and_leaves
     shape = (512, 512)
     a, b = _draw(shape, "gaussian", 0), _draw(shape, "gaussian", 1)
     stacked = (jax.tree_util.DictKey("layers"), jax.tree_util.DictKey("w"))
-    layers = np.asarray(
-        jax.jit(lambda k: perturb.leaf_noise(k, stacked, (2, *shape)))(perturb.key_data(0))
-    )
+    layers = np.asarray(jax.jit(lambda k: perturb.leaf_noise(k, stacked, (2, *shape)))(perturb.key_data(0)))
     other = np.asarray(
-        jax.jit(lambda k: perturb.leaf_noise(k, (jax.tree_util.DictKey("v"),), shape))(
-            perturb.key_data(0)
-        )
+        jax.jit(lambda k: perturb.leaf_noise(k, (jax.tree_util.DictKey("v"),), shape))(perturb.key_data(0))
     )
     products = np.stack(
         [

@@ -111,22 +111,14 @@ def run(command: str) -> str:
     env["XLA_FLAGS"] = flags.strip()
     if not env["XLA_FLAGS"]:
         del env["XLA_FLAGS"]
-    proc = subprocess.run(
-        argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False
-    )
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(
-            f"{command!r} exited with {proc.returncode}:\n{proc.stderr[-4000:]}"
-        )
+        raise RuntimeError(f"{command!r} exited with {proc.returncode}:\n{proc.stderr[-4000:]}")
     return proc.stdout.rstrip("\n")
 
 
 def _diff(want: str, got: str) -> str:
-    return "\n".join(
-        difflib.unified_diff(
-            want.splitlines(), got.splitlines(), "README.md", "fresh run", lineterm=""
-        )
-    )
+    return "\n".join(difflib.unified_diff(want.splitlines(), got.splitlines(), "README.md", "fresh run", lineterm=""))
 
 
 def _blocks() -> list[Block]:

@@ -160,9 +160,7 @@ def test_memory_check_counts_this_process_shards(tmp_path: Path, monkeypatch: py
 
 
 @pytest.mark.parametrize("tuning", ["full", "lora"])
-def test_trainer_loads_hf_folders_onto_the_mesh(
-    tuning: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_trainer_loads_hf_folders_onto_the_mesh(tuning: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``build_job`` with ``--mesh`` reads an HF folder through the sharded loader (trained and frozen
     parameters bitwise the plain load's, with the Placement's shardings); without a mesh it does not."""
     folder, _ = _write(tmp_path / "opt", "opt")

@@ -54,15 +54,11 @@ def shard(tree: Any, specs: Any, m: Mesh) -> Any:
 def test_draws_are_bitwise_equal_under_any_sharding(distribution: str) -> None:
     params, specs = params_and_specs()
     m = mesh()
-    direction = Direction(
-        jnp.stack([perturb.key_data(3), perturb.key_data(4)]), jnp.array([0.5, -1.5]), distribution
-    )
+    direction = Direction(jnp.stack([perturb.key_data(3), perturb.key_data(4)]), jnp.array([0.5, -1.5]), distribution)
     out_sh = jax.tree.map(lambda s: NamedSharding(m, s), specs)
     single = jax.jit(lambda p: perturb.perturb(p, direction, 1e-3))(params)
     sharded_params = shard(params, specs, m)
-    sharded = jax.jit(lambda p: perturb.perturb(p, direction, 1e-3), out_shardings=out_sh)(
-        sharded_params
-    )
+    sharded = jax.jit(lambda p: perturb.perturb(p, direction, 1e-3), out_shardings=out_sh)(sharded_params)
     for path, a, b in zip(
         jax.tree_util.tree_leaves_with_path(single),
         jax.tree.leaves(single),
@@ -74,9 +70,7 @@ def test_draws_are_bitwise_equal_under_any_sharding(distribution: str) -> None:
     # The per-layer draw a model makes inside its scan equals the slice of the full draw.
     key = perturb.key_data(3)
     path = next(
-        k
-        for k, _ in jax.tree_util.tree_leaves_with_path(params)
-        if jax.tree_util.keystr(k) == "['layers']['w']"
+        k for k, _ in jax.tree_util.tree_leaves_with_path(params) if jax.tree_util.keystr(k) == "['layers']['w']"
     )
     full = jax.jit(lambda k: perturb.leaf_noise(k, path, (3, 16, 8), distribution))(key)
     layer1 = jax.jit(lambda k: perturb.leaf_noise(k, path, (16, 8), distribution, layer=1))(key)

@@ -114,9 +114,7 @@ def test_noise_is_low_rank_scaled_and_layer_slices_are_bitwise():
     np.testing.assert_allclose(np.asarray(u.T @ u), np.eye(RANK), atol=1e-5)
     np.testing.assert_allclose(np.asarray(v.T @ v), np.eye(RANK), atol=1e-5)
     sq = jax.jit(
-        jax.vmap(
-            lambda k: jnp.sum(Direction.single(k, 1.0, "gaussian", FIXED).leaf((DK("e"),), (6, 3)) ** 2)
-        )
+        jax.vmap(lambda k: jnp.sum(Direction.single(k, 1.0, "gaussian", FIXED).leaf((DK("e"),), (6, 3)) ** 2))
     )(perturb.candidate_keys(perturb.key_data(2), 64))
     norms = np.asarray(sq)
     se = norms.std(ddof=1) / np.sqrt(norms.size)
@@ -224,9 +222,7 @@ def test_biased_subspace_estimators_are_descent_directions(name: str) -> None:
 
 @functools.cache
 def make_tx(name: str, learning_rate: float = 1e-2, **overrides: Any) -> Any:
-    return zojax.METHODS[name].optimizer(
-        learning_rate, **{"eps": 1e-2, **TEST_OPTIONS[name], **SUB, **overrides}
-    )
+    return zojax.METHODS[name].optimizer(learning_rate, **{"eps": 1e-2, **TEST_OPTIONS[name], **SUB, **overrides})
 
 
 def run(tx: Any, params: Any, loss: Any, steps: int, state: Any = None) -> tuple[Any, Any]:
@@ -249,9 +245,7 @@ def test_deterministic_counts_and_differs_from_iid(name: str) -> None:
     b, _ = run(make_tx(name, key=5), params, loss, 3)
     c, _ = run(make_tx(name, key=6), params, loss, 3)
     assert_trees_equal(a, b)
-    assert any(
-        not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(c), strict=True)
-    )
+    assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(c), strict=True))
     per_step = zojax.METHODS[name].forwards_per_step(**TEST_OPTIONS[name])
     zs = zojax.zo_state(sa)
     assert int(zs.count) == 3 and int(zs.num_forwards) == 3 * per_step
@@ -300,6 +294,7 @@ def test_subspace_is_kept_within_a_period_and_refreshed_at_its_end():
         return np.asarray(perturb.direction_tree(g, params)["e"], np.float64)
 
     g = [update(t) for t in range(5)]
+
     def rank(*ms: np.ndarray) -> int:  # numerical rank of float32 products: relative tolerance
         m = np.concatenate(ms, axis=1)
         return int(np.linalg.matrix_rank(m, tol=1e-4 * np.linalg.norm(m, 2)))
@@ -309,9 +304,7 @@ def test_subspace_is_kept_within_a_period_and_refreshed_at_its_end():
     assert rank(g[3], g[4]) == RANK
     assert np.array_equal(
         perturb.subspace_key(base, 2, REFRESH), perturb.subspace_key(base, 0, REFRESH)
-    ) and not np.array_equal(
-        perturb.subspace_key(base, 3, REFRESH), perturb.subspace_key(base, 2, REFRESH)
-    )
+    ) and not np.array_equal(perturb.subspace_key(base, 3, REFRESH), perturb.subspace_key(base, 2, REFRESH))
 
 
 # --- option validation ------------------------------------------------------------------------------
@@ -495,9 +488,7 @@ def test_subspace_draws_agree_under_sharding() -> None:
 
     params, specs = params_and_specs()
     m = mesh()
-    d = Direction(
-        jnp.stack([perturb.key_data(3), perturb.key_data(4)]), jnp.array([0.5, -1.5]), "gaussian", FIXED
-    )
+    d = Direction(jnp.stack([perturb.key_data(3), perturb.key_data(4)]), jnp.array([0.5, -1.5]), "gaussian", FIXED)
     out_sh = jax.tree.map(lambda s: NamedSharding(m, s), specs)
     single = jax.jit(lambda p: perturb.perturb(p, d, 1e-3))(params)
     sharded = jax.jit(lambda p: perturb.perturb(p, d, 1e-3), out_shardings=out_sh)(shard(params, specs, m))

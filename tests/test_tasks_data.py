@@ -56,8 +56,9 @@ SIZES = [
 
 
 @pytest.mark.parametrize(("name", "pool", "valid", "carved"), SIZES, ids=[s[0] for s in SIZES])
-def test_shared_data_loads_with_mezo_sizes(default_lookup: Path, name: str, pool: int,
-                                           valid: int, carved: bool) -> None:
+def test_shared_data_loads_with_mezo_sizes(
+    default_lookup: Path, name: str, pool: int, valid: int, carved: bool
+) -> None:
     task = get_task(name)
     s = task.splits(seed=0)
     m = s.meta
@@ -100,8 +101,14 @@ def test_missing_tasks_error_names_task_folder_and_files(default_lookup: Path, t
     with pytest.raises(TaskDataMissingError) as ei:
         get_task("drop").splits(data_dir=tmp_path)
     msg = str(ei.value)
-    for s in ("'DROP'", str(tmp_path / "DROP"), "drop_dataset_dev.json", "validation_subset",
-              "allenai.org", "ucinlp/drop"):
+    for s in (
+        "'DROP'",
+        str(tmp_path / "DROP"),
+        "drop_dataset_dev.json",
+        "validation_subset",
+        "allenai.org",
+        "ucinlp/drop",
+    ):
         assert s in msg
     with pytest.raises(TaskDataMissingError, match=r"ReCoRD.*val\.jsonl"):
         get_task("record").splits(data_dir=tmp_path)
@@ -135,15 +142,32 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 def record_passage(i: int) -> dict:
     text = f"Ann{i} met Bob in Rome.\n@highlight\nAnn{i} smiled"
     a = len(f"Ann{i}")
-    ents = [{"start": 0, "end": a - 1}, {"start": a + 5, "end": a + 7},
-            {"start": a + 12, "end": a + 15}, {"start": text.rindex("Ann"), "end": len(text) - 8}]
-    return {"source": "Daily mail", "idx": i, "passage": {"text": text, "entities": ents},
-            "qas": [{"query": "@placeholder went home", "idx": 10 * i,
-                     "answers": [{"start": 0, "end": a - 1, "text": f"Ann{i}"},
-                                 {"start": text.rindex("Ann"), "end": len(text) - 8,
-                                  "text": f"Ann{i}"}]},
-                    {"query": "They met in @placeholder", "idx": 10 * i + 1,
-                     "answers": [{"start": a + 12, "end": a + 15, "text": "Rome"}]}]}
+    ents = [
+        {"start": 0, "end": a - 1},
+        {"start": a + 5, "end": a + 7},
+        {"start": a + 12, "end": a + 15},
+        {"start": text.rindex("Ann"), "end": len(text) - 8},
+    ]
+    return {
+        "source": "Daily mail",
+        "idx": i,
+        "passage": {"text": text, "entities": ents},
+        "qas": [
+            {
+                "query": "@placeholder went home",
+                "idx": 10 * i,
+                "answers": [
+                    {"start": 0, "end": a - 1, "text": f"Ann{i}"},
+                    {"start": text.rindex("Ann"), "end": len(text) - 8, "text": f"Ann{i}"},
+                ],
+            },
+            {
+                "query": "They met in @placeholder",
+                "idx": 10 * i + 1,
+                "answers": [{"start": a + 12, "end": a + 15, "text": "Rome"}],
+            },
+        ],
+    }
 
 
 def test_record_official_jsonl_fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,8 +183,7 @@ def test_record_official_jsonl_fixture(tmp_path: Path, monkeypatch: pytest.Monke
     assert (len(s.train), len(s.dev), len(s.test)) == (3, 2, 4)
     e = next(x for x in s.test if x.data["query"].startswith("They"))
     assert e.candidates[e.label] == "Rome" and e.answers == ("Rome",)
-    assert task.template.encode(e).endswith('They met in @placeholder\nQuestion: what is the '
-                                            '"@placeholder"\nAnswer:')
+    assert task.template.encode(e).endswith('They met in @placeholder\nQuestion: what is the "@placeholder"\nAnswer:')
 
 
 def drop_fixture() -> dict:
@@ -169,14 +192,21 @@ def drop_fixture() -> dict:
 
     empty = {"number": "", "date": {"day": "", "month": "", "year": ""}, "spans": []}
     return {
-        "nfl_1": {"passage": "The Bears scored 3 touchdowns in May 1999.", "qa_pairs": [
-            qa("q1", "How many touchdowns?", {**empty, "number": "3"},
-               [{**empty, "spans": ["three"]}, {**empty, "number": "3"}]),
-            qa("q2", "When?", {**empty, "date": {"day": "", "month": "May", "year": "1999"}}, []),
-            qa("q3", "Who scored?", {**empty, "spans": ["Bears"]}, []),
-            qa("q4", "Which two?", {**empty, "spans": ["a", "b"]}, []),  # multi-span: one answer
-            qa("q5", "Nothing?", empty, []),  # no answer: skipped
-        ]}
+        "nfl_1": {
+            "passage": "The Bears scored 3 touchdowns in May 1999.",
+            "qa_pairs": [
+                qa(
+                    "q1",
+                    "How many touchdowns?",
+                    {**empty, "number": "3"},
+                    [{**empty, "spans": ["three"]}, {**empty, "number": "3"}],
+                ),
+                qa("q2", "When?", {**empty, "date": {"day": "", "month": "May", "year": "1999"}}, []),
+                qa("q3", "Who scored?", {**empty, "spans": ["Bears"]}, []),
+                qa("q4", "Which two?", {**empty, "spans": ["a", "b"]}, []),  # multi-span: one answer
+                qa("q5", "Nothing?", empty, []),  # no answer: skipped
+            ],
+        }
     }
 
 
@@ -203,17 +233,29 @@ def test_drop_official_json_fixture(tmp_path: Path) -> None:
     e = next(x for x in s.test if x.id == "q1")
     assert e.answers == ("3", "three")
     assert task.template.verbalize(e, e.correct_candidate) == (
-        "Passage: The Bears scored 3 touchdowns in May 1999.\nQuestion: How many touchdowns?\n"
-        "Answer: 3\n"
+        "Passage: The Bears scored 3 touchdowns in May 1999.\nQuestion: How many touchdowns?\nAnswer: 3\n"
     )
     # a validation sample in EleutherAI/drop's schema stands in for the dev json when it is absent
     (tmp_path / "DROP" / "drop_dataset_dev.json").unlink()
-    write_jsonl(tmp_path / "DROP" / "validation_subset2.jsonl", [
-        {"query_id": "v1", "passage": "P", "question": "Who?", "answers": [["Ann", "Bob"], ["Ann"], ["Ann"]],
-         "answers_spans": {"spans": ["Ann", "Bob"], "types": []}},
-        {"query_id": "v2", "passage": "P", "question": "How many?", "answers": [["2"]],
-         "answers_spans": {"spans": ["2"], "types": []}},
-    ])
+    write_jsonl(
+        tmp_path / "DROP" / "validation_subset2.jsonl",
+        [
+            {
+                "query_id": "v1",
+                "passage": "P",
+                "question": "Who?",
+                "answers": [["Ann", "Bob"], ["Ann"], ["Ann"]],
+                "answers_spans": {"spans": ["Ann", "Bob"], "types": []},
+            },
+            {
+                "query_id": "v2",
+                "passage": "P",
+                "question": "How many?",
+                "answers": [["2"]],
+                "answers_spans": {"spans": ["2"], "types": []},
+            },
+        ],
+    )
     s = task.splits(data_dir=tmp_path, num_train=1, num_dev=1)
     assert [x.id for x in s.test] == [["v1", "v2"][i] for i in mezo_subset(2, 0, 1000)]
     assert next(x for x in s.test if x.id == "v1").answers == ("Ann, Bob", "Ann")
@@ -263,14 +305,17 @@ def test_boolq_shared_train_subset_in_google_schema(default_lookup: Path) -> Non
 
 def test_boolq_fixture_train_first1000_and_hub_schemas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     d = tmp_path / "BoolQ"
-    val = [{"question": f"is it {i}", "passage": f"Title {i} -- Text {i} -- more", "idx": i, "label": i % 2 == 0}
-           for i in range(6)]
+    val = [
+        {"question": f"is it {i}", "passage": f"Title {i} -- Text {i} -- more", "idx": i, "label": i % 2 == 0}
+        for i in range(6)
+    ]
     write_jsonl(d / "val.jsonl", val)
     task = get_task("boolq")
     s = task.splits(data_dir=tmp_path, num_train=2, num_dev=1, num_test=3)
     assert s.meta["carved_from_validation"]  # no train file: carved, as before
-    write_jsonl(d / "train_first1000.jsonl",
-                [{"question": f"q{i}", "answer": i < 2, "passage": f"p{i}"} for i in range(4)])
+    write_jsonl(
+        d / "train_first1000.jsonl", [{"question": f"q{i}", "answer": i < 2, "passage": f"p{i}"} for i in range(4)]
+    )
     s = task.splits(data_dir=tmp_path, num_train=2, num_dev=1, num_test=3)
     assert not s.meta["carved_from_validation"] and s.meta["train_pool_size"] == 4
     assert any("subset" in n and "first 4 rows" in n for n in s.meta["notes"])
@@ -300,8 +345,16 @@ def test_boolq_fixture_train_first1000_and_hub_schemas(tmp_path: Path, monkeypat
 def test_drop_hub_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import datasets
 
-    rows = [{"section_id": "s", "query_id": f"q{i}", "passage": "P", "question": "Q?",
-             "answers_spans": {"spans": [str(i), f"{i}.0"], "types": ["number", "number"]}} for i in range(4)]
+    rows = [
+        {
+            "section_id": "s",
+            "query_id": f"q{i}",
+            "passage": "P",
+            "question": "Q?",
+            "answers_spans": {"spans": [str(i), f"{i}.0"], "types": ["number", "number"]},
+        }
+        for i in range(4)
+    ]
     monkeypatch.setattr(datasets, "load_dataset", lambda path, name=None, **kw: {"train": rows, "validation": rows})
     monkeypatch.setattr(data_mod, "hub_reachable", lambda: True)
     s = get_task("drop").splits(data_dir=tmp_path, num_train=2, num_dev=1)
@@ -310,10 +363,19 @@ def test_drop_hub_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def squad_fixture(n: int) -> dict:
-    paras = [{"context": f"Ctx {i} is here.", "qas": [
-        {"id": f"id{i}", "question": f"What is {i}?",
-         "answers": [{"text": f"Ctx {i}", "answer_start": 0}, {"text": "here", "answer_start": 10}]}
-    ]} for i in range(n)]
+    paras = [
+        {
+            "context": f"Ctx {i} is here.",
+            "qas": [
+                {
+                    "id": f"id{i}",
+                    "question": f"What is {i}?",
+                    "answers": [{"text": f"Ctx {i}", "answer_start": 0}, {"text": "here", "answer_start": 10}],
+                }
+            ],
+        }
+        for i in range(n)
+    ]
     return {"version": "1.1", "data": [{"title": "Art", "paragraphs": paras}]}
 
 
@@ -339,8 +401,7 @@ def test_squad_parquet_layout_fixture(tmp_path: Path) -> None:
 
     rows = data_mod.squad_json_rows(squad_fixture(6))
     (tmp_path / "SQuAD" / "plain_text").mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist(rows),
-                   tmp_path / "SQuAD" / "plain_text" / "validation-00000-of-00001.parquet")
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "SQuAD" / "plain_text" / "validation-00000-of-00001.parquet")
     raw = get_task("squad").load_raw(data_dir=tmp_path)
     assert raw.train is None and raw.validation == rows
 
@@ -348,7 +409,7 @@ def test_squad_parquet_layout_fixture(tmp_path: Path) -> None:
 def test_sst2_official_glue_layout(tmp_path: Path) -> None:
     d = tmp_path / "SST-2"
     d.mkdir()
-    (d / "train.tsv").write_text('sentence\tlabel\na "quoted" film \t1\n`` bad \'\' \t0\n')
+    (d / "train.tsv").write_text("sentence\tlabel\na \"quoted\" film \t1\n`` bad '' \t0\n")
     (d / "dev.tsv").write_text("sentence\tlabel\nfine \t1\n")
     (d / "test.tsv").write_text("index\tsentence\n0\tunlabelled \n")  # GLUE test: no labels
     raw = get_task("sst2").load_raw(data_dir=tmp_path)
@@ -356,8 +417,7 @@ def test_sst2_official_glue_layout(tmp_path: Path) -> None:
     assert [r["label"] for r in raw.validation] == [1]
 
 
-def test_hub_rows_are_used_when_no_local_data(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hub_rows_are_used_when_no_local_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import datasets
 
     calls = []
@@ -366,8 +426,7 @@ def test_hub_rows_are_used_when_no_local_data(tmp_path: Path,
         calls.append((path, name))
         if path == "super_glue":
             raise ConnectionError("moved")
-        rows = [{"premise": f"p{i}", "hypothesis": "h", "idx": i, "label": i % 2}
-                for i in range(20)]
+        rows = [{"premise": f"p{i}", "hypothesis": "h", "idx": i, "label": i % 2} for i in range(20)]
         return {"train": rows, "validation": rows[:5]}
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)

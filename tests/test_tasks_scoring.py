@@ -42,10 +42,20 @@ def sst_examples() -> list:
 
 def record_examples() -> list:
     rows = [
-        {"passage": "Ann met Bob in Rome.", "query": "@placeholder smiled",
-         "entities": ["Ann", "Bob", "Rome"], "answers": ["Ann", "Bob"], "idx": {"p": 0, "q": 0}},
-        {"passage": "Cy left.", "query": "@placeholder went", "entities": ["Cy", "Dee"],
-         "answers": ["Dee"], "idx": {"p": 1, "q": 0}},
+        {
+            "passage": "Ann met Bob in Rome.",
+            "query": "@placeholder smiled",
+            "entities": ["Ann", "Bob", "Rome"],
+            "answers": ["Ann", "Bob"],
+            "idx": {"p": 0, "q": 0},
+        },
+        {
+            "passage": "Cy left.",
+            "query": "@placeholder went",
+            "entities": ["Cy", "Dee"],
+            "answers": ["Dee"],
+            "idx": {"p": 1, "q": 0},
+        },
     ]
     return [REC.build(r, i) for i, r in enumerate(rows)]
 
@@ -64,8 +74,9 @@ def test_batched_scoring_matches_brute_force(which: str) -> None:
     ref = brute_scores(task, exs)
     # evaluation path: rows of several examples sorted/bucketed/left-padded, tiny token budget so
     # several forward passes (and padding rows) are exercised
-    res = evaluate(task, exs, TOK, logits_fn=tiny_logits_fn, params=PARAMS, token_budget=128,
-                   pad_to_multiple_of=16, progress=False)
+    res = evaluate(
+        task, exs, TOK, logits_fn=tiny_logits_fn, params=PARAMS, token_budget=128, pad_to_multiple_of=16, progress=False
+    )
     for got, want in zip(res.scores, ref, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert res.predictions == [int(np.argmax(r)) for r in ref]
@@ -113,10 +124,22 @@ def test_padded_candidates_do_not_change_loss() -> None:
 
 
 def test_lm_loss_is_mean_answer_token_nll() -> None:
-    rows = [{"id": "a", "title": "T", "context": "C is 1.", "question": "What is C?",
-             "answers": {"text": ["1"], "answer_start": [5]}},
-            {"id": "b", "title": "U", "context": "D is two.", "question": "What is D?",
-             "answers": {"text": ["two", "2"], "answer_start": [5, 5]}}]
+    rows = [
+        {
+            "id": "a",
+            "title": "T",
+            "context": "C is 1.",
+            "question": "What is C?",
+            "answers": {"text": ["1"], "answer_start": [5]},
+        },
+        {
+            "id": "b",
+            "title": "U",
+            "context": "D is two.",
+            "question": "What is D?",
+            "answers": {"text": ["two", "2"], "answer_start": [5, 5]},
+        },
+    ]
     exs = [SQUAD.build(r, i) for i, r in enumerate(rows)]
     batch = lm_batch(SQUAD, exs, TOK)
     assert objective_for(SQUAD) is lm_loss
@@ -132,8 +155,17 @@ def test_lm_loss_is_mean_answer_token_nll() -> None:
     full = lm_batch(SQUAD, exs, TOK, only_option=False)
     assert (full["target_mask"].sum(1) == full["attention_mask"].sum(1) - 1).all()
     # COPA trains as LM on the gold candidate
-    c = COPA.build({"premise": "It rained.", "choice1": "The grass got wet.", "choice2": "I sang.",
-                    "question": "effect", "label": 0, "idx": 0}, 0)
+    c = COPA.build(
+        {
+            "premise": "It rained.",
+            "choice1": "The grass got wet.",
+            "choice2": "I sang.",
+            "question": "effect",
+            "label": 0,
+            "idx": 0,
+        },
+        0,
+    )
     cb = lm_batch(COPA, [c], TOK)
     ids = cb["input_ids"][0][cb["target_mask"][0] > 0]
     assert TOK.decode(ids) == " the grass got wet."
@@ -164,10 +196,22 @@ def fake_generate(answers: dict[str, str]):
 
 
 def test_generation_eval() -> None:
-    rows = [{"id": "a", "title": "T", "context": "x", "question": "Q1?",
-             "answers": {"text": ["Paris"], "answer_start": [0]}},
-            {"id": "b", "title": "T", "context": "y", "question": "Q2?",
-             "answers": {"text": ["big red dog"], "answer_start": [0]}}]
+    rows = [
+        {
+            "id": "a",
+            "title": "T",
+            "context": "x",
+            "question": "Q1?",
+            "answers": {"text": ["Paris"], "answer_start": [0]},
+        },
+        {
+            "id": "b",
+            "title": "T",
+            "context": "y",
+            "question": "Q2?",
+            "answers": {"text": ["big red dog"], "answer_start": [0]},
+        },
+    ]
     exs = [SQUAD.build(r, i) for i, r in enumerate(rows)]
     gen = fake_generate({"Q1?": " Paris\nQuestion: junk", "Q2?": " red dog."})
     res = evaluate(SQUAD, exs, TOK, generate_fn=gen, progress=False)
@@ -179,8 +223,15 @@ def test_generation_stop_rule_mezo_keeps_the_whole_continuation() -> None:
     """``stop_rule="mezo"``: MeZO decodes the whole continuation and only strips it (its
     generation stops at the exact newline id, so text after a merged ".\\n" token stays);
     ``"text"`` (default) keeps the first line."""
-    rows = [{"id": "a", "title": "T", "context": "x", "question": "Q1?",
-             "answers": {"text": ["Paris"], "answer_start": [0]}}]
+    rows = [
+        {
+            "id": "a",
+            "title": "T",
+            "context": "x",
+            "question": "Q1?",
+            "answers": {"text": ["Paris"], "answer_start": [0]},
+        }
+    ]
     exs = [SQUAD.build(r, i) for i, r in enumerate(rows)]
     gen = fake_generate({"Q1?": " Paris.\nQuestion: junk\n"})
     text = evaluate(SQUAD, exs, TOK, generate_fn=gen, progress=False)
@@ -195,13 +246,11 @@ def test_icl_demos_follow_mezo_and_change_the_prompt() -> None:
     pool = sst_examples() * 10
     sets = icl_demo_sets(pool, num_eval=3, num_demos=4)
     seeds = np.random.RandomState(0).randint(0, 10000, 3)
-    want = [[pool[j] for j in np.random.RandomState(int(s)).permutation(len(pool))[:4]]
-            for s in seeds]
+    want = [[pool[j] for j in np.random.RandomState(int(s)).permutation(len(pool))[:4]] for s in seeds]
     assert sets == want and icl_demo_sets(pool, 3, 4) == sets
     exs = sst_examples()[:3]
     zs = evaluate(SST, exs, TOK, logits_fn=tiny_logits_fn, params=PARAMS, progress=False)
-    ic = evaluate(SST, exs, TOK, logits_fn=tiny_logits_fn, params=PARAMS, num_demos=4,
-                  demo_pool=pool, progress=False)
+    ic = evaluate(SST, exs, TOK, logits_fn=tiny_logits_fn, params=PARAMS, num_demos=4, demo_pool=pool, progress=False)
     assert ic.num_demos == 4 and zs.num_demos == 0
     assert not np.allclose(ic.scores, zs.scores)
     # ICL sequences really contain the demonstrations

@@ -28,48 +28,107 @@ SST2 = {"sentence": "a charming journey . ", "label": 1, "idx": 3}
 RTE = {"premise": "Dogs bark.", "hypothesis": "Dogs make noise.", "label": 0, "idx": 0}
 CB = {"premise": "It rained.", "hypothesis": "It was wet.", "label": 2, "idx": 0}
 BOOLQ = {"passage": "Water is wet.", "question": "is water wet", "label": 1, "idx": 0}
-WSC = {"text": "Tom hit Bob because he was mad.", "span1_index": 0, "span2_index": 4,
-       "span1_text": "Tom", "span2_text": "He", "label": 1, "idx": 0}
-WIC = {"word": "bank", "sentence1": "River bank.", "sentence2": "Bank account.", "label": 0,
-       "idx": 0}
-MULTIRC = {"paragraph": "P.", "question": "Q?", "answer": "A", "label": 1,
-           "idx": {"paragraph": 0, "question": 1, "answer": 2}}
-COPA = {"premise": "The man broke his toe.", "choice1": "He dropped a hammer on his foot.",
-        "choice2": "I got a hole in my sock.", "question": "cause", "label": 0, "idx": 0}
-RECORD = {"passage": "Obama met Merkel.\n@highlight\nTalks held", "query": "@placeholder spoke",
-          "entities": ["Merkel", "Obama"], "answers": ["Obama"], "idx": {"passage": 0, "query": 0}}
-SQUAD = {"id": "x1", "title": "Paris", "context": "Paris is in France.",
-         "question": " Where is Paris? ", "answers": {"text": ["France", "in France"],
-                                                      "answer_start": [12, 9]}}
-DROP = {"query_id": "q1", "passage": "He scored 3 goals.", "question": "How many goals?",
-        "answers_spans": {"spans": ["3"], "types": ["number"]}}
+WSC = {
+    "text": "Tom hit Bob because he was mad.",
+    "span1_index": 0,
+    "span2_index": 4,
+    "span1_text": "Tom",
+    "span2_text": "He",
+    "label": 1,
+    "idx": 0,
+}
+WIC = {"word": "bank", "sentence1": "River bank.", "sentence2": "Bank account.", "label": 0, "idx": 0}
+MULTIRC = {
+    "paragraph": "P.",
+    "question": "Q?",
+    "answer": "A",
+    "label": 1,
+    "idx": {"paragraph": 0, "question": 1, "answer": 2},
+}
+COPA = {
+    "premise": "The man broke his toe.",
+    "choice1": "He dropped a hammer on his foot.",
+    "choice2": "I got a hole in my sock.",
+    "question": "cause",
+    "label": 0,
+    "idx": 0,
+}
+RECORD = {
+    "passage": "Obama met Merkel.\n@highlight\nTalks held",
+    "query": "@placeholder spoke",
+    "entities": ["Merkel", "Obama"],
+    "answers": ["Obama"],
+    "idx": {"passage": 0, "query": 0},
+}
+SQUAD = {
+    "id": "x1",
+    "title": "Paris",
+    "context": "Paris is in France.",
+    "question": " Where is Paris? ",
+    "answers": {"text": ["France", "in France"], "answer_start": [12, 9]},
+}
+DROP = {
+    "query_id": "q1",
+    "passage": "He scored 3 goals.",
+    "question": "How many goals?",
+    "answers_spans": {"spans": ["3"], "types": ["number"]},
+}
 
 # (task, row, expected encode(), expected verbalize(gold))
 CASES = [
     ("sst2", SST2, "a charming journey . It was", "a charming journey . It was great"),
-    ("rte", RTE, 'Dogs bark.\nDoes this mean that "Dogs make noise." is true? Yes or No?\n',
-     'Dogs bark.\nDoes this mean that "Dogs make noise." is true? Yes or No?\nYes'),
-    ("cb", CB, 'Suppose It rained. Can we infer that "It was wet."? Yes, No, or Maybe?\n',
-     'Suppose It rained. Can we infer that "It was wet."? Yes, No, or Maybe?\nMaybe'),
+    (
+        "rte",
+        RTE,
+        'Dogs bark.\nDoes this mean that "Dogs make noise." is true? Yes or No?\n',
+        'Dogs bark.\nDoes this mean that "Dogs make noise." is true? Yes or No?\nYes',
+    ),
+    (
+        "cb",
+        CB,
+        'Suppose It rained. Can we infer that "It was wet."? Yes, No, or Maybe?\n',
+        'Suppose It rained. Can we infer that "It was wet."? Yes, No, or Maybe?\nMaybe',
+    ),
     ("boolq", BOOLQ, "Water is wet. Is water wet?\n", "Water is wet. Is water wet?\nYes"),
-    ("wsc", WSC, 'Tom hit Bob because he was mad.\nIn the previous sentence, does the pronoun "he" '
-     "refer to Tom? Yes or No?\n", 'Tom hit Bob because he was mad.\nIn the previous sentence, '
-     'does the pronoun "he" refer to Tom? Yes or No?\nYes'),
-    ("wic", WIC, 'Does the word "bank" have the same meaning in these two sentences? Yes, No?\n'
-     "River bank.\nBank account.\n", 'Does the word "bank" have the same meaning in these two '
-     "sentences? Yes, No?\nRiver bank.\nBank account.\nNo"),
-    ("multirc", MULTIRC, 'P.\nQuestion: Q?\nI found this answer "A". Is that correct? Yes or No?\n',
-     'P.\nQuestion: Q?\nI found this answer "A". Is that correct? Yes or No?\nYes'),
-    ("copa", COPA, "The man broke his toe because ",
-     "The man broke his toe because he dropped a hammer on his foot."),
-    ("record", RECORD, 'Obama met Merkel.\n@highlight\nTalks held\n@placeholder spoke\n'
-     'Question: what is the "@placeholder"\nAnswer:', 'Obama met Merkel.\n@highlight\nTalks held\n'
-     '@placeholder spoke\nQuestion: what is the "@placeholder"\nAnswer: Obama'),
-    ("squad", SQUAD,
-     "Title: Paris\nContext: Paris is in France.\nQuestion: Where is Paris?\nAnswer:",
-     "Title: Paris\nContext: Paris is in France.\nQuestion: Where is Paris?\nAnswer: France\n"),
-    ("drop", DROP, "Passage: He scored 3 goals.\nQuestion: How many goals?\nAnswer:",
-     "Passage: He scored 3 goals.\nQuestion: How many goals?\nAnswer: 3\n"),
+    (
+        "wsc",
+        WSC,
+        'Tom hit Bob because he was mad.\nIn the previous sentence, does the pronoun "he" refer to Tom? Yes or No?\n',
+        "Tom hit Bob because he was mad.\nIn the previous sentence, "
+        'does the pronoun "he" refer to Tom? Yes or No?\nYes',
+    ),
+    (
+        "wic",
+        WIC,
+        'Does the word "bank" have the same meaning in these two sentences? Yes, No?\nRiver bank.\nBank account.\n',
+        'Does the word "bank" have the same meaning in these two sentences? Yes, No?\nRiver bank.\nBank account.\nNo',
+    ),
+    (
+        "multirc",
+        MULTIRC,
+        'P.\nQuestion: Q?\nI found this answer "A". Is that correct? Yes or No?\n',
+        'P.\nQuestion: Q?\nI found this answer "A". Is that correct? Yes or No?\nYes',
+    ),
+    ("copa", COPA, "The man broke his toe because ", "The man broke his toe because he dropped a hammer on his foot."),
+    (
+        "record",
+        RECORD,
+        'Obama met Merkel.\n@highlight\nTalks held\n@placeholder spoke\nQuestion: what is the "@placeholder"\nAnswer:',
+        "Obama met Merkel.\n@highlight\nTalks held\n"
+        '@placeholder spoke\nQuestion: what is the "@placeholder"\nAnswer: Obama',
+    ),
+    (
+        "squad",
+        SQUAD,
+        "Title: Paris\nContext: Paris is in France.\nQuestion: Where is Paris?\nAnswer:",
+        "Title: Paris\nContext: Paris is in France.\nQuestion: Where is Paris?\nAnswer: France\n",
+    ),
+    (
+        "drop",
+        DROP,
+        "Passage: He scored 3 goals.\nQuestion: How many goals?\nAnswer:",
+        "Passage: He scored 3 goals.\nQuestion: How many goals?\nAnswer: 3\n",
+    ),
 ]
 
 
@@ -84,8 +143,7 @@ def test_template_renders_exact_strings(task: str, row: dict, prompt: str, gold:
 def test_all_candidates_and_verbalisers() -> None:
     sst = ex("sst2", SST2)
     t = get_task("sst2")
-    assert [t.template.verbalize(sst, c)[-12:] for c in sst.candidates] == [
-        "was terrible", "It was great"]
+    assert [t.template.verbalize(sst, c)[-12:] for c in sst.candidates] == ["was terrible", "It was great"]
     rte = get_task("rte")
     assert [rte.template.verbalize(ex("rte", RTE), c)[-3:] for c in (0, 1)] == ["Yes", "\nNo"]
     assert ex("cb", CB).label == 2 and ex("boolq", BOOLQ).candidates == ("Yes", "No")
@@ -128,8 +186,7 @@ def test_gold_and_generation_encodings() -> None:
 
 def test_icl_prompt_format() -> None:
     t = get_task("sst2")
-    demos = [ex("sst2", {"sentence": "bad .", "label": 0}), ex("sst2", {"sentence": "good .",
-                                                                        "label": 1})]
+    demos = [ex("sst2", {"sentence": "bad .", "label": 0}), ex("sst2", {"sentence": "good .", "label": 1})]
     assert render_demos(t, demos) == "bad . It was terrible\n\ngood . It was great"
     enc = encode_candidates(t, ex("sst2", SST2), TOK, demos)
     assert TOK.decode(enc[1].ids) == (

@@ -150,9 +150,7 @@ def test_parameter_efficient_tuning_runs(tuning: str, data_dir: Path, xla_cache,
     assert saved["optim"]["lr"] == {"lora": 1e-4, "prefix": 1e-2}[tuning]
 
 
-def test_prefix_tuning_on_a_generation_task(
-    capsys: pytest.CaptureFixture[str], xla_cache, tmp_path: Path
-) -> None:
+def test_prefix_tuning_on_a_generation_task(capsys: pytest.CaptureFixture[str], xla_cache, tmp_path: Path) -> None:
     """--tuning prefix on SQuAD: a dry run, then 2 steps with dev/test F1 by prefix-tuned greedy
     generation (KV cache holding the prefix)."""
     paras = [

@@ -44,9 +44,7 @@ def check_subspace(subspace: Any) -> None:
         raise OptionError("subspace", f"expected None or a zojax.perturb.Subspace, got {type(subspace).__name__}")
 
 
-def check_perturbation(
-    perturbation: Any, rank: Any = None, refresh_every: Any = None
-) -> tuple[int, int] | None:
+def check_perturbation(perturbation: Any, rank: Any = None, refresh_every: Any = None) -> tuple[int, int] | None:
     """Validates the perturbation family's options; returns ``(rank, refresh_every)`` or ``None``.
 
     ``perturbation="iid"`` (the default: i.i.d. noise of ``distribution``) takes neither option;
@@ -168,9 +166,7 @@ def num_elite(num_candidates: int, elite_ratio: float) -> int:
     return top
 
 
-def check_guided_options(
-    num_candidates: Any, elite_ratio: Any, weighting: str, normalize: Any
-) -> int:
+def check_guided_options(num_candidates: Any, elite_ratio: Any, weighting: str, normalize: Any) -> int:
     """Validates MeZO-GV's options; returns ``M`` as an ``int``."""
     if weighting not in WEIGHTINGS:
         raise OptionError("weighting", f"expected one of {WEIGHTINGS}, got {weighting!r}")

@@ -61,9 +61,7 @@ class Estimate(NamedTuple):
     losses: jax.Array
 
 
-def two_point_losses(
-    value_fn: ValueFn, params: PyTree, direction: Direction, eps: Any
-) -> jax.Array:
+def two_point_losses(value_fn: ValueFn, params: PyTree, direction: Direction, eps: Any) -> jax.Array:
     """``[L(θ + εv), L(θ − εv)]``, run one after the other (``lax.map``) so one forward is live at a time."""
     signs = jnp.array([1.0, -1.0], jnp.float32)
     return jax.lax.map(lambda s: perturb.evaluate(value_fn, params, direction, s * eps), signs)

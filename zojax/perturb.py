@@ -110,8 +110,7 @@ def key_data(key: int | jax.Array) -> jax.Array:
     if key.dtype == jnp.uint32 and key.shape == (2,):  # legacy jax.random.PRNGKey
         return jax.random.bits(jax.random.wrap_key_data(key), (4,), jnp.uint32)
     raise ValueError(
-        f"key: expected an int seed, a typed PRNG key or uint32[4] key data, "
-        f"got dtype {key.dtype} shape {key.shape}"
+        f"key: expected an int seed, a typed PRNG key or uint32[4] key data, got dtype {key.dtype} shape {key.shape}"
     )
 
 
@@ -309,9 +308,7 @@ def leaf_noise(
     leaf_key = fold_in(key, path_id(path))
     if not is_stacked(path):
         if layer is not None:
-            raise ValueError(
-                f"layer= given for a leaf that is not stacked: {jax.tree_util.keystr(tuple(path))}"
-            )
+            raise ValueError(f"layer= given for a leaf that is not stacked: {jax.tree_util.keystr(tuple(path))}")
         return _draw(leaf_key, shape, distribution)
     if layer is not None:
         return _draw(fold_in(leaf_key, layer), shape, distribution)
@@ -423,9 +420,7 @@ def _basis_draws(subspace: Subspace, spec: _MatrixSpec) -> tuple[jax.Array | Non
     return _over_layers(spec, draw)
 
 
-def _bases(
-    subspace: Subspace, specs: Sequence[_MatrixSpec]
-) -> list[tuple[jax.Array | None, jax.Array | None]]:
+def _bases(subspace: Subspace, specs: Sequence[_MatrixSpec]) -> list[tuple[jax.Array | None, jax.Array | None]]:
     """``(U, V)`` of every matrix in ``specs`` (``None`` for an identity side), orthonormalised together."""
     draws = [_basis_draws(subspace, spec) for spec in specs]
     q = iter(_orthonormal_many([g for pair in draws for g in pair if g is not None]))
@@ -529,9 +524,7 @@ def _subspace_parts(direction: Direction, specs: Sequence[_MatrixSpec]) -> list[
         r_u, r_v = subspace_ranks(subspace.rank, spec.m, spec.n)
 
         def core(layer: Any, spec: _MatrixSpec = spec, shape: tuple[int, int] = (r_u, r_v)) -> jax.Array:
-            cores = jax.vmap(lambda k: leaf_noise(k, spec.path, shape, direction.distribution, layer))(
-                direction.keys
-            )
+            cores = jax.vmap(lambda k: leaf_noise(k, spec.path, shape, direction.distribution, layer))(direction.keys)
             return jnp.sum(direction.weights[:, None, None] * cores, axis=0)
 
         scale = jnp.float32(np.sqrt(spec.m * spec.n / (r_u * r_v)))
@@ -562,9 +555,7 @@ def subspace_noise(direction: Direction, leaves: Sequence[LeafSpec]) -> list[jax
     return [None if s is None else next(noise) for s in specs]
 
 
-def subspace_factors_many(
-    direction: Direction, leaves: Sequence[LeafSpec]
-) -> list[tuple[jax.Array, jax.Array] | None]:
+def subspace_factors_many(direction: Direction, leaves: Sequence[LeafSpec]) -> list[tuple[jax.Array, jax.Array] | None]:
     r"""Several matrix leaves' subspace noise as float32 factors ``(A, B)``: ``v = A Bᵀ``, never ``m×n``.
 
     .. math::
@@ -644,9 +635,7 @@ class Direction:
         """The direction ``factor · v`` (only the weights change)."""
         return dataclasses.replace(self, weights=self.weights * jnp.asarray(factor, jnp.float32))
 
-    def leaf(
-        self, path: KeyPath, shape: Sequence[int], layer: int | jax.Array | None = None
-    ) -> jax.Array:
+    def leaf(self, path: KeyPath, shape: Sequence[int], layer: int | jax.Array | None = None) -> jax.Array:
         """float32 ``v = Σ_i w_i z_i`` for one leaf (or one layer slice of a stacked leaf).
 
         Up to :data:`UNROLL_MAX` terms the sum is unrolled: XLA fuses the draws and the axpys into
@@ -668,19 +657,13 @@ class Direction:
                 return low_rank
         return self.iid_leaf(path, shape, layer)
 
-    def iid_leaf(
-        self, path: KeyPath, shape: Sequence[int], layer: int | jax.Array | None = None
-    ) -> jax.Array:
+    def iid_leaf(self, path: KeyPath, shape: Sequence[int], layer: int | jax.Array | None = None) -> jax.Array:
         """float32 i.i.d. ``v = Σ_i w_i z_i`` for one leaf, ignoring :attr:`subspace` (see :meth:`leaf`)."""
         num = self.keys.shape[0]
         if num <= UNROLL_MAX:
-            total = self.weights[0] * leaf_noise(
-                self.keys[0], path, shape, self.distribution, layer
-            )
+            total = self.weights[0] * leaf_noise(self.keys[0], path, shape, self.distribution, layer)
             for i in range(1, num):
-                total = total + self.weights[i] * leaf_noise(
-                    self.keys[i], path, shape, self.distribution, layer
-                )
+                total = total + self.weights[i] * leaf_noise(self.keys[i], path, shape, self.distribution, layer)
             return total
         shape = tuple(int(s) for s in shape)
         draws = jax.vmap(lambda k: leaf_noise(k, path, shape, self.distribution, layer))(self.keys)
@@ -695,9 +678,7 @@ def leaves_noise(direction: Direction, leaves: Sequence[LeafSpec]) -> list[jax.A
     if direction.subspace is None:
         return [direction.leaf(*leaf) for leaf in leaves]
     low_rank = subspace_noise(direction, leaves)
-    return [
-        direction.iid_leaf(*leaf) if x is None else x for x, leaf in zip(low_rank, leaves, strict=True)
-    ]
+    return [direction.iid_leaf(*leaf) if x is None else x for x, leaf in zip(low_rank, leaves, strict=True)]
 
 
 def _noise_tree(
@@ -733,9 +714,7 @@ def perturb(params: PyTree, direction: Direction, scale: float | jax.Array) -> P
     def body(i: jax.Array, acc: PyTree) -> PyTree:
         c = scale * direction.weights[i]
         return jax.tree_util.tree_map_with_path(
-            lambda path, x: (
-                x + c * leaf_noise(direction.keys[i], path, x.shape, direction.distribution)
-            ),
+            lambda path, x: x + c * leaf_noise(direction.keys[i], path, x.shape, direction.distribution),
             acc,
         )
 

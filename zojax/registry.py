@@ -119,9 +119,7 @@ def get(name: str) -> Method:
     try:
         return METHODS[name]
     except KeyError:
-        raise ValueError(
-            f"method: unknown method {name!r}; choose from {sorted(METHODS)}"
-        ) from None
+        raise ValueError(f"method: unknown method {name!r}; choose from {sorted(METHODS)}") from None
 
 
 def select_options(method: Method, options: Mapping[str, Any]) -> dict[str, Any]:

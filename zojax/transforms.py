@@ -64,14 +64,11 @@ def _check_same_structure(updates: PyTree, params: PyTree) -> None:
     u, p = jax.tree.structure(updates), jax.tree.structure(params)
     if u != p:
         raise ValueError(
-            "updates: must have the structure of params (its values are ignored; pass params), "
-            f"got {u} vs params {p}"
+            f"updates: must have the structure of params (its values are ignored; pass params), got {u} vs params {p}"
         )
     for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=True):
         if jnp.shape(a) != jnp.shape(b):
-            raise ValueError(
-                f"updates: leaf shape {jnp.shape(a)} does not match params leaf shape {jnp.shape(b)}"
-            )
+            raise ValueError(f"updates: leaf shape {jnp.shape(a)} does not match params leaf shape {jnp.shape(b)}")
 
 
 def zeroth_order(
@@ -118,9 +115,7 @@ def zeroth_order(
     ) -> tuple[PyTree, ZOState]:
         del extra_args
         if params is None:
-            raise ValueError(
-                "params: zeroth-order transforms perturb the parameters; pass them to update()"
-            )
+            raise ValueError("params: zeroth-order transforms perturb the parameters; pass them to update()")
         if value_fn is None:
             raise ValueError(
                 "value_fn: pass the loss as update(updates, state, params, value_fn=lambda p: loss(p, batch))"
@@ -134,9 +129,7 @@ def zeroth_order(
         else:
             rank, refresh_every = subspace
             basis = perturb.subspace_key(state.key, state.count, refresh_every)
-            est = estimate_fn(
-                value_fn, params, step_key, subspace=perturb.Subspace(basis, rank)
-            )
+            est = estimate_fn(value_fn, params, step_key, subspace=perturb.Subspace(basis, rank))
         finite = jnp.all(jnp.isfinite(est.losses))
         grad_dir = est.grad
         grad_dir = dataclasses.replace(grad_dir, weights=jnp.where(finite, grad_dir.weights, 0.0))
@@ -268,11 +261,7 @@ class SkipNonfiniteState(NamedTuple):
 
 
 def _zo_states(state: Any) -> list[ZOState]:
-    return [
-        s
-        for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, ZOState))
-        if isinstance(s, ZOState)
-    ]
+    return [s for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, ZOState)) if isinstance(s, ZOState)]
 
 
 def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
@@ -327,9 +316,7 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
         def keep(new: Any, old: Any) -> Any:
             return new if isinstance(new, ZOState) else jax.lax.select(finite, new, old)
 
-        inner_state = jax.tree.map(
-            keep, new_inner, state.inner_state, is_leaf=lambda x: isinstance(x, ZOState)
-        )
+        inner_state = jax.tree.map(keep, new_inner, state.inner_state, is_leaf=lambda x: isinstance(x, ZOState))
         out = jax.tree.map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), new_updates)
         skipped = state.skipped + jnp.where(finite, 0, 1).astype(jnp.int32)
         return out, SkipNonfiniteState(skipped, inner_state)

@@ -67,9 +67,7 @@ class Adapted:
         def layer_fn(base_l: PyTree, train_l: PyTree, layer_index: Array) -> tuple[PyTree, Any]:
             if perturbation is not None:
                 direction, scale = perturbation
-                train_l = perturb.perturb_subtree(
-                    train_l, ("layers",), direction, scale, layer=layer_index
-                )
+                train_l = perturb.perturb_subtree(train_l, ("layers",), direction, scale, layer=layer_index)
             return self.combine(base_l, train_l, layer_index)
 
         h, _ = decoder(
@@ -121,24 +119,18 @@ class Adapted:
         """``log p(x_{t+1} | x_{≤t})`` ``[B, T−1]`` (see ``Model.token_logprobs``)."""
         h = self._hidden(trainable, input_ids, attention_mask, perturbation)
         ids = jnp.asarray(input_ids, jnp.int32)
-        return chunked_logprobs(
-            self.model.config, self.base, h[:, :-1], ids[:, 1:], None, vocab_chunk
-        )
+        return chunked_logprobs(self.model.config, self.base, h[:, :-1], ids[:, 1:], None, vocab_chunk)
 
     def merged_params(self, trainable: PyTree) -> PyTree:
         """LoRA only: the base parameters with ``ΔW = (α/r)·A B`` folded into the kernels."""
         if self.kind != "lora":
-            raise ValueError(
-                f"merged_params: only LoRA weights can be merged, this is {self.kind!r}"
-            )
+            raise ValueError(f"merged_params: only LoRA weights can be merged, this is {self.kind!r}")
         scale = self.options["alpha"] / self.options["rank"]
         layers = dict(self.base["layers"])
         for name, ab in trainable["layers"].items():
             mod = dict(layers[name])
             k = mod["kernel"]
-            delta = scale * jnp.einsum(
-                "lir,lro->lio", ab["a"].astype(jnp.float32), ab["b"].astype(jnp.float32)
-            )
+            delta = scale * jnp.einsum("lir,lro->lio", ab["a"].astype(jnp.float32), ab["b"].astype(jnp.float32))
             mod["kernel"] = (k.astype(jnp.float32) + delta).astype(k.dtype)
             layers[name] = mod
         return {**self.base, "layers": layers}
@@ -233,9 +225,7 @@ def lora_init(
         w = base_layers[name]["kernel"]
         n_layers, d_in, d_out = w.shape
         bound = 1.0 / np.sqrt(d_in)
-        a = jax.random.uniform(k, (n_layers, d_in, rank), jnp.float32, -bound, bound).astype(
-            w.dtype
-        )
+        a = jax.random.uniform(k, (n_layers, d_in, rank), jnp.float32, -bound, bound).astype(w.dtype)
         trainable["layers"][name] = {"a": a, "b": jnp.zeros((n_layers, rank, d_out), w.dtype)}
     scale = alpha / rank
 
@@ -285,9 +275,7 @@ def prefix_init(
         key = jax.random.key(int(key))
     if init_by_real_act:
         ids = jax.random.randint(key, (1, p), 0, c.vocab_size, jnp.int32)
-        _, (k, v) = decoder(
-            c, model.dtype, model.params, ids, jnp.ones((1, p), jnp.int32), return_kv=True
-        )
+        _, (k, v) = decoder(c, model.dtype, model.params, ids, jnp.ones((1, p), jnp.int32), return_kv=True)
         keys, values = k[:, 0], v[:, 0]
     else:
         k1, k2 = jax.random.split(key)
@@ -297,9 +285,7 @@ def prefix_init(
         values = jax.random.normal(k2, shape).astype(dt)
     trainable = {"layers": {"keys": keys, "values": values}}
 
-    def combine(
-        base_l: PyTree, train_l: PyTree, layer_index: Array
-    ) -> tuple[PyTree, tuple[Array, Array]]:
+    def combine(base_l: PyTree, train_l: PyTree, layer_index: Array) -> tuple[PyTree, tuple[Array, Array]]:
         del layer_index
         return base_l, (train_l["keys"], train_l["values"])
 

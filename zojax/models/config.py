@@ -58,19 +58,13 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.arch not in ("llama", "opt"):
-            raise ValueError(
-                f"arch: unsupported architecture {self.arch!r}; expected 'llama' or 'opt'"
-            )
+            raise ValueError(f"arch: unsupported architecture {self.arch!r}; expected 'llama' or 'opt'")
         if self.head_dim == 0:
             if self.hidden_size % self.num_heads:
-                raise ValueError(
-                    f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
-                )
+                raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(
-                f"num_heads {self.num_heads} must be a multiple of num_kv_heads {self.num_kv_heads}"
-            )
+            raise ValueError(f"num_heads {self.num_heads} must be a multiple of num_kv_heads {self.num_kv_heads}")
         if self.arch == "opt" and self.num_kv_heads != self.num_heads:
             raise ValueError("opt: num_kv_heads must equal num_heads")
         if isinstance(self.rope_scaling, dict):
@@ -199,21 +193,11 @@ _OPT_PRESETS: dict[str, dict[str, Any]] = {
         num_heads=4,
         max_position_embeddings=256,
     ),
-    "opt-125m": dict(
-        vocab_size=50272, hidden_size=768, intermediate_size=3072, num_layers=12, num_heads=12
-    ),
-    "opt-1.3b": dict(
-        vocab_size=50272, hidden_size=2048, intermediate_size=8192, num_layers=24, num_heads=32
-    ),
-    "opt-2.7b": dict(
-        vocab_size=50272, hidden_size=2560, intermediate_size=10240, num_layers=32, num_heads=32
-    ),
-    "opt-6.7b": dict(
-        vocab_size=50272, hidden_size=4096, intermediate_size=16384, num_layers=32, num_heads=32
-    ),
-    "opt-13b": dict(
-        vocab_size=50272, hidden_size=5120, intermediate_size=20480, num_layers=40, num_heads=40
-    ),
+    "opt-125m": dict(vocab_size=50272, hidden_size=768, intermediate_size=3072, num_layers=12, num_heads=12),
+    "opt-1.3b": dict(vocab_size=50272, hidden_size=2048, intermediate_size=8192, num_layers=24, num_heads=32),
+    "opt-2.7b": dict(vocab_size=50272, hidden_size=2560, intermediate_size=10240, num_layers=32, num_heads=32),
+    "opt-6.7b": dict(vocab_size=50272, hidden_size=4096, intermediate_size=16384, num_layers=32, num_heads=32),
+    "opt-13b": dict(vocab_size=50272, hidden_size=5120, intermediate_size=20480, num_layers=40, num_heads=40),
 }
 
 _OPT_DEFAULTS = dict(
@@ -235,9 +219,7 @@ def llama_config(name: str = "tiny", **overrides: Any) -> ModelConfig:
     """
     key = name.lower()
     if key not in _LLAMA_PRESETS:
-        raise ValueError(
-            f"llama_config: unknown preset {name!r}; choose from {sorted(_LLAMA_PRESETS)}"
-        )
+        raise ValueError(f"llama_config: unknown preset {name!r}; choose from {sorted(_LLAMA_PRESETS)}")
     kw = {"arch": "llama", "name": key, **_LLAMA_PRESETS[key]}
     kw.update(overrides)
     return ModelConfig(**kw)
@@ -274,16 +256,12 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
             if rtype == "default":
                 scaling = None
             elif rtype != "llama3":
-                raise ValueError(
-                    f"config.json: unsupported rope_scaling type {rtype!r} (supported: llama3)"
-                )
+                raise ValueError(f"config.json: unsupported rope_scaling type {rtype!r} (supported: llama3)")
         theta = cfg.get("rope_theta")
         if theta is None and isinstance(cfg.get("rope_parameters"), dict):
             theta = cfg["rope_parameters"].get("rope_theta")
         if cfg.get("attention_bias") or cfg.get("mlp_bias"):
-            raise ValueError(
-                "config.json: Llama variants with attention_bias/mlp_bias are not supported"
-            )
+            raise ValueError("config.json: Llama variants with attention_bias/mlp_bias are not supported")
         eos = cfg.get("eos_token_id", 2)
         return ModelConfig(
             arch="llama",
@@ -311,13 +289,9 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
                 "supported: OPT-125m..13B style pre-LN models"
             )
         if cfg.get("word_embed_proj_dim", cfg["hidden_size"]) != cfg["hidden_size"]:
-            raise ValueError(
-                "config.json: OPT with word_embed_proj_dim != hidden_size is not supported"
-            )
+            raise ValueError("config.json: OPT with word_embed_proj_dim != hidden_size is not supported")
         if cfg.get("activation_function", "relu") != "relu":
-            raise ValueError(
-                f"config.json: unsupported OPT activation {cfg.get('activation_function')!r}"
-            )
+            raise ValueError(f"config.json: unsupported OPT activation {cfg.get('activation_function')!r}")
         if not cfg.get("enable_bias", True) or not cfg.get("layer_norm_elementwise_affine", True):
             raise ValueError("config.json: OPT without biases / affine LayerNorm is not supported")
         return ModelConfig(

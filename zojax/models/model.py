@@ -87,9 +87,7 @@ def _perturb_top(params: PyTree, name: str, perturbation: Perturbation) -> PyTre
 LOW_RANK_DENSE = True  # subspace noise on dense kernels as x K + s (x A) Bᵀ (see perturb_layer)
 
 
-def perturb_layer(
-    layer: PyTree, direction: perturb.Direction, scale: Array, li: Array
-) -> tuple[PyTree, PyTree]:
+def perturb_layer(layer: PyTree, direction: perturb.Direction, scale: Array, li: Array) -> tuple[PyTree, PyTree]:
     r"""Layer ``li`` at ``θ + s·v`` for the decoder block: ``(layer, low_rank)``.
 
     I.i.d. noise (or :data:`LOW_RANK_DENSE` off): ``perturb_subtree`` of the whole layer and
@@ -130,9 +128,7 @@ def _block(config: ModelConfig, dtype: Any) -> DecoderBlock:
     return DecoderBlock(config, dtype=dt, param_dtype=dt)
 
 
-def _top_factors(
-    params: PyTree, name: str, leaf: str, perturbation: Perturbation
-) -> tuple[Array, Array] | None:
+def _top_factors(params: PyTree, name: str, leaf: str, perturbation: Perturbation) -> tuple[Array, Array] | None:
     """``(s·A, B)`` with ``s·v = s·A Bᵀ`` for the matrix ``params[name][leaf]`` under subspace noise,
     else ``None`` (no perturbation, i.i.d. noise, or not a plain ``[m, n]`` matrix)."""
     if perturbation is None:
@@ -273,9 +269,7 @@ def decoder(
     return final_norm(config, params, h, perturbation), kv
 
 
-def project(
-    config: ModelConfig, params: PyTree, h: Array, perturbation: Perturbation = None
-) -> Array:
+def project(config: ModelConfig, params: PyTree, h: Array, perturbation: Perturbation = None) -> Array:
     """float32 logits ``h Wᵀ`` over the full vocabulary (``+ (h Q) Pᵀ`` under subspace noise:
     :func:`head_parts`)."""
     w, factors = head_parts(config, params, perturbation)
@@ -321,9 +315,7 @@ def chunked_logprobs(
             p, q = factors
             low_rank = (p, jnp.matmul(hf.astype(jnp.float32), q, precision=jax.lax.Precision.HIGHEST))
 
-    def body(
-        carry: tuple[Array, Array, Array], i: Array
-    ) -> tuple[tuple[Array, Array, Array], None]:
+    def body(carry: tuple[Array, Array, Array], i: Array) -> tuple[tuple[Array, Array, Array], None]:
         m, s, tl = carry
         start = jnp.minimum(i * c, v - c)
         cols = start + jnp.arange(c)
@@ -387,9 +379,7 @@ class Model:
         """Final-normed hidden states ``[B, T, H]`` (what the LM head consumes)."""
         if attention_mask is None:
             attention_mask = jnp.ones(jnp.shape(input_ids), jnp.int32)
-        h, _ = decoder(
-            self.config, self.dtype, params, input_ids, attention_mask, perturbation=perturbation
-        )
+        h, _ = decoder(self.config, self.dtype, params, input_ids, attention_mask, perturbation=perturbation)
         return h
 
     def logits(
@@ -425,13 +415,9 @@ class Model:
         """
         h = self.hidden_states(params, input_ids, attention_mask, perturbation=perturbation)
         ids = jnp.asarray(input_ids, jnp.int32)
-        return chunked_logprobs(
-            self.config, params, h[:, :-1], ids[:, 1:], perturbation, vocab_chunk
-        )
+        return chunked_logprobs(self.config, params, h[:, :-1], ids[:, 1:], perturbation, vocab_chunk)
 
-    def __call__(
-        self, params: PyTree, input_ids: Array, attention_mask: Array | None = None, **kw: Any
-    ) -> Array:
+    def __call__(self, params: PyTree, input_ids: Array, attention_mask: Array | None = None, **kw: Any) -> Array:
         """Alias of :meth:`logits`."""
         return self.logits(params, input_ids, attention_mask, **kw)
 
@@ -585,9 +571,7 @@ class Model:
         if not prompts or not all(prompts):
             raise ValueError("prompt: at least one token is needed")
         if stop_ids is None:
-            stop_ids = (
-                [tok.eos_id] if tok is not None and tok.eos_id is not None else [self.config.eos_id]
-            )
+            stop_ids = [tok.eos_id] if tok is not None and tok.eos_id is not None else [self.config.eos_id]
         if stop_rule == "mezo":
             if tok is None and stop_strings:
                 raise ValueError("stop_rule='mezo': needs the tokenizer to encode stop_strings")
@@ -751,9 +735,7 @@ def _decode(
         nxt = jnp.argmax(logits, -1).astype(jnp.int32)
         return ((ck, cv), valid, nxt, index + 1, pos + 1), nxt
 
-    (cache, valid, token, index, pos), toks = jax.lax.scan(
-        step, (cache, valid, token, index, pos), None, length=steps
-    )
+    (cache, valid, token, index, pos), toks = jax.lax.scan(step, (cache, valid, token, index, pos), None, length=steps)
     return toks, cache, valid, token, index, pos
 
 
@@ -767,9 +749,7 @@ def init_params(config: ModelConfig, key: int | Array, dtype: Any = "float32") -
     x = jnp.zeros((1, 1, config.hidden_size), jnp.float32)
     pos = jnp.zeros((1, 1), jnp.int32)
     init = jax.jit(
-        lambda k: jax.tree.map(
-            lambda a: a.astype(dt), block.init(k, x, pos, jnp.ones((1, 1), jnp.int32))["params"]
-        )
+        lambda k: jax.tree.map(lambda a: a.astype(dt), block.init(k, x, pos, jnp.ones((1, 1), jnp.int32))["params"])
     )
     layers = [init(keys[i]) for i in range(config.num_layers)]
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
@@ -779,9 +759,7 @@ def init_params(config: ModelConfig, key: int | Array, dtype: Any = "float32") -
     }
     if config.arch == "opt":
         n_pos = config.max_position_embeddings + OPT_POSITION_OFFSET
-        params["pos_embed"] = {
-            "embedding": (0.02 * jax.random.normal(keys[-2], (n_pos, h))).astype(dt)
-        }
+        params["pos_embed"] = {"embedding": (0.02 * jax.random.normal(keys[-2], (n_pos, h))).astype(dt)}
     params["layers"] = stacked
     params["final_norm"] = {"scale": jnp.ones((h,), dt)}
     if config.arch == "opt":

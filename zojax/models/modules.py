@@ -88,9 +88,7 @@ def attend(q: Array, k: Array, v: Array, allowed: Array) -> Array:
     return out.reshape(b, t, hq * d)
 
 
-def attention_mask(
-    key_valid: Array, num_fixed: int, t: int, cache_index: Array | None = None
-) -> Array:
+def attention_mask(key_valid: Array, num_fixed: int, t: int, cache_index: Array | None = None) -> Array:
     """Which keys each query may see: bool ``[B, T, S]``.
 
     Without a cache: keys are ``num_fixed`` always-visible prefix slots followed by the ``T``

@@ -56,8 +56,10 @@ class SafetensorsFile:
                 raise UserError(f"{path}: not a safetensors file ({size} bytes); download it again")
             (n,) = struct.unpack("<Q", head)
             if n > size - 8:
-                raise UserError(f"{path}: truncated or not a safetensors file (its header claims {n:,} "
-                                f"bytes, the file has {size:,}); download it again")
+                raise UserError(
+                    f"{path}: truncated or not a safetensors file (its header claims {n:,} "
+                    f"bytes, the file has {size:,}); download it again"
+                )
             try:
                 header = json.loads(f.read(n))
             except (ValueError, UnicodeDecodeError):

@@ -96,14 +96,10 @@ def leaf_axes(path: Sequence[Any], ndim: int) -> tuple[str | None, ...]:
 
 def logical_axes(params: PyTree) -> PyTree:
     """A pytree of ``PartitionSpec`` of logical axis names, shaped like ``params``."""
-    return jax.tree_util.tree_map_with_path(
-        lambda p, x: PartitionSpec(*leaf_axes(p, x.ndim)), params
-    )
+    return jax.tree_util.tree_map_with_path(lambda p, x: PartitionSpec(*leaf_axes(p, x.ndim)), params)
 
 
-def shardings(
-    params: PyTree, mesh: jax.sharding.Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES
-) -> PyTree:
+def shardings(params: PyTree, mesh: jax.sharding.Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> PyTree:
     """``NamedSharding``s for ``params`` on ``mesh`` from the logical axes and ``rules``."""
     import flax.linen as nn
 

@@ -33,9 +33,7 @@ class Tokenizer:
         self.eos_id = eos_id
         self.pad_id = pad_id if pad_id is not None else eos_id
         self.add_bos_default = add_bos_default
-        self._hf = not hasattr(
-            backend, "encode_batch"
-        )  # transformers tokenizer vs tokenizers.Tokenizer
+        self._hf = not hasattr(backend, "encode_batch")  # transformers tokenizer vs tokenizers.Tokenizer
 
     @property
     def vocab_size(self) -> int:
@@ -66,10 +64,7 @@ class Tokenizer:
         return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def __repr__(self) -> str:
-        return (
-            f"Tokenizer(vocab_size={self.vocab_size}, bos={self.bos_id}, eos={self.eos_id}, "
-            f"pad={self.pad_id})"
-        )
+        return f"Tokenizer(vocab_size={self.vocab_size}, bos={self.bos_id}, eos={self.eos_id}, pad={self.pad_id})"
 
 
 def tokenizer_from_gguf(reader: Any) -> Tokenizer:
@@ -82,9 +77,7 @@ def tokenizer_from_gguf(reader: Any) -> Tokenizer:
 
     model = field("tokenizer.ggml.model")
     if model != "gpt2":
-        raise ValueError(
-            f"GGUF tokenizer: only byte-level BPE ('gpt2') is supported, got {model!r}"
-        )
+        raise ValueError(f"GGUF tokenizer: only byte-level BPE ('gpt2') is supported, got {model!r}")
     toks = field("tokenizer.ggml.tokens")
     merges = field("tokenizer.ggml.merges")
     types = field("tokenizer.ggml.token_type")
@@ -102,11 +95,7 @@ def tokenizer_from_gguf(reader: Any) -> Tokenizer:
     )
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(
-        [
-            AddedToken(t, special=True, normalized=False)
-            for t, y in zip(toks, types, strict=True)
-            if y == 3
-        ]
+        [AddedToken(t, special=True, normalized=False) for t, y in zip(toks, types, strict=True) if y == 3]
     )
     return Tokenizer(
         tok,

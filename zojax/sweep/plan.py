@@ -144,6 +144,7 @@ def measure_forward_seconds(spec: SweepSpec, repeats: int = 3) -> dict[str, floa
     from zojax.tasks import get_task
     from zojax.train.data import TrainBatches
     from zojax.train.models import build_model
+
     out: dict[str, float] = {}
     models: dict[tuple[str, str], Any] = {}
     for cell in spec.cells():

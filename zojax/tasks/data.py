@@ -135,9 +135,7 @@ def _sst2_read(d: Path) -> tuple[list[Row] | None, list[Row] | None, list[str]]:
             except KeyError as e:
                 raise UserError(f"{p}: no {e.args[0]!r} column (the header needs sentence and label)") from None
             except (TypeError, ValueError):
-                raise UserError(
-                    f"{p}, line {line}: the label must be an integer, got {r.get('label')!r}"
-                ) from None
+                raise UserError(f"{p}, line {line}: the label must be an integer, got {r.get('label')!r}") from None
         return out
 
     tr, dev, te = d / "train.tsv", d / "dev.tsv", d / "test.tsv"
@@ -202,8 +200,10 @@ def _drop_read(d: Path) -> tuple[list[Row] | None, list[Row] | None, list[str]]:
         obj = read_json(path)
         val = drop_json_rows(obj)
         if questions(obj) < DROP_VALIDATION_QUESTIONS:
-            notes.append(f"DROP: validation = a subset ({questions(obj):,} of "
-                         f"{DROP_VALIDATION_QUESTIONS:,} questions, {path.name})")
+            notes.append(
+                f"DROP: validation = a subset ({questions(obj):,} of "
+                f"{DROP_VALIDATION_QUESTIONS:,} questions, {path.name})"
+            )
     elif subsets := sorted(d.glob("validation_subset*.jsonl")):
         val = drop_subset_rows(read_jsonl(subsets[0]))
         notes.append(
@@ -224,14 +224,20 @@ def _boolq_read(d: Path) -> tuple[list[Row] | None, list[Row] | None, list[str]]
     first = d / "train_first1000.jsonl"
     if train is None and (d / "val.jsonl").is_file() and first.is_file():
         train = read_jsonl(first)
-        notes = [*notes, f"BoolQ: train = a subset: the first {len(train):,} rows of the official train "
-                 f"split ({BOOLQ_TRAIN_ROWS:,} rows; {first.name}), shared by train and dev; MeZO samples "
-                 "its 1,000 train + 500 dev from all of them"]
+        notes = [
+            *notes,
+            f"BoolQ: train = a subset: the first {len(train):,} rows of the official train "
+            f"split ({BOOLQ_TRAIN_ROWS:,} rows; {first.name}), shared by train and dev; MeZO samples "
+            "its 1,000 train + 500 dev from all of them",
+        ]
     train = boolq_google_rows(train) if train is not None else None
     val = boolq_google_rows(val) if val is not None else None
     if val is not None and any(r.get("title") for r in val):
-        notes = [*notes, "BoolQ: SuperGLUE passages are read without their \"<title> -- \" prefix, "
-                 "as in google/boolq, which MeZO loads"]
+        notes = [
+            *notes,
+            'BoolQ: SuperGLUE passages are read without their "<title> -- " prefix, '
+            "as in google/boolq, which MeZO loads",
+        ]
     return train, val, notes
 
 
@@ -242,8 +248,7 @@ SST2_LOCAL = LocalSource(
 )
 SQUAD_LOCAL = LocalSource(
     "SQuAD",
-    ("train-v1.1.json", "dev-v1.1.json", "or train-00000-of-00001.parquet, "
-     "validation-00000-of-00001.parquet"),
+    ("train-v1.1.json", "dev-v1.1.json", "or train-00000-of-00001.parquet, validation-00000-of-00001.parquet"),
     _squad_read,
 )
 DROP_LOCAL = LocalSource(
@@ -251,9 +256,7 @@ DROP_LOCAL = LocalSource(
     ("drop_dataset_train.json", "drop_dataset_dev.json (or a validation_subset*.jsonl sample)"),
     _drop_read,
 )
-BOOLQ_LOCAL = LocalSource(
-    "BoolQ", ("train.jsonl (or train_first1000.jsonl)", "val.jsonl"), _boolq_read
-)
+BOOLQ_LOCAL = LocalSource("BoolQ", ("train.jsonl (or train_first1000.jsonl)", "val.jsonl"), _boolq_read)
 
 
 # --------------------------------------------------------------------------- hub
@@ -346,4 +349,3 @@ def load_raw(
         f"in <data dir>/{local.folder}/ and point {ENV_VAR} (or data_dir=) at <data dir>; or go "
         f"online to load the hub dataset {hub_name}.{hub_error}"
     )
-

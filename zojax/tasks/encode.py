@@ -69,9 +69,7 @@ def truncate_keep_bos(ids: list[int], max_length: int, bos_id: int | None) -> li
 
 def render_demos(task: Task, demos: Sequence[Example]) -> str:
     """Demonstrations rendered with their gold answers, stripped, joined by the separator."""
-    return task.train_sep.join(
-        task.template.verbalize(d, d.correct_candidate).strip() for d in demos
-    ).strip()
+    return task.train_sep.join(task.template.verbalize(d, d.correct_candidate).strip() for d in demos).strip()
 
 
 def _with_demos(task: Task, demos: Sequence[Example], text: str) -> str:
@@ -101,8 +99,7 @@ def encode_candidates(
     out = []
     for v in verbalized:
         option_len = len(tokenizer.encode(v)) - n_prompt
-        ids = truncate_keep_bos(tokenizer.encode(_with_demos(task, demos, v)), max_length,
-                                tokenizer.bos_id)
+        ids = truncate_keep_bos(tokenizer.encode(_with_demos(task, demos, v)), max_length, tokenizer.bos_id)
         out.append(Encoded(ids, max(1, min(option_len, len(ids) - 1))))
     return out
 
@@ -177,8 +174,7 @@ def classification_batch(
     ``num_candidates``/``seq_len`` fix the shapes (default: the batch's maximum, ``seq_len``
     rounded up to ``pad_to_multiple_of``). ``demos[i]`` are ICL demonstrations for example i."""
     enc = [
-        encode_candidates(task, ex, tokenizer, demos[i] if demos else (), max_length)
-        for i, ex in enumerate(examples)
+        encode_candidates(task, ex, tokenizer, demos[i] if demos else (), max_length) for i, ex in enumerate(examples)
     ]
     c = num_candidates or max(len(e) for e in enc)
     t = seq_len or padded_length(max(len(s.ids) for e in enc for s in e), pad_to_multiple_of)

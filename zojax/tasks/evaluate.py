@@ -179,8 +179,14 @@ def evaluate_candidates(
     correct = [is_correct(p, ex.gold) for p, ex in zip(preds, examples, strict=True)]
     stats["examples_per_s"] = len(examples) / stats["seconds"] if stats["seconds"] > 0 else 0.0
     return EvalResult(
-        task.name, "accuracy", float(np.mean(correct)) if correct else float("nan"),
-        len(examples), len(demos[0]) if demos else 0, preds, scores, stats,
+        task.name,
+        "accuracy",
+        float(np.mean(correct)) if correct else float("nan"),
+        len(examples),
+        len(demos[0]) if demos else 0,
+        preds,
+        scores,
+        stats,
     )
 
 
@@ -223,8 +229,14 @@ def evaluate_generation(
     f1s = [f1_score(t, ex.answers) for t, ex in zip(texts, examples, strict=True)]
     stats = {"seconds": dt, "examples_per_s": len(examples) / dt if dt > 0 else 0.0}
     return EvalResult(
-        task.name, "f1", float(np.mean(f1s)) if f1s else float("nan"), len(examples),
-        len(demos[0]) if demos else 0, texts, [], stats,
+        task.name,
+        "f1",
+        float(np.mean(f1s)) if f1s else float("nan"),
+        len(examples),
+        len(demos[0]) if demos else 0,
+        texts,
+        [],
+        stats,
     )
 
 
@@ -263,13 +275,18 @@ def evaluate(
     return evaluate_candidates(task, examples, logits_fn, params, tokenizer, demos, placement=placement, **kwargs)
 
 
-def zero_shot(task: Task, examples: Sequence[Example], tokenizer: TokenizerLike,
-              **kwargs: Any) -> EvalResult:
+def zero_shot(task: Task, examples: Sequence[Example], tokenizer: TokenizerLike, **kwargs: Any) -> EvalResult:
     """:func:`evaluate` without demonstrations."""
     return evaluate(task, examples, tokenizer, num_demos=0, **kwargs)
 
 
-def icl(task: Task, examples: Sequence[Example], tokenizer: TokenizerLike,
-        demo_pool: Sequence[Example], num_demos: int = 32, **kwargs: Any) -> EvalResult:
+def icl(
+    task: Task,
+    examples: Sequence[Example],
+    tokenizer: TokenizerLike,
+    demo_pool: Sequence[Example],
+    num_demos: int = 32,
+    **kwargs: Any,
+) -> EvalResult:
     """:func:`evaluate` with ``num_demos`` (MeZO: 32) demonstrations per test example."""
     return evaluate(task, examples, tokenizer, num_demos=num_demos, demo_pool=demo_pool, **kwargs)

@@ -76,9 +76,7 @@ def superglue_rows(task: str, rows: Iterable[Row]) -> list[Row]:
                             "paragraph": para,
                             "question": q["question"],
                             "answer": a["text"],
-                            "idx": {
-                                "paragraph": r["idx"], "question": q["idx"], "answer": a["idx"]
-                            },
+                            "idx": {"paragraph": r["idx"], "question": q["idx"], "answer": a["idx"]},
                             "label": _bool_label(a.get("label", 0)),
                         }
                     )
@@ -157,8 +155,7 @@ def drop_gold_answers(answers: Iterable[list[str]]) -> list[str]:
     return out
 
 
-def _drop_row(section_id: str, query_id: str, passage: str, question: str,
-              answers: list[tuple[list[str], str]]) -> Row:
+def _drop_row(section_id: str, query_id: str, passage: str, question: str, answers: list[tuple[list[str], str]]) -> Row:
     """A row in ``ucinlp/drop``'s schema (``answers_spans`` of the first answer) plus
     ``gold_answers``: every acceptable answer (:func:`drop_gold_answers`)."""
     spans, kind = answers[0]
@@ -182,8 +179,7 @@ def drop_json_rows(obj: dict[str, Any]) -> list[Row]:
             raw = [qa.get("answer") or {}, *qa.get("validated_answers", [])]
             answers = [a for a in (drop_answer_spans(x) for x in raw) if a is not None]
             if answers:
-                out.append(_drop_row(section_id, qa["query_id"], sec["passage"], qa["question"],
-                                     answers))
+                out.append(_drop_row(section_id, qa["query_id"], sec["passage"], qa["question"], answers))
     return out
 
 
@@ -222,8 +218,14 @@ def boolq_google_rows(rows: Iterable[Row]) -> list[Row]:
             out.append({**r, "answer": bool(r["answer"])})
             continue
         title, passage = boolq_split_title(r["passage"])
-        out.append({**{k: v for k, v in r.items() if k != "label"}, "passage": passage, "title": title,
-                    "answer": bool(_bool_label(r["label"]))})
+        out.append(
+            {
+                **{k: v for k, v in r.items() if k != "label"},
+                "passage": passage,
+                "title": title,
+                "answer": bool(_bool_label(r["label"])),
+            }
+        )
     return out
 
 

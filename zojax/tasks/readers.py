@@ -86,8 +86,7 @@ def read_json(path: Path) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(
-            f"{path}, line {e.lineno}: not valid JSON ({e.msg} at column {e.colno}); fix the file or "
-            "download it again"
+            f"{path}, line {e.lineno}: not valid JSON ({e.msg} at column {e.colno}); fix the file or download it again"
         ) from None
 
 
@@ -121,9 +120,7 @@ def read_parquet(path: Path) -> list[Row]:
     try:
         return pq.read_table(path).to_pylist()
     except Exception as e:  # pyarrow's ArrowInvalid / OSError for truncated or foreign files
-        raise UserError(
-            f"{path}: not a readable parquet file ({type(e).__name__}: {e}); download it again"
-        ) from e
+        raise UserError(f"{path}: not a readable parquet file ({type(e).__name__}: {e}); download it again") from e
 
 
 __all__ = ["read_json", "read_jsonl", "read_lines", "read_parquet", "read_tsv", "read_tsv_lines"]

@@ -126,9 +126,7 @@ class Task:
         """True for SQuAD and DROP (scored by greedy generation + F1)."""
         return self.kind == "generation"
 
-    def load_raw(
-        self, data_dir: str | os.PathLike[str] | None = None, source: str = "auto"
-    ) -> RawData:
+    def load_raw(self, data_dir: str | os.PathLike[str] | None = None, source: str = "auto") -> RawData:
         """Raw hub-schema rows (see :func:`zojax.tasks.data.load_raw`)."""
         return load_raw(self.display, self.local, self.hub, self.where_to_get, data_dir, source)
 
@@ -171,10 +169,7 @@ class Task:
             dev = Split("dev", [valid[i] for i in dv], dv, "validation")
             carved = True
             if not any("carved" in n for n in notes):
-                notes.append(
-                    f"{self.display}: train split absent; train/dev/test carved disjointly from "
-                    "validation"
-                )
+                notes.append(f"{self.display}: train split absent; train/dev/test carved disjointly from validation")
         test = Split("test", [valid[i] for i in te], te, "validation")
         meta: dict[str, Any] = {
             "task": self.name,
@@ -208,67 +203,153 @@ TASKS: dict[str, Task] = {
     t.name: t
     for t in [
         Task(
-            "sst2", "SST-2", "classification", "classification", "accuracy", T.SST2Template(),
-            SST2_LOCAL, HubSource("glue", "sst2", fallbacks=("nyu-mll/glue",)),
-            "https://gluebenchmark.com/tasks (SST-2.zip)", _labelled((0, 1)),
-        ),
-        Task(
-            "rte", "RTE", "classification", "classification", "accuracy", T.RTETemplate(),
-            superglue_local("RTE", "rte"), _sg_hub("rte"), SG.format("RTE"), _labelled((0, 1)),
-        ),
-        Task(
-            "cb", "CB", "classification", "classification", "accuracy", T.CBTemplate(),
-            superglue_local("CB", "cb"), _sg_hub("cb"), SG.format("CB"), _labelled((0, 1, 2)),
-            num_dev=100,
-        ),
-        Task(
-            "boolq", "BoolQ", "classification", "classification", "accuracy", T.BoolQTemplate(),
-            BOOLQ_LOCAL,
-            HubSource("google/boolq", None, fallbacks=("boolq", ("super_glue", "boolq"),
-                                                        ("aps/super_glue", "boolq"))),
-            SG.format("BoolQ"), _boolq,
-        ),
-        Task(
-            "wsc", "WSC", "classification", "classification", "accuracy", T.WSCTemplate(),
-            superglue_local("WSC", "wsc"), _sg_hub("wsc.fixed"), SG.format("WSC"),
+            "sst2",
+            "SST-2",
+            "classification",
+            "classification",
+            "accuracy",
+            T.SST2Template(),
+            SST2_LOCAL,
+            HubSource("glue", "sst2", fallbacks=("nyu-mll/glue",)),
+            "https://gluebenchmark.com/tasks (SST-2.zip)",
             _labelled((0, 1)),
         ),
         Task(
-            "wic", "WiC", "classification", "classification", "accuracy", T.WiCTemplate(),
-            superglue_local("WiC", "wic"), _sg_hub("wic"), SG.format("WiC"), _labelled((0, 1)),
+            "rte",
+            "RTE",
+            "classification",
+            "classification",
+            "accuracy",
+            T.RTETemplate(),
+            superglue_local("RTE", "rte"),
+            _sg_hub("rte"),
+            SG.format("RTE"),
+            _labelled((0, 1)),
         ),
         Task(
-            "multirc", "MultiRC", "classification", "classification", "accuracy",
-            T.MultiRCTemplate(), superglue_local("MultiRC", "multirc"), _sg_hub("multirc"),
-            SG.format("MultiRC"), _labelled((0, 1)),
-        ),
-        Task(
-            "copa", "COPA", "multiple_choice", "lm", "accuracy", T.COPATemplate(),
-            superglue_local("COPA", "copa"), _sg_hub("copa"), SG.format("COPA"), _copa,
+            "cb",
+            "CB",
+            "classification",
+            "classification",
+            "accuracy",
+            T.CBTemplate(),
+            superglue_local("CB", "cb"),
+            _sg_hub("cb"),
+            SG.format("CB"),
+            _labelled((0, 1, 2)),
             num_dev=100,
         ),
         Task(
-            "record", "ReCoRD", "multiple_choice", "lm", "accuracy", T.ReCoRDTemplate(),
-            superglue_local("ReCoRD", "record"), _sg_hub("record"), SG.format("ReCoRD"), _record,
+            "boolq",
+            "BoolQ",
+            "classification",
+            "classification",
+            "accuracy",
+            T.BoolQTemplate(),
+            BOOLQ_LOCAL,
+            HubSource("google/boolq", None, fallbacks=("boolq", ("super_glue", "boolq"), ("aps/super_glue", "boolq"))),
+            SG.format("BoolQ"),
+            _boolq,
+        ),
+        Task(
+            "wsc",
+            "WSC",
+            "classification",
+            "classification",
+            "accuracy",
+            T.WSCTemplate(),
+            superglue_local("WSC", "wsc"),
+            _sg_hub("wsc.fixed"),
+            SG.format("WSC"),
+            _labelled((0, 1)),
+        ),
+        Task(
+            "wic",
+            "WiC",
+            "classification",
+            "classification",
+            "accuracy",
+            T.WiCTemplate(),
+            superglue_local("WiC", "wic"),
+            _sg_hub("wic"),
+            SG.format("WiC"),
+            _labelled((0, 1)),
+        ),
+        Task(
+            "multirc",
+            "MultiRC",
+            "classification",
+            "classification",
+            "accuracy",
+            T.MultiRCTemplate(),
+            superglue_local("MultiRC", "multirc"),
+            _sg_hub("multirc"),
+            SG.format("MultiRC"),
+            _labelled((0, 1)),
+        ),
+        Task(
+            "copa",
+            "COPA",
+            "multiple_choice",
+            "lm",
+            "accuracy",
+            T.COPATemplate(),
+            superglue_local("COPA", "copa"),
+            _sg_hub("copa"),
+            SG.format("COPA"),
+            _copa,
+            num_dev=100,
+        ),
+        Task(
+            "record",
+            "ReCoRD",
+            "multiple_choice",
+            "lm",
+            "accuracy",
+            T.ReCoRDTemplate(),
+            superglue_local("ReCoRD", "record"),
+            _sg_hub("record"),
+            SG.format("ReCoRD"),
+            _record,
             keep=_keep_record,
         ),
         Task(
-            "squad", "SQuAD", "generation", "lm", "f1", T.SQuADTemplate(), SQUAD_LOCAL,
+            "squad",
+            "SQuAD",
+            "generation",
+            "lm",
+            "f1",
+            T.SQuADTemplate(),
+            SQUAD_LOCAL,
             HubSource("rajpurkar/squad", None, fallbacks=("squad",)),
             "https://rajpurkar.github.io/SQuAD-explorer/ (train-v1.1.json, dev-v1.1.json)",
             _squad,
         ),
         Task(
-            "drop", "DROP", "generation", "lm", "f1", T.DROPTemplate(), DROP_LOCAL,
+            "drop",
+            "DROP",
+            "generation",
+            "lm",
+            "f1",
+            T.DROPTemplate(),
+            DROP_LOCAL,
             HubSource("ucinlp/drop", None, fallbacks=("drop",)),
-            "https://allenai.org/data/drop (drop_dataset.zip)", _drop,
+            "https://allenai.org/data/drop (drop_dataset.zip)",
+            _drop,
         ),
     ]
 }
 
 ALIASES = {
-    "sst-2": "sst2", "sst2": "sst2", "copa": "copa", "wic": "wic", "wsc.fixed": "wsc",
-    "record": "record", "multirc": "multirc", "squad": "squad", "drop": "drop",
+    "sst-2": "sst2",
+    "sst2": "sst2",
+    "copa": "copa",
+    "wic": "wic",
+    "wsc.fixed": "wsc",
+    "record": "record",
+    "multirc": "multirc",
+    "squad": "squad",
+    "drop": "drop",
 }
 
 TEMPLATE_VARIANTS: dict[str, dict[str, T.Template]] = {

@@ -26,9 +26,7 @@ def mezo_subset(n: int, seed: int, num: int) -> list[int]:
     return np.random.RandomState(seed).permutation(n)[:num].tolist()
 
 
-def split_train_dev(
-    pool_size: int, seed: int, num_train: int, num_dev: int
-) -> tuple[list[int], list[int]]:
+def split_train_dev(pool_size: int, seed: int, num_train: int, num_dev: int) -> tuple[list[int], list[int]]:
     """MeZO's train/dev indices into a train pool: dev is the last ``num_dev`` of the sample.
 
     When the pool is no larger than ``num_dev`` (e.g. ``--num-dev 500`` on CB's 250 train rows),

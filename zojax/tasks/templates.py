@@ -195,10 +195,7 @@ class SQuADTemplate(Template):
 
     def encode(self, ex: Example) -> str:
         d = ex.data
-        return (
-            f"Title: {d['title']}\nContext: {d['context']}\nQuestion: {d['question'].strip()}\n"
-            "Answer:"
-        )
+        return f"Title: {d['title']}\nContext: {d['context']}\nQuestion: {d['question'].strip()}\nAnswer:"
 
     def verbalize(self, ex: Example, candidate: Any) -> str:
         # MeZO ignores ``candidate`` and renders the first gold answer

@@ -210,7 +210,12 @@ class Evaluator:
         if task.objective == "lm" and len(splits.dev) > 0:
             # the dev loss of the training objective (MeZO's selection rule) needs its own forwards
             self.dev_objective = DevObjective(
-                task, splits.dev.examples, tokenizer, c.optim.batch_size, c.data.max_length, c.data.max_new_tokens,
+                task,
+                splits.dev.examples,
+                tokenizer,
+                c.optim.batch_size,
+                c.data.max_length,
+                c.data.max_new_tokens,
                 placement,
             )
             self._dev_sums = jitted_objective_sums(tuned.bind, task.objective)

@@ -125,7 +125,5 @@ def build_job(config: TrainConfig, model: Model | None = None) -> tuple[Job, PyT
     params = tuned.params
     tuned = dataclasses.replace(tuned, params=None)  # the loop owns (donates) them
     evaluate = Evaluator(c, task, splits, tokenizer, tuned, placement)
-    job = Job(
-        task, splits, tokenizer, model_desc, tuned, c.forwards_per_step(), data, tx, step_fn, evaluate, placement
-    )
+    job = Job(task, splits, tokenizer, model_desc, tuned, c.forwards_per_step(), data, tx, step_fn, evaluate, placement)
     return job, params
