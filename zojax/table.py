@@ -244,6 +244,25 @@ def _pct(x: float) -> str:
     return "—" if x is None or math.isnan(x) else f"{100 * x:.1f}"
 
 
+def _chosen_lr(c: Mapping[str, Any]) -> str:
+    lr = "—" if c["lr"] is None else f"{c['lr']:g}"
+    return f"{lr} ({'/'.join(map(str, c['forwards']))} fwd; {c['wall_time'] / 60:.0f} min)"
+
+
+def _lr_grid(c: Mapping[str, Any]) -> str:
+    tried = [] if c["lr"] is None else c["lrs"]
+    return ", ".join(f"{x['lr']:g}: {_pct(x['dev_mean'])}{'*' if x['lr'] == c['lr'] else ''}" for x in tried)
+
+
+def _per_task_rows(tasks: Sequence[str], labels: Sequence[str], cells: Mapping[str, Any], fmt: Any) -> list[str]:
+    """A Markdown table with a row per label and a column per task, each cell ``fmt(cell)``."""
+    lines = ["| method | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 1)]
+    for label in labels:
+        row = [fmt(cells[t][label]) if label in cells[t] else "" for t in tasks]
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    return lines
+
+
 def markdown(table: Mapping[str, Any]) -> str:
     """The table (test mean ± std over seeds, in %), the chosen learning rates and the paired
     comparison with the baseline, as Markdown."""
@@ -263,31 +282,10 @@ def markdown(table: Mapping[str, Any]) -> str:
         mean = statistics.fmean(means) if len(means) == len(tasks) and means else math.nan
         lines.append(f"| {label} | " + " | ".join(row) + f" | {_pct(mean)} |")
     lines += ["", "Learning rate chosen by mean dev metric over seeds (forward passes per run; mean wall time):", ""]
-    lines.append("| method | " + " | ".join(tasks) + " |")
-    lines.append("|" + "---|" * (len(tasks) + 1))
-    for label in labels:
-        row = []
-        for t in tasks:
-            c = cells[t].get(label)
-            if c is None:
-                row.append("")
-                continue
-            lr = "—" if c["lr"] is None else f"{c['lr']:g}"
-            fw = "/".join(map(str, c["forwards"]))
-            row.append(f"{lr} ({fw} fwd; {c['wall_time'] / 60:.0f} min)")
-        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    lines += _per_task_rows(tasks, labels, cells, _chosen_lr)
     if any(len(c["lrs"]) > 1 for per in cells.values() for c in per.values()):
         lines += ["", "Dev metric (mean over seeds) at each learning rate tried; * the chosen one:", ""]
-        lines.append("| method | " + " | ".join(tasks) + " |")
-        lines.append("|" + "---|" * (len(tasks) + 1))
-        for label in labels:
-            row = []
-            for t in tasks:
-                c = cells[t].get(label)
-                tried = [] if c is None or c["lr"] is None else c["lrs"]
-                row.append(", ".join(f"{x['lr']:g}: {_pct(x['dev_mean'])}{'*' if x['lr'] == c['lr'] else ''}"
-                                     for x in tried))  # fmt: skip
-            lines.append(f"| {label} | " + " | ".join(row) + " |")
+        lines += _per_task_rows(tasks, labels, cells, _lr_grid)
     if table["paired"]:
         lines += ["", f"Paired test difference against {table['baseline']} (same task and seed; points):", ""]
         lines.append("| method | " + " | ".join([*tasks, "all"]) + " |")
