@@ -68,6 +68,12 @@ def brute_scores(task, examples) -> list[list[float]]:
     return out
 
 
+def _squad_row(id_: str, title: str, context: str, question: str, texts: list[str], starts: list[int]) -> dict:
+    """A SQuAD-format row."""
+    return {"id": id_, "title": title, "context": context, "question": question,
+            "answers": {"text": texts, "answer_start": starts}}  # fmt: skip
+
+
 @pytest.mark.parametrize("which", ["sst2", "record"])
 def test_batched_scoring_matches_brute_force(which: str) -> None:
     task, exs = (SST, sst_examples()) if which == "sst2" else (REC, record_examples())
@@ -125,20 +131,8 @@ def test_padded_candidates_do_not_change_loss() -> None:
 
 def test_lm_loss_is_mean_answer_token_nll() -> None:
     rows = [
-        {
-            "id": "a",
-            "title": "T",
-            "context": "C is 1.",
-            "question": "What is C?",
-            "answers": {"text": ["1"], "answer_start": [5]},
-        },
-        {
-            "id": "b",
-            "title": "U",
-            "context": "D is two.",
-            "question": "What is D?",
-            "answers": {"text": ["two", "2"], "answer_start": [5, 5]},
-        },
+        _squad_row("a", "T", "C is 1.", "What is C?", ["1"], [5]),
+        _squad_row("b", "U", "D is two.", "What is D?", ["two", "2"], [5, 5]),
     ]
     exs = [SQUAD.build(r, i) for i, r in enumerate(rows)]
     batch = lm_batch(SQUAD, exs, TOK)
@@ -197,20 +191,8 @@ def fake_generate(answers: dict[str, str]):
 
 def test_generation_eval() -> None:
     rows = [
-        {
-            "id": "a",
-            "title": "T",
-            "context": "x",
-            "question": "Q1?",
-            "answers": {"text": ["Paris"], "answer_start": [0]},
-        },
-        {
-            "id": "b",
-            "title": "T",
-            "context": "y",
-            "question": "Q2?",
-            "answers": {"text": ["big red dog"], "answer_start": [0]},
-        },
+        _squad_row("a", "T", "x", "Q1?", ["Paris"], [0]),
+        _squad_row("b", "T", "y", "Q2?", ["big red dog"], [0]),
     ]
     exs = [SQUAD.build(r, i) for i, r in enumerate(rows)]
     gen = fake_generate({"Q1?": " Paris\nQuestion: junk", "Q2?": " red dog."})
