@@ -63,6 +63,14 @@ class EvalResult:
     stats: dict[str, float] = field(default_factory=dict)
 
 
+def _result(task: Task, metric: str, per_example: Sequence[float], demos: Any, predictions: list,
+            scores: list, stats: dict[str, float]) -> EvalResult:  # fmt: skip
+    """The :class:`EvalResult` whose value is the mean of ``per_example`` (NaN when empty)."""
+    value = float(np.mean(per_example)) if len(per_example) else float("nan")
+    return EvalResult(task.name, metric, value, len(per_example), len(demos[0]) if demos else 0, predictions,
+                      scores, stats)  # fmt: skip
+
+
 @functools.lru_cache(maxsize=16)
 def _jitted_scorer(logits_fn: LogitsFn) -> Callable[..., jax.Array]:
     return jax.jit(functools.partial(sequence_scores, logits_fn))
@@ -178,16 +186,7 @@ def evaluate_candidates(
         preds.append(int(np.argmax(s)))
     correct = [is_correct(p, ex.gold) for p, ex in zip(preds, examples, strict=True)]
     stats["examples_per_s"] = len(examples) / stats["seconds"] if stats["seconds"] > 0 else 0.0
-    return EvalResult(
-        task.name,
-        "accuracy",
-        float(np.mean(correct)) if correct else float("nan"),
-        len(examples),
-        len(demos[0]) if demos else 0,
-        preds,
-        scores,
-        stats,
-    )
+    return _result(task, "accuracy", correct, demos, preds, scores, stats)
 
 
 def evaluate_generation(
@@ -228,16 +227,7 @@ def evaluate_generation(
     dt = time.perf_counter() - t0
     f1s = [f1_score(t, ex.answers) for t, ex in zip(texts, examples, strict=True)]
     stats = {"seconds": dt, "examples_per_s": len(examples) / dt if dt > 0 else 0.0}
-    return EvalResult(
-        task.name,
-        "f1",
-        float(np.mean(f1s)) if f1s else float("nan"),
-        len(examples),
-        len(demos[0]) if demos else 0,
-        texts,
-        [],
-        stats,
-    )
+    return _result(task, "f1", f1s, demos, texts, [], stats)
 
 
 def evaluate(
