@@ -222,7 +222,7 @@ def test_table_of_a_spec_counts_only_its_cells(tmp_path: Path, capsys: pytest.Ca
     from zojax.cli import table_main
 
     assert table_main(["--spec", str(tmp_path / "t.json"), "--json", str(tmp_path / "t_table.json")]) == 0
-    assert "2 of 3 cells have results" in capsys.readouterr().err
+    assert "2 of 3 cells finished" in capsys.readouterr().err
     mezo = json.loads((tmp_path / "t_table.json").read_text())["cells"]["sst2"]["MeZO"]
     assert mezo["lr"] == 1e-6 and mezo["test_mean"] == pytest.approx(0.82)
 

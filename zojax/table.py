@@ -372,13 +372,14 @@ def spec_runs(spec_path: str | os.PathLike[str]) -> tuple[list[Path], int]:
       spec_path: a ``zojax sweep`` spec file (TOML or JSON).
 
     Returns:
-      ``(dirs, n)``: the cells' directories holding a ``results.json``, and the number of cells.
+      ``(dirs, n)``: the finished cells' directories (:func:`zojax.sweep.cell_status` ``done``), and
+      the number of cells.
     """
-    from zojax.sweep import load_spec
+    from zojax.sweep import cell_status, load_spec
 
     spec = load_spec(spec_path)
     cells = spec.cells()
-    return [d for c in cells if ((d := spec.out / c.id) / "results.json").is_file()], len(cells)
+    return [d for c in cells if cell_status(d := spec.out / c.id) == "done"], len(cells)
 
 
 def table_from_dirs(paths: Iterable[str | os.PathLike[str]], baseline: str = BASELINE) -> dict[str, Any]:

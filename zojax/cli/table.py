@@ -32,7 +32,7 @@ def table_main(argv: Sequence[str] | None = None) -> int:
     try:
         for spec in args.spec:
             dirs, n = T.spec_runs(spec)
-            print(f"[zojax table] {spec}: {len(dirs)} of {n} cells have results", file=sys.stderr)
+            print(f"[zojax table] {spec}: {len(dirs)} of {n} cells finished", file=sys.stderr)
             runs += dirs
         table = T.table_from_dirs(runs, args.baseline)
     except ValueError as e:
