@@ -32,8 +32,9 @@ Usage::
 Models: ``smollm2-135m``, ``smollm2-360m``, ``llama-1b`` (Llama-3.2-1B shape) and any other
 :func:`zojax.models.llama_config` preset (``tiny`` for a smoke test); ``opt-...`` for OPT presets.
 Methods (``--methods``, comma separated): ``mezo``, ``nspsa-q2``, ``mezo-gv-m2``, ``mezo-gv-m4``,
-``mezo-gv-m8``, ``mezo-greedy-m4``, ``subzero-r32``, ``subzero-gv-m4-r32``, ``ft-adam`` (the
-default: all of them), any ``nspsa-qN`` / ``mezo-gv-mN`` / ``mezo-greedy-mN``, or a registry name
+``mezo-gv-m8``, ``mezo-greedy-m4``, ``mezo-centred-m4``, ``subzero-r32``, ``subzero-gv-m4-r32``,
+``ft-adam`` (the default: all of them), any ``nspsa-qN`` / ``mezo-gv-mN`` / ``mezo-greedy-mN`` /
+``mezo-centred-mN``, or a registry name
 alone for its default variants. Every method registered in :data:`zojax.METHODS` is included by
 default. A ``-rR`` suffix selects SubZero's subspace noise of rank ``R`` (``perturbation="subspace"``,
 ``refresh_every`` = :data:`SUBSPACE_REFRESH`), and ``subzero`` spells ``mezo`` (``subzero-r32`` is
@@ -79,8 +80,14 @@ VARIANT_OPTION: dict[str, tuple[str, str]] = {
     "nspsa": ("q", "num_queries"),
     "mezo-gv": ("m", "num_candidates"),
     "mezo-greedy": ("m", "num_candidates"),
+    "mezo-centred": ("m", "num_candidates"),
 }
-DEFAULT_VARIANTS: dict[str, tuple[int, ...]] = {"nspsa": (2,), "mezo-gv": (2, 4, 8), "mezo-greedy": (4,)}
+DEFAULT_VARIANTS: dict[str, tuple[int, ...]] = {
+    "nspsa": (2,),
+    "mezo-gv": (2, 4, 8),
+    "mezo-greedy": (4,),
+    "mezo-centred": (4,),
+}
 SUBZERO_VARIANTS = ("subzero-r32", "subzero-gv-m4-r32")  # run by default, after the registry's
 SUBSPACE_REFRESH = 1000  # the trainer's default --refresh-every
 LEARNING_RATE = 1e-6
@@ -126,7 +133,7 @@ def parse_method(name: str) -> tuple[str, dict[str, Any]]:
         return m.group(1), {VARIANT_OPTION[m.group(1)][1]: int(m.group(3))}
     raise ValueError(
         f"--methods: unknown method {name!r}; choose from {default_methods()} "
-        f"(or nspsa-qN, mezo-gv-mN, mezo-greedy-mN, a registry name: {sorted(registry.METHODS)}, "
+        f"(or nspsa-qN, mezo-gv-mN, mezo-greedy-mN, mezo-centred-mN, a registry name: {sorted(registry.METHODS)}, "
         f"any of them with a -rR suffix for rank-R subspace noise, subzero for mezo)"
     )
 

@@ -257,6 +257,47 @@ def analyse_pool(
     return out
 
 
+CENTRED_SIZES = (4, 8)  # candidates of the centred-loss estimator (beyond the paper)
+
+
+def centred_coefficients(losses: np.ndarray, idx: np.ndarray, eps: float, size: int) -> np.ndarray:
+    r"""``b`` of the centred-loss estimator over candidates ``idx`` (``M`` forwards, no ranking):
+
+    .. math::
+
+       \hat g = \frac{1}{(M-1)\,\varepsilon} \sum_{i=1}^{M} \big(L(θ+εz_i) - \bar L\big)\, z_i,
+       \qquad \bar L = \frac{1}{M}\sum_j L(θ+εz_j).
+
+    On a linear loss ``E ĝ = ∇L`` and the perpendicular noise is ``1/(M−1)`` of MeZO's, so its SNR
+    per forward pass is ``2(M−1)/M`` times MeZO's (:func:`centred_prediction`): every candidate
+    loss is used, by its value, where MeZO-GV keeps only the ranking and spends 2 more forwards.
+    """
+    m = len(idx)
+    b = np.zeros(size)
+    vals = losses[idx]
+    b[idx] = (vals - vals.mean()) / ((m - 1) * eps)
+    return b
+
+
+def centred_prediction(m: int) -> dict[str, float]:
+    """The centred-loss estimator on a linear loss (large ``d``): ``mult = 1``, ``noise = 1/(M−1)``,
+    ``SNR = M − 1``."""
+    return {"mult": 1.0, "noise": 1.0 / (m - 1), "snr": float(m - 1)}
+
+
+def analyse_centred(pool: dict[str, Any], subsets: np.ndarray, eps: float) -> dict[str, dict[str, float]]:
+    """Per-size means over the draws of :func:`direction_stats` (and ``snr``) of the centred-loss
+    estimator, from the pool's real candidate losses (the first ``M`` candidates of each draw)."""
+    n = len(pool["p"])
+    out = {}
+    for m in CENTRED_SIZES:
+        rows = [direction_stats(centred_coefficients(pool["losses"], sel[:m], eps, n), pool) for sel in subsets]
+        res = {k: float(np.mean([r[k] for r in rows])) for k in STATS}
+        res["snr"] = res["mult"] ** 2 / res["noise"]
+        out[f"centred-m{m}"] = res
+    return out
+
+
 # ---------------------------------------------------------------------- linear-loss predictions
 
 
@@ -389,9 +430,9 @@ def noise_rows(key: Any, path: Any, shape: Sequence[int], start: Any, num_rows: 
         index = index + jax.lax.broadcasted_iota(jnp.uint32, sub, axis) * jnp.uint32(stride % 2**32)
         stride *= sub[axis]
     index = index + jnp.asarray(start, jnp.uint32) * jnp.uint32(row)
-    x = perturb._mix32(index ^ leaf_key[0])
-    x = perturb._mix32(x ^ leaf_key[1])
-    return perturb._gaussian(perturb._mix32(x ^ leaf_key[2]))
+    x = perturb.noise._mix32(index ^ leaf_key[0])
+    x = perturb.noise._mix32(x ^ leaf_key[1])
+    return perturb.noise._gaussian(perturb.noise._mix32(x ^ leaf_key[2]))
 
 
 ROW_CHUNK_ELEMENTS = 1 << 21  # a non-stacked leaf is drawn in row chunks of at most this many elements
@@ -782,6 +823,7 @@ def summarise(records: Sequence[dict[str, Any]], args: argparse.Namespace) -> di
                 "linear_share": float(np.var(lin) / np.var(pool["losses"] - rec["loss0"])),
                 "c": c_ratio,
                 "equiv": equivalence_samples(pool),
+                "centred": analyse_centred(pool, subsets, rec["eps"]),
             }
         )
     summary: dict[str, Any] = {"tunings": {}}
@@ -870,6 +912,14 @@ def _group_summary(units: Sequence[dict[str, Any]], diagnostics: Any, specs: Seq
                 "best_at_edge": best in (0, len(lrs) - 1),
             }
         g["methods"][lab] = m
+    g["centred"] = {
+        f"centred-m{m}": {
+            "forwards": m,
+            "real": {k: mean_se([u["centred"][f"centred-m{m}"][k] for u in units]) for k in (*STATS, "snr")},
+            "linear_prediction": centred_prediction(m),
+        }
+        for m in CENTRED_SIZES
+    }
     # GV (M = 2) vs MeZO (2 lr, √2 ε): two-sample tests on independent draws
     samples: dict[str, dict[str, list[float]]] = {}
     for u in units:
@@ -951,6 +1001,13 @@ def report(summary: dict[str, Any], out: Any = sys.stdout) -> None:
                 f"{lab:15s} {m['forwards']:2d} {_ms(r['cos'], 1e4):>12s} {_ms(r['r1']):>11s} {_ms(lin['r1']):>11s} "
                 f"{pr['r1_diagnostics'][0]:7.3f} {_ms(r['mult']):>11s} {pr['mult']:4.2f} {_ms(r['noise']):>11s} "
                 f"{pr['noise']:4.2f} {snr_f:5.2f} {pred_f:5.2f} {agree:>5s}"
+            )
+        for lab, c in g.get("centred", {}).items():
+            r, pr, f = c["real"], c["linear_prediction"], c["forwards"]
+            w(
+                f"{lab:15s} {f:2d} {_ms(r['cos'], 1e4):>12s} {_ms(r['r1']):>11s} {'':>11s} {'':>7s} "
+                f"{_ms(r['mult']):>11s} {pr['mult']:4.2f} {_ms(r['noise']):>11s} {pr['noise']:4.2f} "
+                f"{r['snr'][0] / f / 0.5:5.2f} {pr['snr'] / f / 0.5:5.2f}   (beyond the paper: centred losses)"
             )
         lrs = g["lrs"]
         w(

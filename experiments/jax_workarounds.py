@@ -132,8 +132,8 @@ def _candidate_losses_over_keys(
 
 def _draw_without_barrier(key: jax.Array, shape: tuple[int, ...], distribution: str) -> jax.Array:
     if distribution == "gaussian":
-        return perturb._gaussian(perturb.counter_bits(key, shape))
-    return perturb._packed_signs(key, shape)
+        return perturb.noise._gaussian(perturb.counter_bits(key, shape))
+    return perturb.noise._packed_signs(key, shape)
 
 
 # variant -> (module, attribute, replacement): the step with one workaround taken out

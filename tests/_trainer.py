@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 POS = ["good", "great", "fine", "nice", "lovely", "superb", "grand", "neat"]
 NEG = ["bad", "awful", "poor", "dull", "boring", "weak", "sad", "vile"]
 # MeZO-GV's v = z_best - z_worst (M = 2, not normalised) has E|v|^2 = 2d: half the step size
-LR = {"mezo": 3e-3, "nspsa": 3e-3, "mezo-gv": 1.5e-3, "mezo-greedy": 3e-3, "ft": 1e-2}
+LR = {"mezo": 3e-3, "nspsa": 3e-3, "mezo-gv": 1.5e-3, "mezo-greedy": 3e-3, "mezo-centred": 3e-3, "ft": 1e-2}
 
 
 def _sst2_rows(n: int, rng: random.Random, positive_only: bool) -> str:

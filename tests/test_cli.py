@@ -198,6 +198,10 @@ def test_resume_lays_only_explicit_flags_over_the_saved_run(tmp_path: Path) -> N
         (["--method", "nspsa", "--num-queries", "0"], "--num-queries: expected q >= 1, got 0"),
         (["--method", "mezo-greedy", "--num-candidates", "0"], "--num-candidates: expected M >= 1, got 0"),
         (["--num-candidates", "1"], "--num-candidates: guided directions need M >= 2 candidates, got 1"),
+        (
+            ["--method", "mezo-centred", "--num-candidates", "1"],
+            "--num-candidates: centred estimates need M >= 2 candidates, got 1",
+        ),
         (["--elite-ratio", "0.1"], "--elite-ratio: alpha=0.1 with num_candidates=4 puts floor(alpha*M)=0"),
     ],
 )

@@ -162,6 +162,49 @@ def test_linear_loss_reproduces_the_exact_predictions() -> None:
             assert abs(v.mean() - pred[s]) <= crit * se, (spec.label, s, v.mean(), pred[s], se)
 
 
+def test_centred_coefficients_are_the_registered_estimate() -> None:
+    """The experiment's centred-loss coefficients over candidates 0..M−1 are the registered
+    ``mezo-centred`` estimate's own weights (same keys, same order)."""
+    params = {"layers": {"w": 0.1 * jnp.ones((2, 6, 5))}, "v": jnp.linspace(-0.3, 0.3, 40)}
+    step_key = perturb.key_data(11)
+    for m in D.CENTRED_SIZES:
+        est = registry.get("mezo-centred").estimate(_smooth_loss, params, step_key, eps=EPS, num_candidates=m)
+        for i in range(m):
+            assert np.array_equal(np.asarray(est.grad.keys[i]), np.asarray(perturb.fold_in(step_key, i)))
+        losses = np.asarray(est.losses, np.float64)
+        b = D.centred_coefficients(losses, np.arange(m), EPS, m)
+        # float32 mean and difference in the estimator: a few ulps of the losses, over (M − 1)ε
+        ulp = float(np.spacing(np.float32(np.abs(losses).max())))
+        np.testing.assert_allclose(b, np.asarray(est.grad.weights, np.float64), rtol=0, atol=4 * ulp / ((m - 1) * EPS))
+
+
+def test_centred_estimate_on_a_linear_loss_meets_its_prediction() -> None:
+    """Independent linear pools (d = 20 000): the centred-loss estimator's mean mult, noise and SNR
+    within Bonferroni z-bounds of ``mult = 1``, ``noise = 1/(M−1)``, ``SNR = M − 1``."""
+    d, pools, draws = 20_000, 12, 32
+    n = D.DRAW_SIZE * draws
+    rng = np.random.default_rng(1)
+    g = rng.standard_normal(d)
+    h = 0.5 * g + rng.standard_normal(d)
+    per_pool = []
+    for k in range(pools):
+        z = rng.standard_normal((n, d)).astype(np.float32).astype(np.float64)
+        pool = {"d": d, "grad_norm2": g @ g, "heldout_grad_norm2": h @ h, "p": z @ g, "q": z @ h, "gram": z @ z.T}
+        pool["losses"] = 1.0 + EPS * pool["p"]
+        per_pool.append(D.analyse_centred(pool, D.draw_subsets(k, f"linear/{k}", n, draws), EPS))
+    stat_names = ("mult", "noise")
+    crit = stats.norm.ppf(1 - ALPHA / (2 * len(D.CENTRED_SIZES) * len(stat_names)))
+    for m in D.CENTRED_SIZES:
+        pred = D.centred_prediction(m)
+        for s in stat_names:
+            v = np.asarray([pp[f"centred-m{m}"][s] for pp in per_pool])
+            se = v.std(ddof=1) / math.sqrt(len(v))
+            assert abs(v.mean() - pred[s]) <= crit * se, (m, s, v.mean(), pred[s], se)
+    # a wrong normalisation (1/M instead of 1/(M−1)) is rejected: the negative control
+    v = np.asarray([pp["centred-m4"]["mult"] for pp in per_pool]) * 3 / 4
+    assert abs(v.mean() - 1.0) > crit * v.std(ddof=1) / math.sqrt(len(v))
+
+
 @pytest.fixture(scope="module")
 def gv_and_mezo(tiny):
     """200 draws of the registered MeZO-GV (M = 2; lr, ε) and MeZO (√2·ε) on the tiny model: the

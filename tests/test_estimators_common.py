@@ -23,6 +23,7 @@ TEST_OPTIONS: dict[str, dict[str, Any]] = {
     "nspsa": {"num_queries": 3},
     "mezo-gv": {"num_candidates": 4},
     "mezo-greedy": {"num_candidates": 3},
+    "mezo-centred": {"num_candidates": 4},
 }
 METHOD_NAMES = sorted(zojax.METHODS)
 
@@ -131,7 +132,8 @@ def test_biased_estimators_are_descent_directions(name: str) -> None:
 
 
 def _numpy_reference(kind: str, params: Any, loss: Any, key: jax.Array, eps: float, m: int, **kw: Any) -> np.ndarray:
-    """The algorithm in numpy on materialised noise: candidates, ranking, v, two-point, ĝ."""
+    """The algorithm in numpy on materialised noise: candidates, ranking, v, two-point, ĝ (centred: the
+    candidates' centred losses as the weights of ĝ)."""
     flat0, _ = ravel_pytree(params)
     theta = np.asarray(flat0, np.float64)
     zs = [
@@ -147,6 +149,8 @@ def _numpy_reference(kind: str, params: Any, loss: Any, key: jax.Array, eps: flo
         return float(loss(unravel(jnp.asarray(x, jnp.float32))))
 
     cand = np.array([f(theta + eps * z) for z in zs])
+    if kind == "centred":
+        return sum((c - cand.mean()) * z for c, z in zip(cand, zs, strict=True)) / ((m - 1) * eps)
     order = np.argsort(cand, kind="stable")
     if kind == "guided":
         top = int(kw["elite_ratio"] * m)
@@ -175,6 +179,27 @@ def test_greedy_matches_numpy_reference(m: int) -> None:
     got = np.asarray(ravel_pytree(perturb.direction_tree(est.grad, params))[0])
     ref = _numpy_reference("greedy", params, loss, key, 1e-2, m)
     np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("m", [2, 4, 7])
+def test_centred_matches_numpy_reference(m: int) -> None:
+    params, loss, _ = quadratic_problem()
+    key = perturb.key_data(13)
+    est = estimators.estimate_centred(loss, params, key, eps=1e-2, num_candidates=m)
+    got = np.asarray(ravel_pytree(perturb.direction_tree(est.grad, params))[0])
+    ref = _numpy_reference("centred", params, loss, key, 1e-2, m)
+    np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+    # ĝ = s · search, with s the spread of the candidates' directional derivatives
+    search = np.asarray(ravel_pytree(perturb.direction_tree(est.search, params))[0])
+    np.testing.assert_allclose(float(est.projected_grad) * search, got, rtol=1e-5, atol=1e-6 * np.abs(got).max())
+
+
+def test_centred_estimate_of_equal_losses_is_zero() -> None:
+    """A flat loss: every candidate loss equal, so ĝ = 0 and the unit search direction is 0 (not NaN)."""
+    params, _, _ = quadratic_problem()
+    est = estimators.estimate_centred(lambda p: jnp.float32(1.0), params, perturb.key_data(0), num_candidates=4)
+    assert float(est.projected_grad) == 0.0
+    assert not np.any(np.asarray(est.grad.weights)) and not np.any(np.asarray(est.search.weights))
 
 
 def test_greedy_reuse_best_loss_saves_one_forward() -> None:

@@ -2,8 +2,9 @@ r"""Golden runs: short fine-tuning jobs whose logs and final weights must not ch
 
 Each case is a few :class:`zojax.train.Trainer` steps on ``random:tiny`` with fixture data (SST-2,
 and COPA for the ``lm`` objective): every method (``mezo``, ``nspsa``, ``mezo-gv``,
-``mezo-greedy``, ``ft``), LoRA and prefix tuning, an evaluation-only run (``zero-shot``), and a
-run stopped after 2 steps and resumed. For each, ``tests/golden/<case>.json`` holds
+``mezo-greedy``, ``mezo-centred``, ``ft``), LoRA and prefix tuning, SubZero's subspace noise
+(MeZO-GV, and LoRA), an evaluation-only run (``zero-shot``), and a run stopped after 2 steps and
+resumed. For each, ``tests/golden/<case>.json`` holds
 
 * ``metrics``: every ``metrics.jsonl`` record (train loss, projected gradient, dev loss and metric,
   test value, ...) without its timing fields;
@@ -19,6 +20,7 @@ versions. After such a change (and only then: a change of code must not move the
 from the repository root with::
 
     python tests/test_golden.py --record      # or: python -m tests.test_golden --record
+    python tests/test_golden.py --record subzero-gv   # only the cases named (a new case)
 
 and commit ``tests/golden/`` together with a note of the jax version and machine.
 """
@@ -34,9 +36,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-if __name__ == "__main__":  # script mode: this checkout's zojax, and the host devices pytest uses
+if __name__ == "__main__":  # script mode: this checkout's zojax and tests/conftest.py's environment
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+    os.environ.setdefault("ZOJAX_MESH", "none")  # else the trainer's --mesh auto spreads a run over the 8 devices
 
 import jax
 import numpy as np
@@ -58,7 +61,8 @@ from zojax.train.cache import disable_compile_cache, enable_compile_cache
 GOLDEN = Path(__file__).resolve().parent / "golden"
 POS = ["good", "great", "fine", "nice", "lovely", "superb", "grand", "neat"]
 NEG = ["bad", "awful", "poor", "dull", "boring", "weak", "sad", "vile"]
-LR = {"mezo": 3e-3, "nspsa": 3e-3, "mezo-gv": 1.5e-3, "mezo-greedy": 3e-3, "ft": 1e-2}
+SUBSPACE = {"optim__perturbation": "subspace", "optim__rank": 4, "optim__refresh_every": 2}
+LR = {"mezo": 3e-3, "nspsa": 3e-3, "mezo-gv": 1.5e-3, "mezo-greedy": 3e-3, "mezo-centred": 3e-3, "ft": 1e-2}
 # case -> config overrides ("section__field": value); "resume" runs twice (stop after 2, resume)
 CASES: dict[str, dict[str, Any]] = {
     **{m: {"optim__method": m, "optim__lr": LR[m]} for m in LR},
@@ -66,6 +70,9 @@ CASES: dict[str, dict[str, Any]] = {
     "prefix": {"model__tuning": "prefix", "optim__lr": None, "optim__eps": None},
     "copa": {"data__task": "copa"},
     "zero-shot": {"optim__method": "zero-shot"},
+    # SubZero noise (rank 4, a new subspace every 2 steps: the 3-step run crosses a refresh)
+    "subzero-gv": {"optim__method": "mezo-gv", "optim__lr": LR["mezo-gv"], **SUBSPACE},
+    "subzero-lora": {"model__tuning": "lora", "optim__lr": None, "optim__eps": None, **SUBSPACE},
     "resume": {},
 }
 RESULT_DROP = ("wall_time", "eval_time", "run_dir")  # timing, and where the run happened to be
@@ -195,19 +202,22 @@ def test_resume_equals_the_uninterrupted_run() -> None:
     assert a == b
 
 
-def record() -> None:
-    """Reruns every case and rewrites ``tests/golden/``."""
+def record(names: list[str]) -> None:
+    """Reruns the cases ``names`` (all of them when empty) and rewrites their ``tests/golden/`` files."""
+    unknown = sorted(set(names) - set(CASES))
+    if unknown:
+        sys.exit(f"unknown case(s) {unknown}; the cases are {list(CASES)}")
     GOLDEN.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         enable_compile_cache(Path(tmp) / "xla")
         data = write_data(Path(tmp) / "data")
-        for name in CASES:
+        for name in names or CASES:
             golden_path(name).write_text(dumps(run_case(name, data, Path(tmp) / name)))
             print(f"recorded {golden_path(name)}", flush=True)
         disable_compile_cache()
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["--record"]:
-        sys.exit("usage: python tests/test_golden.py --record   (rewrites tests/golden/; see the docstring)")
-    record()
+    if sys.argv[1:2] != ["--record"]:
+        sys.exit("usage: python tests/test_golden.py --record [CASE ...]   (rewrites tests/golden/; see the docstring)")
+    record(sys.argv[2:])

@@ -38,7 +38,11 @@ def temp_bytes(name: str, **options: Any) -> int:
 
 
 # several forwards per step where a method has a count; MeZO-GV over M in the next test
-MEMORY_OPTIONS = {"nspsa": {"num_queries": 4}, "mezo-greedy": {"num_candidates": 8}}
+MEMORY_OPTIONS = {
+    "nspsa": {"num_queries": 4},
+    "mezo-greedy": {"num_candidates": 8},
+    "mezo-centred": {"num_candidates": 8},
+}
 
 
 @pytest.mark.parametrize("name", [n for n in sorted(zojax.METHODS) if n != "mezo-gv"])

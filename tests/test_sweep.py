@@ -149,7 +149,7 @@ def _fixture_run(root: Path, label: str, lr: float | None, seed: int, dev: float
                  ) -> None:  # fmt: skip
     d = root / (name or f"{task}_{label}_{lr}_{seed}")
     d.mkdir(parents=True)
-    method = {"MeZO": "mezo", "MeZO-GV": "mezo-gv", "zero-shot": "zero-shot"}[label]
+    method = {"MeZO": "mezo", "MeZO-GV": "mezo-gv", "FT": "ft", "zero-shot": "zero-shot"}[label]
     config = {"optim": {"method": method, "lr": lr if lr is not None else 0.0, "num_candidates": 4},
               "model": {"tuning": "full"}, "run": {"seed": seed}}  # fmt: skip
     (d / "config.json").write_text(json.dumps({"config": config}))
@@ -225,6 +225,24 @@ def test_table_of_a_spec_counts_only_its_cells(tmp_path: Path, capsys: pytest.Ca
     assert "2 of 3 cells finished" in capsys.readouterr().err
     mezo = json.loads((tmp_path / "t_table.json").read_text())["cells"]["sst2"]["MeZO"]
     assert mezo["lr"] == 1e-6 and mezo["test_mean"] == pytest.approx(0.82)
+
+
+def test_table_of_a_spec_lists_tasks_and_methods_in_the_spec_order(tmp_path: Path) -> None:
+    # folder names sort copa < wic and FT < MeZO-GV < MeZO_; the spec says wic, copa and MeZO, MeZO-GV, FT
+    root = tmp_path / "runs"
+    spec = {"name": "t", "out": str(root), "base": {"model.name": "random:tiny"},
+            "grid": {"data.task": ["wic", "copa"]},
+            "methods": [{"label": "MeZO", "optim.method": "mezo", "optim.lr": [1e-6]},
+                        {"label": "MeZO-GV", "optim.method": "mezo-gv", "optim.lr": [1e-6]},
+                        {"label": "FT", "optim.method": "ft", "optim.lr": [1e-5]}]}  # fmt: skip
+    (tmp_path / "t.json").write_text(json.dumps(spec))
+    for i, cell in enumerate(S.load_spec(tmp_path / "t.json").cells()):
+        task = cell.axes["data.task"]
+        _fixture_run(root, cell.label, cell.options["optim.lr"], 0, 0.6, 0.5 + i / 100, 0.5, task=task, name=cell.id)
+    table = T.table_from_dirs(T.spec_runs(tmp_path / "t.json")[0])
+    assert table["tasks"] == ["wic", "copa"] and table["labels"] == ["MeZO", "MeZO-GV", "FT"]
+    md = T.markdown(table)
+    assert md.index("| FT |") > md.index("| MeZO-GV |") and "| method | wic | copa | mean |" in md
 
 
 # ---------------------------------------------------------------------- committed specs

@@ -1,6 +1,6 @@
 """The fine-tuning job's pieces on a tiny random Llama with fixture SST-2 data.
 
-* the loss goes down on an easy task for every method (mezo, nspsa, mezo-gv, mezo-greedy, ft);
+* the loss goes down on an easy task for every method (mezo, nspsa, mezo-gv, mezo-greedy, mezo-centred, ft);
 * the training objective equals the task code's, shared-prompt batches give the same loss, the data
   order is a pure function of (seed, step); LoRA and prefix tuning run (also on a generation task);
   the evaluation-only methods.
@@ -35,7 +35,7 @@ from zojax.train.config import is_zo
 
 
 # ---------------------------------------------------------------------- the loss goes down
-@pytest.mark.parametrize("method", ["mezo", "nspsa", "mezo-gv", "mezo-greedy", "ft"])
+@pytest.mark.parametrize("method", ["mezo", "nspsa", "mezo-gv", "mezo-greedy", "mezo-centred", "ft"])
 def test_loss_decreases_on_an_easy_task(method: str, data_dir: Path, xla_cache) -> None:
     """Exact loss on the fixed batch of all 16 training examples, before vs after 60 steps, and
     the mean of the first vs last 10 per-step losses (all seeds fixed; at these learning rates

@@ -5,7 +5,8 @@ r"""The paper's optimizers: a zeroth-order estimator, MeZO's weight decay, then 
     \theta \leftarrow \theta - \eta\,(\hat g + \lambda\, \theta \odot \mathrm{mask})
 
 where :math:`\hat g` is the estimate of :func:`zojax.spsa` (MeZO), :func:`zojax.nspsa` (n-SPSA),
-:func:`zojax.guided` (MeZO-GV) or :func:`zojax.greedy` (MeZO-Greedy) and the mask
+:func:`zojax.guided` (MeZO-GV), :func:`zojax.greedy` (MeZO-Greedy) or :func:`zojax.centred` (the
+centred-loss estimate, beyond the paper) and the mask
 (:func:`decay_mask`) exempts biases and normalisation parameters, as MeZO does. Each is
 ``optax.chain(estimator, optax.add_decayed_weights(λ, mask), optax.sgd(η))``; chain the estimator
 with another optax optimizer for ZO-Adam and the like (see :mod:`zojax.transforms`).
@@ -19,7 +20,7 @@ from typing import Any
 import jax
 import optax
 
-from zojax.transforms import greedy, guided, nspsa, spsa
+from zojax.transforms import centred, greedy, guided, nspsa, spsa
 
 PyTree = Any
 
@@ -169,6 +170,31 @@ def mezo_greedy(
         eps,
         num_candidates,
         reuse_best_loss=reuse_best_loss,
+        distribution=distribution,
+        perturbation=perturbation,
+        rank=rank,
+        refresh_every=refresh_every,
+        key=key,
+    )
+    return _with_sgd(est, learning_rate, weight_decay)
+
+
+def mezo_centred(
+    learning_rate: optax.ScalarOrSchedule,
+    eps: float = 1e-3,
+    num_candidates: int = 4,
+    *,
+    weight_decay: float = 0.0,
+    distribution: str = "gaussian",
+    perturbation: str = "iid",
+    rank: int | None = None,
+    refresh_every: int | None = None,
+    key: int | jax.Array = 0,
+) -> optax.GradientTransformationExtraArgs:
+    """The centred-loss estimate of ``M`` candidates then SGD, ``M`` forwards per step (see :func:`centred`)."""
+    est = centred(
+        eps,
+        num_candidates,
         distribution=distribution,
         perturbation=perturbation,
         rank=rank,

@@ -99,11 +99,11 @@ def check_num_queries(num_queries: Any) -> int:
     return q
 
 
-def check_num_candidates(num_candidates: Any, minimum: int) -> int:
+def check_num_candidates(num_candidates: Any, minimum: int, what: str = "guided directions") -> int:
     m = check_integer("num_candidates", num_candidates)
     if m < minimum:
         if minimum == 2:
-            raise OptionError("num_candidates", f"guided directions need M >= 2 candidates, got {m}")
+            raise OptionError("num_candidates", f"{what} need M >= 2 candidates, got {m}")
         raise OptionError("num_candidates", f"expected M >= {minimum}, got {m}")
     return m
 

@@ -110,6 +110,15 @@ METHODS: dict[str, Method] = {
             options=("num_candidates", "reuse_best_loss", "distribution", *PERTURBATION_OPTIONS),
             description="MeZO-Greedy: SPSA along the best of M candidates (M+2 forwards/step, M+1 reusing its loss)",
         ),
+        Method(
+            name="mezo-centred",
+            spec=specs.CENTRED,
+            transform_name="centred",
+            optimizer_name="mezo_centred",
+            unbiased=True,
+            options=("num_candidates", "distribution", *PERTURBATION_OPTIONS),
+            description="centred losses (beyond the paper): sum (L_i - mean L) z_i of M candidates (M forwards/step)",
+        ),
     )
 }
 

@@ -7,10 +7,11 @@ Forward passes per step:
 .. math::
 
    \text{SPSA: } 2, \qquad \text{n-SPSA: } 2q, \qquad \text{guided (MeZO-GV): } M + 2, \qquad
-   \text{greedy: } M + 2 \ (M + 1 \text{ when the best candidate's loss is reused}).
+   \text{greedy: } M + 2 \ (M + 1 \text{ when the best candidate's loss is reused}), \qquad
+   \text{centred: } M.
 
 The values the string options take live here too (:data:`DISTRIBUTIONS`, :data:`PERTURBATIONS`,
-:data:`WEIGHTINGS`; :mod:`zojax.perturb` and :mod:`zojax.estimators` re-export them). This module
+:data:`WEIGHTINGS`, :data:`STOP_RULES`; :mod:`zojax.perturb` and :mod:`zojax.estimators` re-export them). This module
 imports no JAX (the estimators are imported when first used), so ``zojax methods`` and
 ``zojax finetune --help`` list the methods, their costs and these choices without loading JAX.
 """
@@ -32,6 +33,8 @@ WEIGHTINGS: tuple[str, ...] = ("mean_diff", "rank")
 """MeZO-GV's candidate weighting: the paper's mean difference, or centred ranks."""
 ROUNDINGS: tuple[str, ...] = ("nearest", "stochastic")
 """How an update is rounded into low-precision weights (:mod:`zojax.precision`)."""
+STOP_RULES: tuple[str, ...] = ("text", "mezo")
+"""When greedy generation stops: at a decoded stop string (``text``), or MeZO's exact stop token ids."""
 TRAINING_OBJECTIVES: tuple[str, ...] = ("task", "accuracy", "f1")
 """What the trainer minimises: the task's loss, or minus its metric (zeroth-order methods only)."""
 
@@ -124,6 +127,13 @@ def _validate_greedy(
     return {**common, "num_candidates": m, "reuse_best_loss": checks.check_flag("reuse_best_loss", reuse_best_loss)}
 
 
+def _validate_centred(eps: Any = 1e-3, num_candidates: Any = 4, distribution: str = "gaussian") -> dict[str, Any]:
+    from zojax import checks
+
+    m = checks.check_num_candidates(num_candidates, 2, "centred estimates")
+    return {**_common(eps, distribution), "num_candidates": m}
+
+
 SPSA = Spec("estimate_spsa", lambda **_: 2, _validate_spsa)
 NSPSA = Spec("estimate_nspsa", lambda num_queries=2, **_: 2 * num_queries, _validate_nspsa)
 GUIDED = Spec("estimate_guided", lambda num_candidates=4, **_: num_candidates + 2, _validate_guided)
@@ -132,3 +142,4 @@ GREEDY = Spec(
     lambda num_candidates=4, reuse_best_loss=False, **_: num_candidates + (1 if reuse_best_loss else 2),
     _validate_greedy,
 )
+CENTRED = Spec("estimate_centred", lambda num_candidates=4, **_: num_candidates, _validate_centred)

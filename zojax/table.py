@@ -26,6 +26,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from zojax import registry
+
 BASELINE = "MeZO"
 
 
@@ -64,9 +66,10 @@ def default_label(config: Mapping[str, Any]) -> str:
     """``mezo``, ``mezo-gv M=4``, ``ft`` … (with ``/lora`` or ``/prefix`` for those tunings)."""
     o, m = config["optim"], config["model"]
     label = o["method"]
-    if label in ("mezo-gv", "mezo-greedy"):
+    options = registry.METHODS[label].options if label in registry.METHODS else ()
+    if "num_candidates" in options:
         label += f" M={o['num_candidates']}"
-    if label == "nspsa":
+    if "num_queries" in options:
         label += f" q={o['num_queries']}"
     if m.get("tuning", "full") != "full":
         label += f"/{m['tuning']}"
@@ -74,7 +77,8 @@ def default_label(config: Mapping[str, Any]) -> str:
 
 
 def find_runs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Run directories (holding ``results.json``) at or under each path."""
+    """Run directories (holding ``results.json``) at or under each path, in the order given (a folder's
+    runs sorted by name), each once: the table lists tasks and methods in the order first met."""
     out: list[Path] = []
     for p in map(Path, paths):
         if (p / "results.json").is_file():
@@ -83,7 +87,7 @@ def find_runs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
             out += sorted(q.parent for q in p.rglob("results.json"))
         else:
             raise ValueError(f"{p}: no such run directory")
-    return sorted(set(out))
+    return list(dict.fromkeys(out))
 
 
 def _selected_dev(results: Mapping[str, Any], metrics_path: Path) -> tuple[float | None, float | None]:
@@ -207,7 +211,7 @@ def build_table(runs: Sequence[Run], baseline: str = BASELINE) -> dict[str, Any]
             "metric": rs[0].metric,
             "runs": [str(r.path) for r in rs],
         }  # fmt: skip
-    tasks = sorted(cells)
+    tasks = list(dict.fromkeys(r.task for r in runs if r.task in cells))
     if baseline not in {r.label for r in runs} and "mezo" in {r.label for r in runs}:
         baseline = "mezo"
     labels = _ordered_labels(runs, baseline)

@@ -248,6 +248,27 @@ def greedy(
     return _from_spec(specs.GREEDY, key, eps=eps, distribution=distribution, **options, **sub)
 
 
+def centred(
+    eps: float = 1e-3,
+    num_candidates: int = 4,
+    *,
+    distribution: str = "gaussian",
+    perturbation: str = "iid",
+    rank: int | None = None,
+    refresh_every: int | None = None,
+    key: int | jax.Array = 0,
+) -> optax.GradientTransformationExtraArgs:
+    """The centred-loss estimate ``ĝ = Σ_i (l_i − l̄) z_i / ((M − 1) ε)`` of ``M`` candidates (``M`` forwards).
+
+    See :func:`zojax.estimators.estimate_centred`.
+
+    Example:
+      >>> tx = optax.chain(centred(eps=1e-3, num_candidates=4), optax.sgd(1e-2))
+    """
+    sub = {"perturbation": perturbation, "rank": rank, "refresh_every": refresh_every}
+    return _from_spec(specs.CENTRED, key, eps=eps, num_candidates=num_candidates, distribution=distribution, **sub)
+
+
 class SkipNonfiniteState(NamedTuple):
     """State of :func:`skip_nonfinite`.
 

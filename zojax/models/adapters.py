@@ -12,23 +12,22 @@ layer ``l``'s trainable slice is perturbed inside the layer scan with
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zojax import perturb
-from zojax.models.model import Model, Perturbation, chunked_logprobs, decoder, project
+from zojax.models.forward import CausalLM, LayerHook, MaybePerturbation, chunked_logprobs, decoder, project
+from zojax.models.model import Model
+from zojax.perturb import as_perturbation
 
 PyTree = Any
 Array = jax.Array
-Combine = Callable[[PyTree, PyTree, Array], tuple[PyTree, tuple[Array, Array] | None]]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Adapted:
+class Adapted(CausalLM):
     """A model with a frozen base and a trainable subtree (LoRA, prefix tuning).
 
     Attributes:
@@ -42,7 +41,7 @@ class Adapted:
 
     model: Model
     kind: str
-    combine: Combine
+    combine: LayerHook
     num_prefix: int = 0
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -59,15 +58,15 @@ class Adapted:
         trainable: PyTree,
         input_ids: Array,
         attention_mask: Array | None,
-        perturbation: Perturbation,
+        perturbation: MaybePerturbation,
     ) -> Array:
         if attention_mask is None:
             attention_mask = jnp.ones(jnp.shape(input_ids), jnp.int32)
+        perturbation = as_perturbation(perturbation)
 
         def layer_fn(base_l: PyTree, train_l: PyTree, layer_index: Array) -> tuple[PyTree, Any]:
             if perturbation is not None:
-                direction, scale = perturbation
-                train_l = perturb.perturb_subtree(train_l, ("layers",), direction, scale, layer=layer_index)
+                train_l = perturbation.apply(train_l, ("layers",), layer_index)
             return self.combine(base_l, train_l, layer_index)
 
         h, _ = decoder(
@@ -88,7 +87,7 @@ class Adapted:
         input_ids: Array,
         attention_mask: Array | None = None,
         *,
-        perturbation: Perturbation = None,
+        perturbation: MaybePerturbation = None,
     ) -> Array:
         """Final-normed hidden states ``[B, T, H]`` of the adapted model (what the head consumes)."""
         return self._hidden(trainable, input_ids, attention_mask, perturbation)
@@ -99,7 +98,7 @@ class Adapted:
         input_ids: Array,
         attention_mask: Array | None = None,
         *,
-        perturbation: Perturbation = None,
+        perturbation: MaybePerturbation = None,
     ) -> Array:
         """float32 ``[B, T, V]`` logits of the adapted model at ``trainable`` (+ ``s·v`` if perturbed)."""
         h = self._hidden(trainable, input_ids, attention_mask, perturbation)
@@ -107,13 +106,18 @@ class Adapted:
 
     __call__ = logits
 
+    def head_logits(self, trainable: PyTree, h: Array, *, perturbation: MaybePerturbation = None) -> Array:
+        """float32 logits of final hidden states ``h``: the frozen base's head (never perturbed)."""
+        del trainable, perturbation
+        return project(self.model.config, self.base, h)
+
     def token_logprobs(
         self,
         trainable: PyTree,
         input_ids: Array,
         attention_mask: Array | None = None,
         *,
-        perturbation: Perturbation = None,
+        perturbation: MaybePerturbation = None,
         vocab_chunk: int = 8192,
     ) -> Array:
         """``log p(x_{t+1} | x_{≤t})`` ``[B, T−1]`` (see ``Model.token_logprobs``)."""

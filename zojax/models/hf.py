@@ -27,7 +27,7 @@ import numpy as np
 
 from zojax.errors import UserError, UserFileNotFoundError, UserKeyError
 from zojax.models.config import ModelConfig, config_from_hf
-from zojax.models.model import OPT_POSITION_OFFSET, resolve_dtype
+from zojax.models.forward import OPT_POSITION_OFFSET, resolve_dtype
 
 
 def hf_layout(

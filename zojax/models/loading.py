@@ -42,6 +42,7 @@ import jax.numpy as jnp
 
 from zojax.errors import UserError, UserFileNotFoundError, UserMemoryError
 from zojax.models.config import ModelConfig
+from zojax.models.forward import dtype_name, resolve_dtype
 from zojax.models.gguf import (  # noqa: F401 (re-exported)
     GGUF_MAGIC,
     MODEL_FORMS,
@@ -55,7 +56,7 @@ from zojax.models.gguf import (  # noqa: F401 (re-exported)
     unpermute_qk,
 )
 from zojax.models.hf import PARAM_ORDER, folder_config, params_from_hf_tensors  # noqa: F401 (re-exported)
-from zojax.models.model import Model, dtype_name, resolve_dtype
+from zojax.models.model import Model
 from zojax.models.safetensors import SafetensorsFile, open_safetensors
 from zojax.models.tokenizer import Tokenizer, opt_bos_id, tokenizer_from_folder
 

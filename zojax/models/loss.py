@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from zojax.perturb import Direction
+from zojax.perturb import Direction, Perturbation
 
 PyTree = Any
 Array = jax.Array
@@ -47,7 +47,7 @@ class PerturbableModelLoss:
 
     def perturbed(self, params: PyTree, direction: Direction, scale: Array) -> Array:
         """``L(θ + scale · v)`` with the perturbation applied inside the model."""
-        return self.loss_of_output(self.fn(params, perturbation=(direction, scale)))
+        return self.loss_of_output(self.fn(params, perturbation=Perturbation(direction, scale)))
 
 
 def masked_mean_nll(logprobs: Array, weights: Array) -> Array:

@@ -29,6 +29,7 @@ import jax
 import numpy as np
 
 from zojax.models.config import ModelConfig
+from zojax.models.forward import resolve_dtype
 from zojax.models.hf import (
     PARAM_ORDER,
     expected_shape,
@@ -37,7 +38,6 @@ from zojax.models.hf import (
     hf_tensor,
     normalise_names,
 )
-from zojax.models.model import resolve_dtype
 
 PyTree = Any
 Index = tuple[slice, ...]

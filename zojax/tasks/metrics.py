@@ -7,6 +7,8 @@ import string
 from collections import Counter
 from collections.abc import Sequence
 
+from zojax.specs import STOP_RULES
+
 _PUNCT = set(string.punctuation)
 
 
@@ -58,9 +60,6 @@ def accuracy(predicted: Sequence[int], gold: Sequence[Sequence[int]]) -> float:
     if not predicted:
         return float("nan")
     return sum(is_correct(p, g) for p, g in zip(predicted, gold, strict=True)) / len(predicted)
-
-
-STOP_RULES = ("text", "mezo")
 
 
 def clean_generation(text: str, stop: str = "\n", stop_rule: str = "text") -> str:

@@ -26,6 +26,7 @@ import dataclasses
 from typing import Any, ClassVar
 
 from zojax import registry, specs
+from zojax.specs import STOP_RULES
 from zojax.train.trackers import TRACKERS
 
 FO_METHOD = "ft"
@@ -34,7 +35,6 @@ TUNINGS = ("full", "lora", "prefix")
 SELECT_BY = ("loss", "metric")
 PROTOCOLS = ("quick", "mezo")
 SUBSPACE_DEFAULTS = {"rank": 32, "refresh_every": 1000}
-STOP_RULES = ("text", "mezo")
 OPT_BOS = ("mezo", "checkpoint")
 DTYPES = ("float32", "bfloat16")
 MESH_ENV = "ZOJAX_MESH"
@@ -186,7 +186,7 @@ class OptimArgs:
                               f"{_by_tuning(DEFAULT_ZO_LR)}; ft {_by_tuning(DEFAULT_FT_LR)}")  # fmt: skip
     eps: float | None = option(None, "perturbation scale epsilon",
                                default_help=f"by --tuning: {_by_tuning(DEFAULT_EPS)}")  # fmt: skip
-    num_candidates: int = option(4, "M candidates of mezo-gv / mezo-greedy")
+    num_candidates: int = option(4, "M candidates of mezo-gv / mezo-greedy / mezo-centred")
     elite_ratio: float = option(0.5, "alpha of mezo-gv: floor(alpha*M) low-loss candidates")
     num_queries: int = option(2, "q of nspsa")
     weighting: str = option("mean_diff", "mezo-gv candidate weighting (mean_diff: the paper's)",

@@ -35,7 +35,6 @@ from zojax.tasks import Example, Task
 from zojax.tasks.scoring import candidate_nll, shared_candidate_scores, shifted_target_mask, target_mean
 from zojax.train.config import TrainConfig
 from zojax.train.data import TrainBatches
-from zojax.train.loss import last_token_logits
 
 PyTree = Any
 Array = jax.Array
@@ -56,7 +55,7 @@ def objective_sums(lm: Any, objective: str, params: PyTree, batch: Mapping[str, 
     w = jnp.asarray(batch["example_weight"], jnp.float32)
     ids, mask = jnp.asarray(batch["input_ids"], jnp.int32), jnp.asarray(batch["attention_mask"], jnp.int32)
     if "candidate_ids" in batch:
-        logits = last_token_logits(lm, params, ids, mask)
+        logits = lm.last_token_logits(params, ids, mask)
         nll = candidate_nll(shared_candidate_scores(logits, batch), batch)
         return jnp.sum(w * nll), jnp.sum(w)
     logprobs = lm.token_logprobs(params, ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, mask.shape[-1]))

@@ -27,31 +27,11 @@ import jax.numpy as jnp
 
 from zojax.models import PerturbableModelLoss
 from zojax.tasks.scoring import OBJECTIVES, SHARED_PROMPT_OBJECTIVES
-from zojax.train.metric_loss import F1Scorer, f1_loss, head_logits
+from zojax.train.metric_loss import F1Scorer, f1_loss
 
 PyTree = Any
 Array = jax.Array
 Batch = Mapping[str, Any]
-
-
-def last_token_logits(
-    lm: Any,
-    params: PyTree,
-    input_ids: Array,
-    attention_mask: Array,
-    *,
-    perturbation: Any = None,
-) -> Array:
-    """float32 ``[B, V]`` logits after the last (left-padded) position, head applied there only.
-
-    Args:
-      lm: a :class:`zojax.models.Model` or :class:`zojax.models.Adapted`.
-      params: its (trainable) parameters.
-      input_ids, attention_mask: ``int32[B, T]``, left-padded.
-      perturbation: ``(direction, scale)`` to evaluate at ``params + scale · v`` on the fly.
-    """
-    h = lm.hidden_states(params, input_ids, attention_mask, perturbation=perturbation)[:, -1]
-    return head_logits(lm, params, h, perturbation)
 
 
 def _flat(x: Any) -> Array:
@@ -83,8 +63,7 @@ def task_loss(lm: Any, objective: str, batch: Batch) -> PerturbableModelLoss:
         if objective not in SHARED_PROMPT_OBJECTIVES:
             raise ValueError(f"objective: {objective!r} does not apply to a candidate batch")
         fn = functools.partial(
-            last_token_logits,
-            lm,
+            lm.last_token_logits,
             input_ids=jnp.asarray(batch["input_ids"], jnp.int32),
             attention_mask=jnp.asarray(batch["attention_mask"], jnp.int32),
         )

@@ -24,28 +24,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zojax.models import Adapted, PerturbableModelLoss
-from zojax.models.model import project, stop_token_ids
+from zojax.models import PerturbableModelLoss
+from zojax.models.generation import stop_token_ids
 from zojax.tasks.base import Example
 from zojax.tasks.metrics import clean_generation, f1_score
 
 PyTree = Any
 Array = jax.Array
-
-
-def head_logits(lm: Any, params: PyTree, h: Array, perturbation: Any = None) -> Array:
-    """float32 ``[B, V]`` logits of final hidden states ``h [B, H]`` (the head of ``lm``).
-
-    Args:
-      lm: a :class:`zojax.models.Model` or :class:`zojax.models.Adapted` (whose head is the
-        frozen base's).
-      params: ``lm``'s (trainable) parameters.
-      h: final-normed hidden states.
-      perturbation: ``(direction, scale)`` of the on-the-fly perturbation, if any.
-    """
-    if isinstance(lm, Adapted):
-        return project(lm.model.config, lm.base, h)
-    return project(lm.config, params, h, perturbation)
 
 
 def greedy_tokens(
@@ -87,7 +72,7 @@ def greedy_tokens(
     def step(k: Array, buf: Array) -> Array:
         h = lm.hidden_states(params, buf, full_mask, perturbation=perturbation)
         last = jax.lax.dynamic_index_in_dim(h, t - 1 + k, axis=1, keepdims=False)
-        token = jnp.argmax(head_logits(lm, params, last, perturbation), axis=-1).astype(jnp.int32)
+        token = jnp.argmax(lm.head_logits(params, last, perturbation=perturbation), axis=-1).astype(jnp.int32)
         return jax.lax.dynamic_update_index_in_dim(buf, token, t + k, axis=1)
 
     buf = jax.lax.fori_loop(0, num_new, step, buf)
@@ -165,4 +150,4 @@ def f1_loss(lm: Any, batch: Mapping[str, Any], scorer: F1Scorer, num_new: int, p
     return PerturbableModelLoss(fn, functools.partial(scorer.negative_f1, batch=batch))
 
 
-__all__ = ["F1Scorer", "f1_loss", "greedy_tokens", "head_logits"]
+__all__ = ["F1Scorer", "f1_loss", "greedy_tokens"]
