@@ -413,9 +413,9 @@ def test_prefix_tuning_with_subspace_noise(name: str) -> None:
         assert np.linalg.matrix_rank(delta, tol=1e-5 * np.abs(delta).max()) <= RANK
 
 
-def test_finetune_with_subspace_perturbations(tmp_path) -> None:
-    """``zojax finetune --perturbation subspace`` trains (SubZero-GV on the tiny model); the options
-    are checked and saved with the run."""
+def test_finetune_with_subspace_perturbations(tmp_path, capsys) -> None:
+    """``zojax finetune --perturbation subspace`` trains (SubZero-GV on the tiny model) and says so;
+    the options are checked and saved with the run."""
     import json
 
     from zojax.cli import config_from_args, finetune_main
@@ -431,6 +431,9 @@ def test_finetune_with_subspace_perturbations(tmp_path) -> None:
             "--steps", "3", "--perturbation", "subspace", "--rank", "2", "--refresh-every", "2", "--out", str(out),
             "--no-progress"]  # fmt: skip
     assert finetune_main(argv) == 0
+    printed = capsys.readouterr()
+    assert "noise: SubZero's rank-2 subspaces" in printed.out + printed.err
+    assert "a new subspace every 2 steps" in printed.out + printed.err
     saved = json.loads((out / "config.json").read_text())["config"]["optim"]
     assert (saved["perturbation"], saved["rank"], saved["refresh_every"]) == ("subspace", 2, 2)
     assert json.loads((out / "results.json").read_text())["status"] == "done"

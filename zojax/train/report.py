@@ -70,6 +70,11 @@ def describe(
                 f"[zojax] objective: {what[c.optim.objective]} (--objective {c.optim.objective}; "
                 "dev selection by the metric)"
             )
+        if c.optim.perturbation == "subspace":
+            lines.append(
+                f"[zojax] noise: SubZero's rank-{c.optim.rank} subspaces (U Z V^T on every matrix, i.i.d. on "
+                f"vectors), a new subspace every {c.optim.refresh_every} steps (--perturbation subspace)"
+            )
     if placement_line or c.model.dtype != "float32":
         lines.append(f"[zojax] {'; '.join(filter(None, [precision_line(c), placement_line]))}")
     for note in [*splits.meta.get("notes", []), *size_notes(c, splits.meta["sizes"])]:
