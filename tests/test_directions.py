@@ -135,19 +135,27 @@ def test_draw_coefficients_rebuild_the_registered_estimates() -> None:
         np.testing.assert_allclose(b, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max(), err_msg=spec.label)
 
 
-def test_linear_loss_reproduces_the_exact_predictions() -> None:
-    """Independent pools of Gaussian z on L = gᵀθ (d = 20 000): per-method means within the bounds."""
-    d, pools, draws = 20_000, 12, 32
-    n = D.DRAW_SIZE * draws  # disjoint draws
-    rng = np.random.default_rng(0)
+LINEAR_D = 20_000
+
+
+def linear_pools(seed: int, pools: int = 12, draws: int = 32):
+    """``pools`` independent pools of Gaussian ``z`` on ``L = 1 + gᵀθ`` (``d = LINEAR_D``, held-out
+    gradient ``h = g/2 + noise``) with disjoint draws: ``(pool, subsets)`` pairs."""
+    d, n = LINEAR_D, D.DRAW_SIZE * draws  # disjoint draws
+    rng = np.random.default_rng(seed)
     g = rng.standard_normal(d)
     h = 0.5 * g + rng.standard_normal(d)
-    per_pool = []
     for k in range(pools):
         z = rng.standard_normal((n, d)).astype(np.float32).astype(np.float64)
         pool = {"d": d, "grad_norm2": g @ g, "heldout_grad_norm2": h @ h, "p": z @ g, "q": z @ h, "gram": z @ z.T}
         pool["losses"] = 1.0 + EPS * pool["p"]
-        per_pool.append(D.analyse_pool(pool, D.draw_subsets(k, f"linear/{k}", n, draws), 1.0, EPS))
+        yield pool, D.draw_subsets(k, f"linear/{k}", n, draws)
+
+
+def test_linear_loss_reproduces_the_exact_predictions() -> None:
+    """Independent pools of Gaussian z on L = gᵀθ (d = 20 000): per-method means within the bounds."""
+    d = LINEAR_D
+    per_pool = [D.analyse_pool(pool, subsets, 1.0, EPS) for pool, subsets in linear_pools(0)]
     stat_names = ("cos", "r1", "mult", "noise")
     crit = stats.norm.ppf(1 - ALPHA / (2 * len(D.SPECS) * len(stat_names)))
     for spec in D.SPECS:
@@ -179,19 +187,9 @@ def test_centred_coefficients_are_the_registered_estimate() -> None:
 
 
 def test_centred_estimate_on_a_linear_loss_meets_its_prediction() -> None:
-    """Independent linear pools (d = 20 000): the centred-loss estimator's mean mult, noise and SNR
-    within Bonferroni z-bounds of ``mult = 1``, ``noise = 1/(M−1)``, ``SNR = M − 1``."""
-    d, pools, draws = 20_000, 12, 32
-    n = D.DRAW_SIZE * draws
-    rng = np.random.default_rng(1)
-    g = rng.standard_normal(d)
-    h = 0.5 * g + rng.standard_normal(d)
-    per_pool = []
-    for k in range(pools):
-        z = rng.standard_normal((n, d)).astype(np.float32).astype(np.float64)
-        pool = {"d": d, "grad_norm2": g @ g, "heldout_grad_norm2": h @ h, "p": z @ g, "q": z @ h, "gram": z @ z.T}
-        pool["losses"] = 1.0 + EPS * pool["p"]
-        per_pool.append(D.analyse_centred(pool, D.draw_subsets(k, f"linear/{k}", n, draws), EPS))
+    """Independent linear pools (d = 20 000): the centred-loss estimator's mean mult and noise within
+    Bonferroni z-bounds of ``mult = 1`` and ``noise = 1/(M−1)`` (so SNR = M − 1)."""
+    per_pool = [D.analyse_centred(pool, subsets, EPS) for pool, subsets in linear_pools(1)]
     stat_names = ("mult", "noise")
     crit = stats.norm.ppf(1 - ALPHA / (2 * len(D.CENTRED_SIZES) * len(stat_names)))
     for m in D.CENTRED_SIZES:
