@@ -255,6 +255,10 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     reset = reset_peak_rss()
     rss_setup = _rss(vm_rss_bytes)
 
+    if args.dense_noise:
+        from zojax.models import forward as model_forward
+
+        model_forward.LOW_RANK_DENSE = False  # read when the step is traced (perturb_layer)
     forward = jax.jit(lambda p, b: task_loss(template, OBJECTIVE, b)(p))
     t = time.perf_counter()
     if name == FORWARD:
@@ -355,6 +359,7 @@ def run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
         *("--model", args.model, "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len)),
         *("--steps", str(args.steps), "--repeats", str(args.repeats), "--warmup", str(args.warmup)),
         *("--dtype", args.dtype, "--seed", str(args.seed), "--distribution", args.distribution),
+        *(["--dense-noise"] if args.dense_noise else []),
     ]
     try:
         p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=args.child_timeout, check=False)
@@ -402,6 +407,7 @@ def summarize(fwd: dict[str, Any], results: list[dict[str, Any]], args: argparse
         "seq_len": args.seq_len,
         "dtype": args.dtype,
         "distribution": args.distribution,
+        "low_rank_dense": not args.dense_noise,
         "device": device_description(),
         "jax": jax.__version__,
         "zojax_source": zojax_source(),
@@ -507,6 +513,12 @@ def main(argv: list[str] | None = None) -> None:
         default="gaussian",
         choices=perturb.DISTRIBUTIONS,
         help="perturbation noise of the zeroth-order methods (rademacher: 32 signs per random word)",
+    )
+    ap.add_argument(
+        "--dense-noise",
+        action="store_true",
+        help="subspace noise on dense kernels materialised as W + s A B^T (an A/B of "
+        "zojax.models.forward.LOW_RANK_DENSE, default: x K + s (x A) B^T)",
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default="", help="write the JSON list of per-method results here")

@@ -54,6 +54,24 @@ def test_bench_writes_one_row_per_method(tmp_path: Path, distribution: str) -> N
         assert row["step_over_forwards"] == pytest.approx(expected)
 
 
+def test_bench_dense_noise_switches_the_low_rank_forward_off(tmp_path: Path) -> None:
+    """``--dense-noise`` (the LOW_RANK_DENSE A/B): SubZero rows run either way, and the rows say which;
+    the step's temp bytes differ, since only the low-rank form avoids the ``m×n`` kernel noise."""
+    temps = {}
+    for flag in ((), ("--dense-noise",)):
+        out = tmp_path / f"bench{len(flag)}.json"
+        _run(
+            "bench.py",
+            *("--model", "tiny", "--batch-size", "2", "--seq-len", "8", "--repeats", "1"),
+            *("--methods", "subzero-r4", "--json", str(out), *flag),
+        )
+        (row,) = json.loads(out.read_text())
+        assert row["method"] == "subzero-r4" and row["low_rank_dense"] is (not flag)
+        assert row["step_s"] > 0
+        temps[bool(flag)] = row["temp_over_param_bytes"]
+    assert temps[True] != temps[False], temps
+
+
 def test_bench_draws_splits_the_step(tmp_path: Path) -> None:
     out = tmp_path / "draws.json"
     _run(
