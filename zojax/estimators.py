@@ -376,7 +376,8 @@ def estimate_centred(
     of MeZO's, so for ``M`` forwards its signal-to-noise ratio per forward pass is ``2(M−1)/M``
     times MeZO's (1.5 at M = 4, 1.75 at M = 8), where MeZO-GV (M + 2 forwards) spends the candidate
     losses on a ranking and MeZO spends a forward on ``L(θ − εz)``. On SmolLM2-135M, measured by
-    ``experiments/directions.py``: 1.49 and 1.72 (README, "Beyond the paper").
+    ``experiments/directions.py`` (9 full-parameter minibatches): 1.37 and 1.57, MeZO 0.97, MeZO-GV
+    (M = 4) 0.64 (README, "Beyond the paper").
 
     Args:
       value_fn: ``params -> scalar loss``, or a :class:`~zojax.perturb.PerturbableLoss`.
