@@ -1104,13 +1104,28 @@ def plot(summary: dict[str, Any], path: str) -> None:
             mew=2,
             label="linear loss",
         )
+        centred = g.get("centred", {})
+        if centred:  # beyond the paper: the centred-loss estimate, after the paper's methods
+            cx = len(labels) + np.arange(len(centred))
+            cs = list(centred.values())
+            ax.bar(
+                cx,
+                [c["real"]["snr"][0] / c["forwards"] / snr0 for c in cs],
+                0.6,
+                yerr=[2 * c["real"]["snr"][1] / c["forwards"] / snr0 for c in cs],
+                capsize=2,
+                color="C9",
+                label="measured, centred losses (beyond the paper)",
+            )
+            ax.plot(cx, [c["linear_prediction"]["snr"] / c["forwards"] / snr0 for c in cs], "k_", ms=18, mew=2)
+            x, labels = np.concatenate([x, cx]), [*labels, *centred]
         ax.axhline(1.0, color="grey", lw=0.8, ls=":")
         ax.set_xticks(x, labels, rotation=45, ha="right")
         ax.set_ylabel("SNR = mult²/noise per forward (MeZO = 1)")
         ax.set_title(f"{tuning}: direction information per forward pass")
         ax.legend(fontsize=7)
         ax = axes[row, 2]
-        have = [(lab, m) for lab, m in zip(labels, ms, strict=True) if "loss_change" in m]
+        have = [(lab, m) for lab, m in g["methods"].items() if "loss_change" in m]
         if have:
             xx = np.arange(len(have))
             for off, key, color, name in (
