@@ -53,6 +53,11 @@ class Adapted(CausalLM):
         """The frozen base parameters."""
         return self.model.params
 
+    def with_base(self, base: PyTree) -> Adapted:
+        """The same adapter over the frozen base parameters ``base``; ``None`` gives the params-free
+        adapter that jitted functions close over (the base then comes in as a traced argument)."""
+        return dataclasses.replace(self, model=self.model.replace(params=base))
+
     def _hidden(
         self,
         trainable: PyTree,

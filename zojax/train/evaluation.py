@@ -175,8 +175,7 @@ class BestTracker:
 
 def _adapted_logits(template: Any, p: Mapping[str, PyTree], input_ids: Array, attention_mask: Array) -> Array:
     """``logits_fn`` of an adapter for evaluation: ``p = {"frozen", "trainable"}``."""
-    lm = dataclasses.replace(template, model=template.model.replace(params=p["frozen"]))
-    return lm.logits(p["trainable"], input_ids, attention_mask)
+    return template.with_base(p["frozen"]).logits(p["trainable"], input_ids, attention_mask)
 
 
 class Evaluator:

@@ -54,9 +54,7 @@ class Tuned:
 
     def bind(self, frozen: PyTree) -> Any:
         """The model (full) or adapter with ``frozen`` as its base parameters."""
-        if frozen is None:
-            return self.template
-        return dataclasses.replace(self.template, model=self.template.model.replace(params=frozen))
+        return self.template if frozen is None else self.template.with_base(frozen)
 
 
 def prepare_tuning(model: Model, config: TrainConfig) -> Tuned:
@@ -76,8 +74,7 @@ def prepare_tuning(model: Model, config: TrainConfig) -> Tuned:
         )
     else:
         trainable, adapted = prefix.init(model, config.run.seed, num_virtual_tokens=m.num_virtual_tokens)
-    template = dataclasses.replace(adapted, model=model.replace(params=None))
-    return Tuned(template, trainable, model.params)
+    return Tuned(adapted.with_base(None), trainable, model.params)
 
 
 def build_optimizer(config: TrainConfig) -> optax.GradientTransformation:
