@@ -161,37 +161,29 @@ def _numpy_reference(kind: str, params: Any, loss: Any, key: jax.Array, eps: flo
     return g * v
 
 
-@pytest.mark.parametrize(("m", "alpha"), [(2, 0.5), (4, 0.25), (4, 0.5), (8, 0.75), (5, 0.4)])
-def test_guided_matches_numpy_reference(m: int, alpha: float) -> None:
+REFERENCE_ESTIMATORS = {
+    "guided": estimators.estimate_guided,
+    "greedy": estimators.estimate_greedy,
+    "centred": estimators.estimate_centred,
+}
+REFERENCE_CASES = (
+    [("guided", m, {"elite_ratio": a}, 7) for m, a in [(2, 0.5), (4, 0.25), (4, 0.5), (8, 0.75), (5, 0.4)]]
+    + [("greedy", m, {}, 11) for m in (1, 3, 6)]
+    + [("centred", m, {}, 13) for m in (2, 4, 7)]
+)
+
+
+@pytest.mark.parametrize(("kind", "m", "kw", "seed"), REFERENCE_CASES)
+def test_matches_numpy_reference(kind: str, m: int, kw: dict, seed: int) -> None:
     params, loss, _ = quadratic_problem()
-    key = perturb.key_data(7)
-    est = estimators.estimate_guided(loss, params, key, eps=1e-2, num_candidates=m, elite_ratio=alpha)
+    key = perturb.key_data(seed)
+    est = REFERENCE_ESTIMATORS[kind](loss, params, key, eps=1e-2, num_candidates=m, **kw)
     got = np.asarray(ravel_pytree(perturb.direction_tree(est.grad, params))[0])
-    ref = _numpy_reference("guided", params, loss, key, 1e-2, m, elite_ratio=alpha)
+    ref = _numpy_reference(kind, params, loss, key, 1e-2, m, **kw)
     np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
-
-
-@pytest.mark.parametrize("m", [1, 3, 6])
-def test_greedy_matches_numpy_reference(m: int) -> None:
-    params, loss, _ = quadratic_problem()
-    key = perturb.key_data(11)
-    est = estimators.estimate_greedy(loss, params, key, eps=1e-2, num_candidates=m)
-    got = np.asarray(ravel_pytree(perturb.direction_tree(est.grad, params))[0])
-    ref = _numpy_reference("greedy", params, loss, key, 1e-2, m)
-    np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
-
-
-@pytest.mark.parametrize("m", [2, 4, 7])
-def test_centred_matches_numpy_reference(m: int) -> None:
-    params, loss, _ = quadratic_problem()
-    key = perturb.key_data(13)
-    est = estimators.estimate_centred(loss, params, key, eps=1e-2, num_candidates=m)
-    got = np.asarray(ravel_pytree(perturb.direction_tree(est.grad, params))[0])
-    ref = _numpy_reference("centred", params, loss, key, 1e-2, m)
-    np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
-    # ĝ = s · search, with s the spread of the candidates' directional derivatives
-    search = np.asarray(ravel_pytree(perturb.direction_tree(est.search, params))[0])
-    np.testing.assert_allclose(float(est.projected_grad) * search, got, rtol=1e-5, atol=1e-6 * np.abs(got).max())
+    if kind == "centred":  # ĝ = s · search, with s the spread of the candidates' directional derivatives
+        search = np.asarray(ravel_pytree(perturb.direction_tree(est.search, params))[0])
+        np.testing.assert_allclose(float(est.projected_grad) * search, got, rtol=1e-5, atol=1e-6 * np.abs(got).max())
 
 
 def test_centred_estimate_of_equal_losses_is_zero() -> None:
