@@ -351,6 +351,21 @@ def tiny() -> tuple[Any, Any, Any]:
     return model, ids, jnp.ones_like(ids)
 
 
+def assert_on_the_fly_equals_materialised(fn: Any, params: Any, ids: Any, mask: Any, d: Direction) -> None:
+    """``fn.logits`` with ``perturbation=(d, 0.05)`` equals the logits at ``perturb(params, d, 0.05)``,
+    and the noise moves them. One program for the three forwards: each compile of the tiny model's
+    scan costs seconds on CI."""
+    fly, ref, base = jax.jit(
+        lambda p: (
+            fn.logits(p, ids, mask, perturbation=(d, 0.05)),
+            fn.logits(perturb.perturb(p, d, 0.05), ids, mask),
+            fn.logits(p, ids, mask),
+        )
+    )(params)
+    assert float(jnp.max(jnp.abs(ref - base))) > 1e-3
+    np.testing.assert_allclose(fly, ref, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_tiny_model_on_the_fly_and_training(mode: str) -> None:
     model, ids, mask = tiny()
@@ -361,16 +376,7 @@ def test_tiny_model_on_the_fly_and_training(mode: str) -> None:
         params = jax.tree.map(lambda x: x + 0.05, params)
     sub = Subspace(perturb.subspace_key(perturb.key_data(1), 0, 10), 8)
     d = Direction(perturb.candidate_keys(perturb.key_data(2), 2), jnp.array([1.0, -0.5]), "gaussian", sub)
-    # one program for the three forwards: each compile of the tiny model's scan costs seconds on CI
-    fly, ref, base = jax.jit(
-        lambda p: (
-            fn.logits(p, ids, mask, perturbation=(d, 0.05)),
-            fn.logits(perturb.perturb(p, d, 0.05), ids, mask),
-            fn.logits(p, ids, mask),
-        )
-    )(params)
-    assert float(jnp.max(jnp.abs(ref - base))) > 1e-3
-    np.testing.assert_allclose(fly, ref, rtol=1e-5, atol=1e-5)
+    assert_on_the_fly_equals_materialised(fn, params, ids, mask, d)
 
     # training descends (lr 0 is bitwise for every method: test_zero_learning_rate_is_bitwise; the
     # trainer's SubZero-GV and LoRA runs are pinned bit for bit by tests/golden/subzero-*.json)
@@ -389,15 +395,7 @@ def test_prefix_tuning_with_subspace_noise(name: str) -> None:
     params, fn = zm.prefix.init(model, 1, num_virtual_tokens=4)
     sub = Subspace(perturb.subspace_key(perturb.key_data(1), 0, 10), RANK)
     d = Direction(perturb.candidate_keys(perturb.key_data(2), 2), jnp.array([1.0, -0.5]), "gaussian", sub)
-    fly, ref, base = jax.jit(
-        lambda p: (
-            fn.logits(p, ids, mask, perturbation=(d, 0.05)),
-            fn.logits(perturb.perturb(p, d, 0.05), ids, mask),
-            fn.logits(p, ids, mask),
-        )
-    )(params)
-    assert float(jnp.max(jnp.abs(ref - base))) > 1e-3
-    np.testing.assert_allclose(fly, ref, rtol=1e-5, atol=1e-5)
+    assert_on_the_fly_equals_materialised(fn, params, ids, mask, d)
 
     loss = zm.next_token_loss(fn, ids, mask)
     frozen, _ = run(make_tx(name, learning_rate=0.0), params, loss, 1)
