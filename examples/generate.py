@@ -2,12 +2,12 @@
 
 import time
 
-from zojax.models import load_model
+from zojax.models import load_model, num_params
 
 t0 = time.perf_counter()
-model = load_model()  # default: "smollm2-135m-instruct", float32
+model, params = load_model()  # default: "smollm2-135m-instruct", float32
 print(model)
-print(f"loaded {model.num_params / 1e6:.1f}M parameters in {time.perf_counter() - t0:.1f}s")
+print(f"loaded {num_params(params) / 1e6:.1f}M parameters in {time.perf_counter() - t0:.1f}s")
 for prompt in ["The capital of France is", "Question: What is 2 + 3?\nAnswer:"]:
-    text = model.generate(model.params, prompt, max_new_tokens=20, stop_strings=("\n",))
+    text = model.generate(params, prompt, max_new_tokens=20, stop_strings=("\n",))
     print(f"{prompt!r} -> {text!r}")

@@ -242,10 +242,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     say = lambda msg: print(f"  [{name}] {msg}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     config = model_config(args.model)
-    model = zm.init_model(config, args.seed, dtype=args.dtype)
-    params = jax.block_until_ready(model.params)
-    template = model.replace(params=None)
-    del model
+    model, params = zm.init_model(config, args.seed, dtype=args.dtype)
+    params = jax.block_until_ready(params)
     batch = make_batch(config, args.batch_size, args.seq_len, args.seed + 1)
     param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
     say(f"random {config.name} parameters ({param_bytes / 2**20:.0f} MiB) in {time.perf_counter() - t0:.1f}s")
@@ -259,7 +257,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         from zojax.models import forward as model_forward
 
         model_forward.LOW_RANK_DENSE = False  # read when the step is traced (perturb_layer)
-    forward = jax.jit(lambda p, b: task_loss(template, OBJECTIVE, b)(p))
+    forward = jax.jit(lambda p, b: task_loss(model, OBJECTIVE, b)(p))
     t = time.perf_counter()
     if name == FORWARD:
         with returning_freed_memory():
@@ -278,7 +276,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             )
         else:
             tx = optax.adam(LEARNING_RATE)
-        step = build_step(Tuned(template, params, None), training_loss(OBJECTIVE), tx, zeroth_order)
+        step = build_step(Tuned(model, params, None), training_loss(OBJECTIVE), tx, zeroth_order)
         state = {"params": params, "opt": tx.init(params)}
         with returning_freed_memory():  # as the trainer compiles its step
             compiled = step.lower(state["params"], state["opt"], None, batch).compile()

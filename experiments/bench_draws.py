@@ -55,11 +55,9 @@ def main(argv: list[str] | None = None) -> None:
             ap.error(f"--distribution: {d!r} is not one of {perturb.DISTRIBUTIONS}")
 
     config = model_config(args.model)
-    model = zm.init_model(config, 0)
-    params = model.params
-    template = model.replace(params=None)
+    model, params = zm.init_model(config, 0)
     batch = make_batch(config, args.batch_size, args.seq_len, 1)
-    loss = zm.next_token_loss(template, batch["input_ids"], batch["attention_mask"])
+    loss = zm.next_token_loss(model, batch["input_ids"], batch["attention_mask"])
 
     def direction(key: jax.Array, dist: str) -> perturb.Direction:
         keys = perturb.candidate_keys(key, args.keys)

@@ -65,9 +65,9 @@ def vm_rss_bytes() -> int:
 
 
 def setup(preset: str, batch: int, seq: int, seed: int = 0):
-    model = zm.init_model(zm.llama_config(preset), seed)
+    model, params = zm.init_model(zm.llama_config(preset), seed)
     ids = jax.random.randint(jax.random.key(seed + 1), (batch, seq), 0, model.config.vocab_size)
-    return model, ids, jnp.ones_like(ids)
+    return model, params, ids, jnp.ones_like(ids)
 
 
 def make_fwd(model, ids, mask):
@@ -95,8 +95,8 @@ def compiled(jitted, *args, trim: bool = False):
 
 
 def temp_bytes(args) -> dict:
-    model, ids, mask = setup(args.preset, args.batch, args.seq)
-    pbytes = model.param_bytes
+    model, params, ids, mask = setup(args.preset, args.batch, args.seq)
+    pbytes = zm.param_bytes(params)
     out = {
         "param_bytes": pbytes,
         "batch": args.batch,
@@ -104,7 +104,7 @@ def temp_bytes(args) -> dict:
         "preset": args.preset,
         "steps": {},
     }
-    c, ct = compiled(make_fwd(model, ids, mask), model.params)
+    c, ct = compiled(make_fwd(model, ids, mask), params)
     base = c.memory_analysis().temp_size_in_bytes
     out["fwd_temp_bytes"] = base
     print(
@@ -114,8 +114,8 @@ def temp_bytes(args) -> dict:
     methods = [("mezo", zojax.mezo(1e-6, 1e-3))]
     methods += [(f"gv{m}", zojax.mezo_gv(1e-6, 1e-3, num_candidates=m)) for m in args.gv]
     for name, tx in methods:
-        state = tx.init(model.params)
-        c, ct = compiled(make_step(model, ids, mask, tx), model.params, state)
+        state = tx.init(params)
+        c, ct = compiled(make_step(model, ids, mask, tx), params, state)
         ma = c.memory_analysis()
         excess = (ma.temp_size_in_bytes - base) / pbytes
         out["steps"][name] = {
@@ -139,9 +139,8 @@ def child(args) -> None:
     if args.compile_cache:
         enable_compile_cache(args.compile_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # the forward too
-    model, ids, mask = setup(args.preset, args.batch, args.seq)
-    params = jax.block_until_ready(model.params)
-    del model
+    model, params, ids, mask = setup(args.preset, args.batch, args.seq)
+    params = jax.block_until_ready(params)
     time.sleep(0.5)
     # the random initialisation's temporaries are not part of either workload: measure from here
     malloc_trim()
@@ -149,7 +148,7 @@ def child(args) -> None:
     reset = reset_peak_rss()
     phases["rss_setup"] = vm_rss_bytes()
     if args.child == "fwd":
-        c, _ = compiled(make_fwd(zm.Model(zm.llama_config(args.preset), None), ids, mask), params, trim=args.trim)
+        c, _ = compiled(make_fwd(model, ids, mask), params, trim=args.trim)
         phases["hwm_compile"] = vm_hwm_bytes()
         malloc_trim()
         phases["rss_after_compile"] = vm_rss_bytes()
@@ -161,7 +160,7 @@ def child(args) -> None:
         tx = zojax.mezo(1e-6, 1e-3)
         state = tx.init(params)
         c, _ = compiled(
-            make_step(zm.Model(zm.llama_config(args.preset), None), ids, mask, tx),
+            make_step(model, ids, mask, tx),
             params,
             state,
             trim=args.trim,

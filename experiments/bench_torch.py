@@ -160,16 +160,14 @@ def zojax_child(args: argparse.Namespace) -> dict[str, Any]:
     import zojax.models as zm
 
     t0 = time.time()
-    model = zm.load_model(args.model)
-    params = jax.block_until_ready(model.params)
+    model, params = zm.load_model(args.model)
+    params = jax.block_until_ready(params)
     load_s = time.time() - t0
     ids = jnp.asarray(token_batch(model.config.vocab_size, args.batch_size, args.seq_len, args.seed))
     mask = jnp.ones_like(ids)
-    shell = model.replace(params=None)
-    del model
 
     def loss_fn() -> Any:
-        return zm.next_token_loss(shell, ids, mask)
+        return zm.next_token_loss(model, ids, mask)
 
     fwd = jax.jit(lambda p: loss_fn()(p), **zojax.jit_options(donate=False))
 

@@ -504,15 +504,16 @@ class Setting:
     fns: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def build_setting(model: Any, tuning: str, seed: int, eps: float | None, lr: float | None) -> Setting:
-    """The trainer's parameterisation for ``tuning`` (its LoRA defaults), ε and base learning rate."""
+def build_setting(model: Any, params: Any, tuning: str, seed: int, eps: float | None, lr: float | None) -> Setting:
+    """The trainer's parameterisation of ``model``'s ``params`` for ``tuning`` (its LoRA defaults), ε and
+    base learning rate."""
     from zojax.train.config import DEFAULT_EPS, DEFAULT_ZO_LR, TrainConfig
     from zojax.train.loop import prepare_tuning
 
     cfg = TrainConfig()
     cfg.model.tuning = tuning
     cfg.run.seed = seed
-    tuned = prepare_tuning(model, cfg)
+    tuned = prepare_tuning(model, params, cfg)
     jax, _ = _jax()
     d = int(sum(x.size for x in jax.tree.leaves(tuned.params)))
     return Setting(tuning, tuned, eps or DEFAULT_EPS[tuning], lr or DEFAULT_ZO_LR[tuning], d)
@@ -532,7 +533,7 @@ def jitted(setting: Setting, objective: str) -> dict[str, Any]:
     tuned = setting.tuned
 
     def loss(frozen: Any, batch: Any) -> Any:
-        return task_loss(tuned.bind(frozen), objective, batch)
+        return task_loss(tuned.lm, objective, batch, frozen)
 
     def at(params: Any, frozen: Any, batch: Any, direction: Any, scale: Any) -> Any:
         return perturb.evaluate(loss(frozen, batch), params, direction, scale)
@@ -1297,9 +1298,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if todo:
         t0 = time.perf_counter()
-        model = build_model(args.model)
+        model, params = build_model(args.model)
         print(f"[directions] {model!r} loaded in {time.perf_counter() - t0:.1f}s", flush=True)
-        settings = {t: build_setting(model, t, args.seed, args.eps, args.lr) for t in args.tunings_list}
+        settings = {t: build_setting(model, params, t, args.seed, args.eps, args.lr) for t in args.tunings_list}
         data: dict[str, Any] = {}
         bar = tqdm(total=len(todo), disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
         for computed, (task_name, tuning, b) in enumerate(todo, start=1):

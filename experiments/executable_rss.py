@@ -31,7 +31,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_memory as bm  # noqa: E402
 
 import zojax  # noqa: E402
-import zojax.models as zm  # noqa: E402
 from zojax import perturb  # noqa: E402
 
 
@@ -43,14 +42,14 @@ def main() -> None:
     ap.add_argument("--distribution", default="gaussian", choices=perturb.DISTRIBUTIONS)
     args = ap.parse_args()
 
-    model, ids, mask = bm.setup(args.preset, args.batch, args.seq)
-    params = jax.block_until_ready(model.params)
+    model, params, ids, mask = bm.setup(args.preset, args.batch, args.seq)
+    params = jax.block_until_ready(params)
     bm.malloc_trim()
     base = bm.vm_rss_bytes()
     tx = zojax.mezo(1e-6, 1e-3, distribution=args.distribution)
     state = tx.init(params)
-    step = bm.make_step(zm.Model(zm.llama_config(args.preset), None), ids, mask, tx)
-    compiled, _ = bm.compiled(step, params, state, donate=(0,))
+    step = bm.make_step(model, ids, mask, tx)
+    compiled, _ = bm.compiled(step, params, state)  # zojax.jit_step donates the parameters and state
 
     def delta() -> float:
         gc.collect()

@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     from zojax.train import build_model
     from zojax.train.placement import Placement, mesh_name, parse_mesh
 
-    model = build_model("random:tiny")
+    model, base = build_model("random:tiny")
     tok = model.tokenizer
-    sharp = {**model.params, "layers": jax.tree.map(lambda x: 8 * x if x.ndim == 3 else x, model.params["layers"])}
+    sharp = {**base, "layers": jax.tree.map(lambda x: 8 * x if x.ndim == 3 else x, base["layers"])}
     where = Placement(parse_mesh(args.mesh))
     params = where.params(sharp)
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     gen = evaluate(get_task("squad"), examples("squad", 7), tok, generate_fn=generate_fn, token_budget=3 * 96,
                    max_new_tokens=6, progress=False, placement=where)  # fmt: skip
     cand = evaluate(get_task("sst2"), examples("sst2", 7), tok, logits_fn=model.logits,
-                    params=where.params(model.params), token_budget=3 * 48, pad_to_multiple_of=8, progress=False,
+                    params=where.params(base), token_budget=3 * 48, pad_to_multiple_of=8, progress=False,
                     placement=where)  # fmt: skip
     out = {
         "process_count": jax.process_count(),

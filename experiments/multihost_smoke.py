@@ -144,7 +144,7 @@ def run_steps(
         rng = np.random.default_rng(seed + 1)
         ids = rng.integers(0, config.vocab_size, size=(batch_size, seq_len)).astype(np.int32)
         host_batch = (ids, np.ones_like(ids))
-        make_loss = functools.partial(zm.next_token_loss, zm.Model(config, None))  # (ids, mask) -> loss
+        make_loss = functools.partial(zm.next_token_loss, zm.Model(config))  # (ids, mask) -> loss
 
         def specs(mesh: Mesh) -> PyTree:
             return msharding.shardings(host_params, mesh)

@@ -84,9 +84,8 @@ def _final_params(out: Path, config: Any) -> np.ndarray:
     from zojax.train import checkpoint as ckpt_lib
 
     c = config.resolve()
-    params = prepare_tuning(
-        build_model(c.model.name, c.model.dtype if not c.model.master_weights else "float32"), c
-    ).params
+    model, base = build_model(c.model.name, c.model.dtype if not c.model.master_weights else "float32")
+    params = prepare_tuning(model, base, c).params
     target = {"params": params, "opt_state": build_optimizer(c).init(params)}
     state, _ = Checkpoints(out / "checkpoints").restore_latest(ckpt_lib.abstract(target))
     return _flat(state["params"])
@@ -122,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         finals[mode] = _final_params(out, cfg)
         storage = "float32" if mode in ("float32", "bfloat16+master") else "bfloat16"
-        initial[mode] = _flat(build_model(args.model, storage).params)
+        initial[mode] = _flat(build_model(args.model, storage)[1])
         theta0 = initial[mode]
         summary["modes"][mode] = {
             "status": report["status"],

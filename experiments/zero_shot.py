@@ -55,13 +55,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from zojax.models import load_model
 
     t0 = time.perf_counter()
-    model = load_model(args.model)
+    model, params = load_model(args.model)
     load_s = time.perf_counter() - t0
     tok = model.tokenizer
 
     def generate_fn(prompts: list[list[int]]) -> list[list[int]]:
         return model.generate_batch(
-            model.params, prompts, max_new_tokens=args.max_new_tokens, stop_strings=("\n",), stop_rule=args.stop_rule
+            params, prompts, max_new_tokens=args.max_new_tokens, stop_strings=("\n",), stop_rule=args.stop_rule
         )
 
     report: dict[str, Any] = {
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             test,
             tok,
             logits_fn=model.logits,
-            params=model.params,
+            params=params,
             generate_fn=generate_fn,
             num_demos=args.num_demos,
             demo_pool=splits.train_pool,

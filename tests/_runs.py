@@ -15,7 +15,7 @@ from zojax.train import checkpoint as ckpt_lib
 def final_params(run_dir: Path, config: Any) -> dict[str, np.ndarray]:
     """The newest checkpoint's parameters of a run of ``config``, by key path, on the host."""
     c = config.resolve()
-    tuned = prepare_tuning(build_model(c.model.name), c)
+    tuned = prepare_tuning(*build_model(c.model.name), c)
     target = {"params": tuned.params, "opt_state": build_optimizer(c).init(tuned.params)}
     state, _ = Checkpoints(Path(run_dir) / "checkpoints").restore_latest(ckpt_lib.abstract(target))
     return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(state["params"])[0]}
@@ -24,7 +24,7 @@ def final_params(run_dir: Path, config: Any) -> dict[str, np.ndarray]:
 def initial_params(config: Any) -> dict[str, np.ndarray]:
     """The trainable parameters a run of ``config`` starts from, by key path."""
     c = config.resolve()
-    tuned = prepare_tuning(build_model(c.model.name), c)
+    tuned = prepare_tuning(*build_model(c.model.name), c)
     return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tuned.params)[0]}
 
 

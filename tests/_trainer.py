@@ -101,7 +101,7 @@ def quiet(msg: str) -> None:
 def final_state(run_dir: Path, cfg: TrainConfig) -> dict:
     """The params and optimizer state of the newest checkpoint of ``run_dir``."""
     c = cfg.resolve()
-    tuned = prepare_tuning(build_model(c.model.name), c)
+    tuned = prepare_tuning(*build_model(c.model.name), c)
     target = {"params": tuned.params, "opt_state": build_optimizer(c).init(tuned.params)}
     state, meta = Checkpoints(run_dir / "checkpoints").restore_latest(ckpt_lib.abstract(target))
     return {**state, "step": meta["step"]}

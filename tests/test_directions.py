@@ -45,12 +45,11 @@ ALPHA = 1e-3
 @pytest.fixture(scope="module")
 def tiny():
     """The tiny random Llama, a next-token loss on random bytes (batch 4 x 16) and its gradient."""
-    model = build_model("random:tiny")
+    model, params = build_model("random:tiny")
     rng = np.random.default_rng(0)
     ids = jnp.asarray(rng.integers(0, 256, (4, 16)), jnp.int32)
     mask = jnp.ones_like(ids)
-    loss = next_token_loss(model.replace(params=None), ids, mask)
-    params = model.params
+    loss = next_token_loss(model, ids, mask)
     grad = jax.jit(jax.grad(loss))(params)
     return loss, params, grad
 

@@ -131,7 +131,7 @@ def digest(tree: Any, as_float32: bool) -> str:
 def final_weights(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
     """Digests of the newest checkpoint's params and optimizer state."""
     c = cfg.resolve()
-    tuned = prepare_tuning(build_model(c.model.name), c)
+    tuned = prepare_tuning(*build_model(c.model.name), c)
     target = {"params": tuned.params, "opt_state": build_optimizer(c).init(tuned.params)}
     state, meta = Checkpoints(run_dir / "checkpoints").restore_latest(ckpt_lib.abstract(target))
     params = state["params"]

@@ -103,16 +103,16 @@ def test_sharded_run_equals_single_device(
 
 
 def test_params_are_sharded_and_generation_agrees() -> None:
-    model = build_model("random:tiny")
+    model, params = build_model("random:tiny")
     placement = Placement(parse_mesh(MESH))
-    placed = placement.params(model.params)
+    placed = placement.params(params)
     specs = [s.spec for s in jax.tree.leaves(jax.tree.map(lambda x: x.sharding, placed))]
     assert sum(any(a == "fsdp" for a in spec) for spec in specs) >= len(specs) // 2
     kernel = placed["layers"]["q_proj"]["kernel"]  # [layers, embed, heads]: embed over fsdp
     assert kernel.sharding.spec[1] == "fsdp" and len(kernel.addressable_shards) == 8
     assert kernel.addressable_shards[0].data.shape == (2, 64 // 4, 64)
     for prompt in ([1, 70, 80, 90, 100], [1, 33, 44]):
-        want = model.generate(model.params, prompt, max_new_tokens=6, return_text=False)
+        want = model.generate(params, prompt, max_new_tokens=6, return_text=False)
         got = model.generate(placed, prompt, max_new_tokens=6, return_text=False)
         assert list(got) == list(want)
 
@@ -187,10 +187,10 @@ def test_evaluation_rows_split_over_data(mesh: str) -> None:
     """Candidate scoring and greedy generation with each pass's rows split over ``data`` (7 rows,
     padded to 8 with rows that are dropped) and the parameters over ``fsdp``: scores to 1e-6,
     predictions and metrics exactly those of one device."""
-    model, data = _tiny(), int(mesh.split(",")[0].split("=")[1])
+    (model, weights), data = _tiny(), int(mesh.split(",")[0].split("=")[1])
     tok = model.tokenizer
     placement = Recording(parse_mesh(mesh))
-    placed = placement.params(model.params)
+    placed = placement.params(weights)
 
     # scoring: 7 sequences in one pass of 7 rows (one device) -> 8 rows, split over data
     sst = get_task("sst2")
@@ -198,7 +198,7 @@ def test_evaluation_rows_split_over_data(mesh: str) -> None:
     seqs = [e for ex in exs for e in encode_candidates(sst, ex, tok)]
     (t,) = {padded_length(len(e.ids), 8, geometric=True) for e in seqs}  # one length bucket
     kw = {"token_budget": 7 * t, "pad_to_multiple_of": 8}
-    want, _ = score_sequences(model.logits, model.params, tok, seqs[:7], **kw)
+    want, _ = score_sequences(model.logits, weights, tok, seqs[:7], **kw)
     got, stats = score_sequences(model.logits, placed, tok, seqs[:7], placement=placement, **kw)
     assert stats["forward_passes"] == 1
     (scored,) = placement.placed
@@ -208,7 +208,7 @@ def test_evaluation_rows_split_over_data(mesh: str) -> None:
 
     # the whole candidate evaluation (7 examples, 14 sequences in passes of 7 -> 8 rows)
     kw.update(logits_fn=model.logits, progress=False)
-    one = evaluate(sst, exs, tok, params=model.params, **kw)
+    one = evaluate(sst, exs, tok, params=weights, **kw)
     placement.placed.clear()
     many = evaluate(sst, exs, tok, params=placed, placement=placement, **kw)
     assert [b["ids"].shape for b in placement.placed] == [(8, t), (8, t)]
@@ -219,7 +219,7 @@ def test_evaluation_rows_split_over_data(mesh: str) -> None:
     # generation: 7 prompts in one call -> 8 rows split over data; each row's greedy tokens are
     # those of the prompt decoded alone on one device. Layer weights ×8: the random model's
     # generations then differ by prompt and stop ("\n") after different numbers of tokens.
-    sharp = {**model.params, "layers": jax.tree.map(lambda x: 8 * x if x.ndim == 3 else x, model.params["layers"])}
+    sharp = {**weights, "layers": jax.tree.map(lambda x: 8 * x if x.ndim == 3 else x, weights["layers"])}
     placed = placement.params(sharp)
     squad = get_task("squad")
     exs = _examples("squad", 7)

@@ -40,13 +40,13 @@ def _accuracy(model, params, batch) -> float:
 
 
 def test_negative_accuracy_is_minus_the_accuracy(data_dir: Path) -> None:
-    model = build_model("random:tiny")
+    model, params = build_model("random:tiny")
     task = get_task("sst2")
     sp = task.splits(seed=0, num_train=16, num_dev=8, num_test=8, data_dir=data_dir)
     batch = TrainBatches(task, sp.train.examples, model.tokenizer, 16, 0, objective="accuracy").batch(0)
-    loss = training_loss("accuracy")(model, batch)
-    value = float(jax.jit(loss)(model.params))
-    assert value == -_accuracy(model, model.params, batch)
+    loss = training_loss("accuracy")(model, batch, None)
+    value = float(jax.jit(loss)(params))
+    assert value == -_accuracy(model, params, batch)
     assert value * 16 == round(value * 16)  # a count of correct examples, not a smooth surrogate
     # masked candidates never win, ReCoRD-style multiple golds count
     scores = jnp.array([[0.0, 5.0, 1.0], [3.0, 2.0, 1.0]])
@@ -56,7 +56,7 @@ def test_negative_accuracy_is_minus_the_accuracy(data_dir: Path) -> None:
 
 def test_accuracy_on_shared_prompts_equals_the_candidate_layout(data_dir: Path) -> None:
     task = get_task("sst2").with_template(ColonTemplate())
-    model = build_model("random:tiny")
+    model, params = build_model("random:tiny")
     sp = task.splits(seed=0, num_train=16, num_dev=8, num_test=8, data_dir=data_dir)
     shared = TrainBatches(task, sp.train.examples, model.tokenizer, 8, 0, objective="accuracy")
     general = TrainBatches(task, sp.train.examples, model.tokenizer, 8, 0, share_prompts=False, objective="accuracy")
@@ -64,9 +64,9 @@ def test_accuracy_on_shared_prompts_equals_the_candidate_layout(data_dir: Path) 
     d = Direction.single(key_data(5))
     loss_of = training_loss("accuracy")
     for step in range(3):
-        a, b = loss_of(model, shared.batch(step)), loss_of(model, general.batch(step))
-        assert float(a(model.params)) == float(b(model.params))
-        assert float(a.perturbed(model.params, d, 0.5)) == float(b.perturbed(model.params, d, 0.5))
+        a, b = loss_of(model, shared.batch(step), None), loss_of(model, general.batch(step), None)
+        assert float(a(params)) == float(b(params))
+        assert float(a.perturbed(params, d, 0.5)) == float(b.perturbed(params, d, 0.5))
 
 
 def test_accuracy_objective_raises_the_training_accuracy(data_dir: Path, xla_cache) -> None:
@@ -77,8 +77,8 @@ def test_accuracy_objective_raises_the_training_accuracy(data_dir: Path, xla_cac
     (0.05) and the learning rate is the loss scale's (accuracy differences of 1/16)."""
     cfg = make_config(data_dir, None, optim__objective="accuracy", optim__lr=2e-2, optim__eps=5e-2).resolve()
     assert cfg.eval.select_by == "metric"
-    model = build_model(cfg.model.name)
-    tuned = prepare_tuning(model, cfg)
+    model, params = build_model(cfg.model.name)
+    tuned = prepare_tuning(model, params, cfg)
     task = get_task("sst2")
     sp = task.splits(seed=0, num_train=16, num_dev=8, num_test=8, data_dir=data_dir)
     data = TrainBatches(task, sp.train.examples, model.tokenizer, 8, 0, objective="accuracy")
@@ -100,7 +100,7 @@ def test_accuracy_objective_raises_the_training_accuracy(data_dir: Path, xla_cac
 def test_greedy_tokens_match_cached_generation_and_the_perturbed_copy() -> None:
     """The cacheless fixed-step decode inside the loss gives Model.generate's tokens (KV cache),
     and with a perturbation those of the materialised ``θ + s·v``."""
-    model = build_model("random:tiny")
+    model, params = build_model("random:tiny")
     prompts = [model.encode("What is 3?"), model.encode("Hello there, friend")]
     t = max(map(len, prompts))
     ids = np.full((2, t), 257, np.int32)
@@ -108,13 +108,13 @@ def test_greedy_tokens_match_cached_generation_and_the_perturbed_copy() -> None:
     for i, p in enumerate(prompts):
         ids[i, t - len(p) :], mask[i, t - len(p) :] = p, 1
     decode = jax.jit(lambda p, pert=None: greedy_tokens(model, p, ids, mask, 6, 257, perturbation=pert))
-    got = np.asarray(decode(model.params))
+    got = np.asarray(decode(params))
     for i, p in enumerate(prompts):
-        want = model.generate(model.params, p, max_new_tokens=6, stop_ids=[], stop_strings=())
+        want = model.generate(params, p, max_new_tokens=6, stop_ids=[], stop_strings=())
         assert list(got[i]) == list(want)
     d = Direction.single(key_data(11))
-    fly = np.asarray(jax.jit(lambda p: greedy_tokens(model, p, ids, mask, 6, 257, perturbation=(d, 0.5)))(model.params))
-    np.testing.assert_array_equal(fly, np.asarray(decode(perturb(model.params, d, 0.5))))
+    fly = np.asarray(jax.jit(lambda p: greedy_tokens(model, p, ids, mask, 6, 257, perturbation=(d, 0.5)))(params))
+    np.testing.assert_array_equal(fly, np.asarray(decode(perturb(params, d, 0.5))))
     assert not np.array_equal(fly, got)  # the perturbation changed the answers
 
 

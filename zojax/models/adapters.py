@@ -1,12 +1,17 @@
 """Parameter-efficient parameterisations: a frozen base plus a small trainable subtree.
 
-An :class:`Adapted` model splits the parameters into the frozen ``base`` (the model's params, closed
-over) and a ``trainable`` pytree whose layer-shaped leaves live under a top-level ``"layers"`` key
-with a leading layer axis. Its ``logits``/``token_logprobs`` take the trainable subtree as
-``params``, so the estimators perturb and update only that subtree; with ``perturbation=(v, s)``
-layer ``l``'s trainable slice is perturbed inside the layer scan with
-``perturb_subtree(slice, ("layers",), v, s, layer=layer_index)``, exactly as
-``perturb(trainable, v, s)`` would.
+An :class:`Adapted` model splits the parameters into the frozen base (the model's parameters) and a
+``trainable`` pytree whose layer-shaped leaves live under a top-level ``"layers"`` key with a leading
+layer axis. Like :class:`~zojax.models.Model` it holds no weights: its ``logits``/``token_logprobs``
+take the trainable subtree as ``params`` and the base as ``frozen=``, so the estimators perturb and
+update only the trainable subtree; with ``perturbation=(v, s)`` layer ``l``'s trainable slice is
+perturbed inside the layer scan with ``perturb_subtree(slice, ("layers",), v, s, layer=layer_index)``,
+exactly as ``perturb(trainable, v, s)`` would.
+
+Example:
+  >>> model, params = zojax.models.load_model()
+  >>> trainable, adapted = zojax.models.lora.init(model, params, key=0, rank=8)
+  >>> adapted.logits(trainable, ids, mask, frozen=params)
 """
 
 from __future__ import annotations
@@ -30,8 +35,10 @@ Array = jax.Array
 class Adapted(CausalLM):
     """A model with a frozen base and a trainable subtree (LoRA, prefix tuning).
 
+    Every function takes the trainable subtree first and the frozen base parameters as ``frozen=``.
+
     Attributes:
-      model: the base :class:`~zojax.models.Model` (its ``params`` are the frozen base).
+      model: the base :class:`~zojax.models.Model`.
       kind: ``"lora"`` or ``"prefix"``.
       combine: ``(base_layer, trainable_layer, l) -> (layer_params, prefix_kv | None)``, run in
         the scan.
@@ -48,23 +55,17 @@ class Adapted(CausalLM):
     def __repr__(self) -> str:
         return f"Adapted({self.kind}, {self.options}, base={self.model!r})"
 
-    @property
-    def base(self) -> PyTree:
-        """The frozen base parameters."""
-        return self.model.params
-
-    def with_base(self, base: PyTree) -> Adapted:
-        """The same adapter over the frozen base parameters ``base``; ``None`` gives the params-free
-        adapter that jitted functions close over (the base then comes in as a traced argument)."""
-        return dataclasses.replace(self, model=self.model.replace(params=base))
-
-    def _hidden(
+    def hidden_states(
         self,
         trainable: PyTree,
         input_ids: Array,
-        attention_mask: Array | None,
-        perturbation: MaybePerturbation,
+        attention_mask: Array | None = None,
+        *,
+        frozen: PyTree = None,
+        perturbation: MaybePerturbation = None,
     ) -> Array:
+        """Final-normed hidden states ``[B, T, H]`` of the adapted model (what the head consumes)."""
+        base = _base(frozen)
         if attention_mask is None:
             attention_mask = jnp.ones(jnp.shape(input_ids), jnp.int32)
         perturbation = as_perturbation(perturbation)
@@ -77,7 +78,7 @@ class Adapted(CausalLM):
         h, _ = decoder(
             self.model.config,
             self.model.dtype,
-            self.base,
+            base,
             input_ids,
             attention_mask,
             extra_layers=trainable["layers"],
@@ -86,35 +87,27 @@ class Adapted(CausalLM):
         )
         return h
 
-    def hidden_states(
-        self,
-        trainable: PyTree,
-        input_ids: Array,
-        attention_mask: Array | None = None,
-        *,
-        perturbation: MaybePerturbation = None,
-    ) -> Array:
-        """Final-normed hidden states ``[B, T, H]`` of the adapted model (what the head consumes)."""
-        return self._hidden(trainable, input_ids, attention_mask, perturbation)
-
     def logits(
         self,
         trainable: PyTree,
         input_ids: Array,
         attention_mask: Array | None = None,
         *,
+        frozen: PyTree = None,
         perturbation: MaybePerturbation = None,
     ) -> Array:
         """float32 ``[B, T, V]`` logits of the adapted model at ``trainable`` (+ ``s·v`` if perturbed)."""
-        h = self._hidden(trainable, input_ids, attention_mask, perturbation)
-        return project(self.model.config, self.base, h)
+        h = self.hidden_states(trainable, input_ids, attention_mask, frozen=frozen, perturbation=perturbation)
+        return project(self.model.config, frozen, h)
 
     __call__ = logits
 
-    def head_logits(self, trainable: PyTree, h: Array, *, perturbation: MaybePerturbation = None) -> Array:
+    def head_logits(
+        self, trainable: PyTree, h: Array, *, frozen: PyTree = None, perturbation: MaybePerturbation = None
+    ) -> Array:
         """float32 logits of final hidden states ``h``: the frozen base's head (never perturbed)."""
         del trainable, perturbation
-        return project(self.model.config, self.base, h)
+        return project(self.model.config, _base(frozen), h)
 
     def token_logprobs(
         self,
@@ -122,29 +115,30 @@ class Adapted(CausalLM):
         input_ids: Array,
         attention_mask: Array | None = None,
         *,
+        frozen: PyTree = None,
         perturbation: MaybePerturbation = None,
         vocab_chunk: int = 8192,
     ) -> Array:
         """``log p(x_{t+1} | x_{≤t})`` ``[B, T−1]`` (see ``Model.token_logprobs``)."""
-        h = self._hidden(trainable, input_ids, attention_mask, perturbation)
+        h = self.hidden_states(trainable, input_ids, attention_mask, frozen=frozen, perturbation=perturbation)
         ids = jnp.asarray(input_ids, jnp.int32)
-        return chunked_logprobs(self.model.config, self.base, h[:, :-1], ids[:, 1:], None, vocab_chunk)
+        return chunked_logprobs(self.model.config, frozen, h[:, :-1], ids[:, 1:], None, vocab_chunk)
 
-    def merged_params(self, trainable: PyTree) -> PyTree:
-        """LoRA only: the base parameters with ``ΔW = (α/r)·A B`` folded into the kernels."""
+    def merged_params(self, trainable: PyTree, frozen: PyTree) -> PyTree:
+        """LoRA only: the base parameters ``frozen`` with ``ΔW = (α/r)·A B`` folded into the kernels."""
         if self.kind != "lora":
             raise ValueError(f"merged_params: only LoRA weights can be merged, this is {self.kind!r}")
         scale = self.options["alpha"] / self.options["rank"]
-        layers = dict(self.base["layers"])
+        layers = dict(_base(frozen)["layers"])
         for name, ab in trainable["layers"].items():
             mod = dict(layers[name])
             k = mod["kernel"]
             delta = scale * jnp.einsum("lir,lro->lio", ab["a"].astype(jnp.float32), ab["b"].astype(jnp.float32))
             mod["kernel"] = (k.astype(jnp.float32) + delta).astype(k.dtype)
             layers[name] = mod
-        return {**self.base, "layers": layers}
+        return {**frozen, "layers": layers}
 
-    def generate(self, trainable: PyTree, prompt: Any, **kw: Any) -> Any:
+    def generate(self, trainable: PyTree, prompt: Any, *, frozen: PyTree = None, **kw: Any) -> Any:
         """Greedy generation with a KV cache (see :meth:`zojax.models.Model.generate`).
 
         LoRA: with the merged weights ``W + (α/r)·A B``. Prefix tuning: the ``P`` trained
@@ -157,23 +151,29 @@ class Adapted(CausalLM):
         with ``P`` ones once the cache holds the prefix) gives OPT's generated tokens positions
         ``T+P, T+P+1, …``; zojax keeps them contiguous, consistent with :meth:`logits`.
         """
-        params, extra = self._generation(trainable)
+        params, extra = self._generation(trainable, frozen)
         return self.model.generate(params, prompt, **extra, **kw)
 
-    def generate_batch(self, trainable: PyTree, prompts: Any, **kw: Any) -> list[list[int]]:
+    def generate_batch(self, trainable: PyTree, prompts: Any, *, frozen: PyTree = None, **kw: Any) -> list[list[int]]:
         """Greedy generation of several prompts at once (:meth:`zojax.models.Model.generate_batch`),
         with the adapter as in :meth:`generate`."""
-        params, extra = self._generation(trainable)
+        params, extra = self._generation(trainable, frozen)
         return self.model.generate_batch(params, prompts, **extra, **kw)
 
-    def _generation(self, trainable: PyTree) -> tuple[PyTree, dict[str, Any]]:
+    def _generation(self, trainable: PyTree, frozen: PyTree) -> tuple[PyTree, dict[str, Any]]:
         """The base model's parameters and extra generation arguments for ``trainable``."""
         if self.kind == "lora":
-            return self.merged_params(trainable), {}
+            return self.merged_params(trainable, frozen), {}
         if self.kind == "prefix":
             layers = trainable["layers"]
-            return self.base, {"prefix_kv": (layers["keys"], layers["values"])}
+            return _base(frozen), {"prefix_kv": (layers["keys"], layers["values"])}
         raise NotImplementedError(f"generate: not implemented for {self.kind!r} adapters")
+
+
+def _base(frozen: PyTree) -> PyTree:
+    if frozen is None:
+        raise ValueError("frozen: an Adapted model needs its frozen base parameters (frozen=params)")
+    return frozen
 
 
 LORA_TARGETS = {
@@ -191,6 +191,7 @@ LORA_TARGETS = {
 
 def lora_init(
     model: Model,
+    params: PyTree,
     key: int | Array = 0,
     *,
     rank: int = 8,
@@ -203,7 +204,8 @@ def lora_init(
     (``[L, r, out]``) is zero, so the adapted model starts equal to the base model.
 
     Args:
-      model: the base model (frozen).
+      model: the base model.
+      params: its (frozen) parameters.
       key: PRNG key or seed for ``A``.
       rank: ``r``.
       alpha: ``α``.
@@ -211,12 +213,12 @@ def lora_init(
 
     Returns:
       ``(trainable, adapted)``: ``trainable = {"layers": {"q_proj": {"a", "b"}, ...}}`` and the
-      :class:`Adapted` model whose ``logits(trainable, ids, mask, *, perturbation=None)`` is the
+      :class:`Adapted` model whose ``logits(trainable, ids, mask, *, frozen=params, perturbation=None)`` is the
       logits function.
     """
     if rank < 1:
         raise ValueError(f"rank: expected >= 1, got {rank}")
-    base_layers = model.params["layers"]
+    base_layers = params["layers"]
     mods = []
     for t in targets:
         name = LORA_TARGETS.get(t, t)
@@ -255,6 +257,7 @@ def lora_init(
 
 def prefix_init(
     model: Model,
+    params: PyTree,
     key: int | Array = 0,
     *,
     num_virtual_tokens: int = 5,
@@ -284,12 +287,12 @@ def prefix_init(
         key = jax.random.key(int(key))
     if init_by_real_act:
         ids = jax.random.randint(key, (1, p), 0, c.vocab_size, jnp.int32)
-        _, (k, v) = decoder(c, model.dtype, model.params, ids, jnp.ones((1, p), jnp.int32), return_kv=True)
+        _, (k, v) = decoder(c, model.dtype, params, ids, jnp.ones((1, p), jnp.int32), return_kv=True)
         keys, values = k[:, 0], v[:, 0]
     else:
         k1, k2 = jax.random.split(key)
         shape = (c.num_layers, p, c.num_kv_heads, c.head_dim)
-        dt = jax.tree.leaves(model.params)[0].dtype
+        dt = jax.tree.leaves(params)[0].dtype
         keys = jax.random.normal(k1, shape).astype(dt)
         values = jax.random.normal(k2, shape).astype(dt)
     trainable = {"layers": {"keys": keys, "values": values}}

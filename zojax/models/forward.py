@@ -342,7 +342,11 @@ def chunked_logprobs(
 
 
 class CausalLM:
-    """What a model and an adapted model share, on top of their ``hidden_states`` and ``head_logits``."""
+    """What a model and an adapted model share, on top of their ``hidden_states`` and ``head_logits``.
+
+    Every function takes the (trainable) parameters first and, as a keyword, ``frozen``: the frozen
+    base of an adapted model (``None`` for a full model).
+    """
 
     def last_token_logits(
         self,
@@ -350,6 +354,7 @@ class CausalLM:
         input_ids: Array,
         attention_mask: Array,
         *,
+        frozen: PyTree = None,
         perturbation: MaybePerturbation = None,
     ) -> Array:
         """float32 ``[B, V]`` logits after the last (left-padded) position, the head applied there only.
@@ -357,7 +362,8 @@ class CausalLM:
         Args:
           params: the (trainable) parameters.
           input_ids, attention_mask: ``int32[B, T]``, left-padded.
+          frozen: an adapted model's frozen base parameters.
           perturbation: evaluate at ``params + scale · v`` on the fly.
         """
-        h = self.hidden_states(params, input_ids, attention_mask, perturbation=perturbation)[:, -1]  # type: ignore[attr-defined]
-        return self.head_logits(params, h, perturbation=perturbation)  # type: ignore[attr-defined]
+        h = self.hidden_states(params, input_ids, attention_mask, frozen=frozen, perturbation=perturbation)[:, -1]  # type: ignore[attr-defined]
+        return self.head_logits(params, h, frozen=frozen, perturbation=perturbation)  # type: ignore[attr-defined]

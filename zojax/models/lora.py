@@ -1,4 +1,4 @@
-"""LoRA: ``zojax.models.lora.init(model, key, rank=8, alpha=16, targets=("q", "v")) -> (trainable,
+"""LoRA: ``zojax.models.lora.init(model, params, key, rank=8, alpha=16, targets=("q", "v")) -> (trainable,
 adapted)``.
 
 See :func:`zojax.models.adapters.lora_init`.

@@ -62,6 +62,7 @@ def next_token_loss(
     attention_mask: Array,
     loss_mask: Array | None = None,
     *,
+    frozen: PyTree = None,
     vocab_chunk: int = 8192,
 ) -> PerturbableModelLoss:
     r"""The causal-LM loss: mean next-token NLL over the masked targets.
@@ -80,6 +81,11 @@ def next_token_loss(
         ``token_logprobs(params, ids, mask, *, perturbation, vocab_chunk)``).
       input_ids, attention_mask: ``int32[B, T]``.
       loss_mask: optional ``[B, T]`` weights on target positions.
+      frozen: an adapted model's frozen base parameters.
+
+    Example:
+      >>> loss = next_token_loss(model, ids, mask)
+      >>> loss(params), loss.perturbed(params, Direction.single(key), 1e-3)
     """
     weights = jnp.asarray(attention_mask)[:, 1:]
     if loss_mask is not None:
@@ -88,6 +94,7 @@ def next_token_loss(
         model.token_logprobs,
         input_ids=input_ids,
         attention_mask=attention_mask,
+        frozen=frozen,
         vocab_chunk=vocab_chunk,
     )
     return PerturbableModelLoss(fn, functools.partial(masked_mean_nll, weights=weights))

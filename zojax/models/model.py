@@ -1,6 +1,8 @@
-r"""The :class:`Model`: an architecture, its parameters and tokenizer, and the forward and generation
-functions bound to the architecture (:mod:`zojax.models.forward`, :mod:`zojax.models.generation`),
-every one of them taking the parameters explicitly.
+r"""The :class:`Model`: an architecture, its tokenizer and compute dtype, and the forward and
+generation functions bound to the architecture (:mod:`zojax.models.forward`,
+:mod:`zojax.models.generation`). A model holds no weights: every function takes the parameters
+explicitly, ``model.logits(params, ids, mask)``, and :func:`zojax.models.load_model` /
+:func:`init_model` return the pair ``(model, params)``.
 """
 
 from __future__ import annotations
@@ -33,28 +35,35 @@ from zojax.models.rows import LOCAL, Rows
 Array = jax.Array
 PyTree = Any
 
-__all__ = ["DTYPES", "Model", "init_model", "init_params", "positions_from_mask"]
+__all__ = ["DTYPES", "Model", "init_model", "init_params", "num_params", "param_bytes", "positions_from_mask"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Model(CausalLM):
-    """A causal LM: configuration, parameters, tokenizer and pure functions of the parameters.
+    """A causal LM: configuration, tokenizer and pure functions of the parameters.
+
+    The parameters are plain nested dicts with the layers stacked under ``"layers"``
+    (:func:`init_params`, :func:`zojax.models.load_model`); every function takes them as its first
+    argument. ``frozen`` is there for the signature shared with :class:`zojax.models.Adapted`
+    (whose frozen base it is): a full model has none.
 
     Attributes:
       config: the architecture.
-      params: plain nested-dict parameters (layers stacked under ``"layers"``).
       tokenizer: a :class:`zojax.models.Tokenizer`, or ``None`` for random models.
-      dtype: ``"float32"`` or ``"bfloat16"``: the parameter and compute dtype.
+      dtype: ``"float32"`` or ``"bfloat16"``: the compute dtype (and that of loaded parameters).
+
+    Example:
+      >>> model, params = zojax.models.load_model()      # the embedded SmolLM2-135M
+      >>> model.generate(params, "The capital of France is", max_new_tokens=5)
     """
 
     config: ModelConfig
-    params: PyTree
     tokenizer: Any = None
     dtype: str = "float32"
 
     def __repr__(self) -> str:
         return (
-            f"Model({self.config.name!r}, arch={self.config.arch}, params={self.num_params:,}, "
+            f"Model({self.config.name!r}, arch={self.config.arch}, params={self.config.num_params:,}, "
             f"dtype={self.dtype}, tokenizer={'yes' if self.tokenizer is not None else 'none'})"
         )
 
@@ -65,9 +74,11 @@ class Model(CausalLM):
         input_ids: Array,
         attention_mask: Array | None = None,
         *,
+        frozen: None = None,
         perturbation: MaybePerturbation = None,
     ) -> Array:
         """Final-normed hidden states ``[B, T, H]`` (what the LM head consumes)."""
+        _no_frozen(frozen)
         if attention_mask is None:
             attention_mask = jnp.ones(jnp.shape(input_ids), jnp.int32)
         h, _ = decoder(self.config, self.dtype, params, input_ids, attention_mask, perturbation=perturbation)
@@ -79,6 +90,7 @@ class Model(CausalLM):
         input_ids: Array,
         attention_mask: Array | None = None,
         *,
+        frozen: None = None,
         perturbation: MaybePerturbation = None,
     ) -> Array:
         """float32 logits ``[B, T, V]``; with ``perturbation=(v, s)`` those of ``params + s·v``.
@@ -86,7 +98,7 @@ class Model(CausalLM):
         Equal (to float tolerance) to ``logits(zojax.perturb.perturb(params, v, s), ...)`` but no
         perturbed parameter copy is made (only the layer being computed and the head weight).
         """
-        h = self.hidden_states(params, input_ids, attention_mask, perturbation=perturbation)
+        h = self.hidden_states(params, input_ids, attention_mask, frozen=frozen, perturbation=perturbation)
         return project(self.config, params, h, perturbation)
 
     def token_logprobs(
@@ -95,6 +107,7 @@ class Model(CausalLM):
         input_ids: Array,
         attention_mask: Array | None = None,
         *,
+        frozen: None = None,
         perturbation: MaybePerturbation = None,
         vocab_chunk: int = 8192,
     ) -> Array:
@@ -104,12 +117,15 @@ class Model(CausalLM):
         log-softmax is computed over vocabulary chunks (:func:`chunked_logprobs`), so neither the
         ``[B, T, V]`` logits nor a perturbed head weight is materialised.
         """
-        h = self.hidden_states(params, input_ids, attention_mask, perturbation=perturbation)
+        h = self.hidden_states(params, input_ids, attention_mask, frozen=frozen, perturbation=perturbation)
         ids = jnp.asarray(input_ids, jnp.int32)
         return chunked_logprobs(self.config, params, h[:, :-1], ids[:, 1:], perturbation, vocab_chunk)
 
-    def head_logits(self, params: PyTree, h: Array, *, perturbation: MaybePerturbation = None) -> Array:
+    def head_logits(
+        self, params: PyTree, h: Array, *, frozen: None = None, perturbation: MaybePerturbation = None
+    ) -> Array:
         """float32 logits ``[..., V]`` of final hidden states ``h [..., H]`` (:func:`~zojax.models.forward.project`)."""
+        _no_frozen(frozen)
         return project(self.config, params, h, perturbation)
 
     def __call__(self, params: PyTree, input_ids: Array, attention_mask: Array | None = None, **kw: Any) -> Array:
@@ -117,25 +133,15 @@ class Model(CausalLM):
         return self.logits(params, input_ids, attention_mask, **kw)
 
     # ----------------------------------------------------------------------------------- misc
-    @property
-    def num_params(self) -> int:
-        """Number of parameter scalars."""
-        return int(sum(np.prod(x.shape) for x in jax.tree.leaves(self.params)))
-
-    @property
-    def param_bytes(self) -> int:
-        """Bytes of the parameters."""
-        return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(self.params)))
-
     def replace(self, **changes: Any) -> Model:
-        """A copy with some fields changed (e.g. ``params``)."""
+        """A copy with some fields changed (e.g. ``dtype``, ``tokenizer``)."""
         return dataclasses.replace(self, **changes)
 
-    def logical_axes(self, params: PyTree | None = None) -> PyTree:
+    def logical_axes(self, params: PyTree) -> PyTree:
         """Logical axis names of every parameter (see :mod:`zojax.models.sharding`)."""
         from zojax.models.sharding import logical_axes
 
-        return logical_axes(self.params if params is None else params)
+        return logical_axes(params)
 
     def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
         """Tokenises ``text`` with the model's tokenizer."""
@@ -148,9 +154,12 @@ class Model(CausalLM):
         self,
         params: PyTree,
         prompt: str | Sequence[int] | np.ndarray | Array,
+        *,
+        frozen: None = None,
         **options: Any,
     ) -> list[int] | str:
         """Greedy decoding of one prompt with a KV cache: :func:`zojax.models.generation.generate`."""
+        _no_frozen(frozen)
         return generation.generate(self, params, prompt, **options)
 
     def generate_batch(
@@ -160,10 +169,27 @@ class Model(CausalLM):
         *,
         rows: int | None = None,
         placement: Rows = LOCAL,
+        frozen: None = None,
         **options: Any,
     ) -> list[list[int]]:
         """Greedy decoding of several prompts at once: :func:`zojax.models.generation.generate_batch`."""
+        _no_frozen(frozen)
         return generation.generate_batch(self, params, prompts, rows=rows, placement=placement, **options)
+
+
+def _no_frozen(frozen: Any) -> None:
+    if frozen is not None:
+        raise ValueError("frozen: a full Model has no frozen parameters (that is an Adapted model's base)")
+
+
+def num_params(params: PyTree) -> int:
+    """Number of parameter scalars in ``params``."""
+    return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(params)))
+
+
+def param_bytes(params: PyTree) -> int:
+    """Bytes of ``params``."""
+    return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params)))
 
 
 def init_params(config: ModelConfig, key: int | Array, dtype: Any = "float32") -> PyTree:
@@ -196,6 +222,12 @@ def init_params(config: ModelConfig, key: int | Array, dtype: Any = "float32") -
     return params
 
 
-def init_model(config: ModelConfig, key: int | Array = 0, dtype: str = "float32") -> Model:
-    """A :class:`Model` with random weights and no tokenizer (tests, benchmarks)."""
-    return Model(config, init_params(config, key, dtype), None, dtype_name(dtype))
+def init_model(config: ModelConfig, key: int | Array = 0, dtype: str = "float32") -> tuple[Model, PyTree]:
+    """A :class:`Model` with no tokenizer and random parameters (:func:`init_params`): ``(model, params)``.
+
+    Example:
+      >>> model, params = init_model(llama_config("tiny"), 0)
+      >>> model.logits(params, jnp.zeros((1, 4), jnp.int32)).shape
+      (1, 4, 259)
+    """
+    return Model(config, None, dtype_name(dtype)), init_params(config, key, dtype)

@@ -1,4 +1,4 @@
-"""Prefix tuning: ``zojax.models.prefix.init(model, key, num_virtual_tokens=5) -> (trainable,
+"""Prefix tuning: ``zojax.models.prefix.init(model, params, key, num_virtual_tokens=5) -> (trainable,
 adapted)``.
 
 See :func:`zojax.models.adapters.prefix_init`.

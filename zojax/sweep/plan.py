@@ -154,7 +154,7 @@ def measure_forward_seconds(spec: SweepSpec, repeats: int = 3) -> dict[str, floa
         key = (cfg.model.name, cfg.model.dtype)
         if key not in models:
             models[key] = build_model(*key)
-        model = models[key]
+        model, params = models[key]
         task = get_task(cfg.data.task)
         d = cfg.data
         splits = task.splits(seed=cfg.run.seed, num_train=d.num_train, num_dev=d.num_dev, num_test=d.num_test,
@@ -162,21 +162,21 @@ def measure_forward_seconds(spec: SweepSpec, repeats: int = 3) -> dict[str, floa
         data = TrainBatches(task, splits.train.examples, model.tokenizer, cfg.optim.batch_size, 0, d.max_length,
                             d.max_new_tokens)  # fmt: skip
         batch = data.batch(0)
-        fn = jax.jit(functools.partial(_loss_value, model.replace(params=None), task.objective))
-        jax.block_until_ready(fn(model.params, batch))
+        fn = jax.jit(functools.partial(_loss_value, model, task.objective))
+        jax.block_until_ready(fn(params, batch))
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            jax.block_until_ready(fn(model.params, batch))
+            jax.block_until_ready(fn(params, batch))
             times.append(time.perf_counter() - t0)
         out[cfg.data.task] = statistics.median(times)
     return out
 
 
-def _loss_value(template: Any, objective: str, params: Any, batch: Mapping[str, Any]) -> Any:
+def _loss_value(model: Any, objective: str, params: Any, batch: Mapping[str, Any]) -> Any:
     from zojax.train.loss import task_loss
 
-    return task_loss(template, objective, batch)(params)
+    return task_loss(model, objective, batch)(params)
 
 
 def format_seconds(s: float) -> str:

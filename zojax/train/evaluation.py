@@ -40,7 +40,9 @@ PyTree = Any
 Array = jax.Array
 
 
-def objective_sums(lm: Any, objective: str, params: PyTree, batch: Mapping[str, Any]) -> tuple[Array, Array]:
+def objective_sums(
+    lm: Any, objective: str, params: PyTree, batch: Mapping[str, Any], frozen: PyTree = None
+) -> tuple[Array, Array]:
     r"""``(Σ_b w_b ℓ_b, Σ_b w_b)`` of a batch whose rows carry ``example_weight`` (0 for padding).
 
     Args:
@@ -48,6 +50,7 @@ def objective_sums(lm: Any, objective: str, params: PyTree, batch: Mapping[str, 
       objective: ``"classification"`` or ``"lm"``.
       params: ``lm``'s (trainable) parameters.
       batch: a :class:`~zojax.train.data.TrainBatches` batch plus ``example_weight float32[B]``.
+      frozen: an adapted model's frozen base parameters.
 
     Returns:
       the weighted sum of losses and the total weight (scalars).
@@ -55,10 +58,11 @@ def objective_sums(lm: Any, objective: str, params: PyTree, batch: Mapping[str, 
     w = jnp.asarray(batch["example_weight"], jnp.float32)
     ids, mask = jnp.asarray(batch["input_ids"], jnp.int32), jnp.asarray(batch["attention_mask"], jnp.int32)
     if "candidate_ids" in batch:
-        logits = lm.last_token_logits(params, ids, mask)
+        logits = lm.last_token_logits(params, ids, mask, frozen=frozen)
         nll = candidate_nll(shared_candidate_scores(logits, batch), batch)
         return jnp.sum(w * nll), jnp.sum(w)
-    logprobs = lm.token_logprobs(params, ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, mask.shape[-1]))
+    flat_ids, flat_mask = ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, mask.shape[-1])
+    logprobs = lm.token_logprobs(params, flat_ids, flat_mask, frozen=frozen)
     tm = shifted_target_mask(batch["target_mask"])
     if objective == "classification":
         b, c = tm.shape[:2]
@@ -122,11 +126,11 @@ class DevObjective:
         return total / weight if weight > 0 else math.nan
 
 
-def jitted_objective_sums(bind: Callable[[PyTree], Any], objective: str) -> Callable:
-    """``jit((params, frozen, batch) -> objective_sums(bind(frozen), ...))``."""
+def jitted_objective_sums(lm: Any, objective: str) -> Callable:
+    """``jit((params, frozen, batch) -> objective_sums(lm, objective, params, batch, frozen))``."""
 
     def fn(params: PyTree, frozen: PyTree, batch: Mapping[str, Any]) -> tuple[Array, Array]:
-        return objective_sums(bind(frozen), objective, params, batch)
+        return objective_sums(lm, objective, params, batch, frozen)
 
     return jax.jit(fn)
 
@@ -173,9 +177,9 @@ class BestTracker:
         return True
 
 
-def _adapted_logits(template: Any, p: Mapping[str, PyTree], input_ids: Array, attention_mask: Array) -> Array:
+def _adapted_logits(adapted: Any, p: Mapping[str, PyTree], input_ids: Array, attention_mask: Array) -> Array:
     """``logits_fn`` of an adapter for evaluation: ``p = {"frozen", "trainable"}``."""
-    return template.with_base(p["frozen"]).logits(p["trainable"], input_ids, attention_mask)
+    return adapted.logits(p["trainable"], input_ids, attention_mask, frozen=p["frozen"])
 
 
 class Evaluator:
@@ -196,7 +200,7 @@ class Evaluator:
           task: the task.
           splits: its splits (``train_pool``, ``dev``, ``test``).
           tokenizer: the tokenizer.
-          tuned: the :class:`~zojax.train.step.Tuned` model (its ``template`` and ``frozen``).
+          tuned: the :class:`~zojax.train.step.Tuned` model (its ``lm`` and ``frozen``).
           placement: where evaluation's and generation's rows live (the run's
             :class:`~zojax.train.placement.Placement`: split over the mesh's ``data`` axis).
         """
@@ -216,11 +220,11 @@ class Evaluator:
                 c.data.max_new_tokens,
                 placement,
             )
-            self._dev_sums = jitted_objective_sums(tuned.bind, task.objective)
+            self._dev_sums = jitted_objective_sums(tuned.lm, task.objective)
         if c.model.tuning == "full":
-            self._logits = tuned.template.logits
+            self._logits = tuned.lm.logits
         else:
-            self._logits = functools.partial(_adapted_logits, tuned.template)
+            self._logits = functools.partial(_adapted_logits, tuned.lm)
 
     def __call__(self, params: PyTree, split: str) -> dict[str, Any]:
         """Evaluates ``params`` on ``split`` (``"dev"`` or ``"test"``).
@@ -240,9 +244,10 @@ class Evaluator:
         eval_params = params if full else {"frozen": tuned.frozen, "trainable": params}
 
         def generate_fn(prompts: list[list[int]]) -> list[list[int]]:
-            return tuned.bind(tuned.frozen).generate_batch(
+            return tuned.lm.generate_batch(
                 params,
                 prompts,
+                frozen=tuned.frozen,
                 max_new_tokens=c.data.max_new_tokens,
                 stop_strings=("\n",),
                 stop_rule=c.eval.stop_rule,

@@ -74,12 +74,13 @@ def job_loss(config: TrainConfig, task: Any, data: TrainBatches) -> LossOf:
     return training_loss("f1", scorer, config.data.max_new_tokens, pad_id(data.tokenizer))
 
 
-def build_job(config: TrainConfig, model: Model | None = None) -> tuple[Job, PyTree]:
+def build_job(config: TrainConfig, model: Model | None = None, params: PyTree = None) -> tuple[Job, PyTree]:
     """The job of ``config`` (resolved) and its initial trainable parameters.
 
     Args:
       config: the run's configuration.
-      model: an already loaded model (else ``config.model.name`` is loaded).
+      model, params: an already loaded model and its parameters (else ``config.model.name`` is
+        loaded).
     """
     from zojax.tasks import get_task
 
@@ -90,20 +91,22 @@ def build_job(config: TrainConfig, model: Model | None = None) -> tuple[Job, PyT
 
     check_train_split(c, splits)  # before the model is loaded
     placement = Placement(parse_mesh(c.run.mesh))
+    if (model is None) != (params is None):
+        raise ValueError("build_job: pass both the model and its params, or neither")
     if model is None:
         # master weights: float32 parameters, bfloat16 compute (the model's dtype)
         # a Hugging Face checkpoint goes straight onto the mesh: each process reads only its slices
         shardings = placement.param_shardings if placement.mesh is not None else None
         dtype = "float32" if c.model.master_weights else c.model.dtype
-        model = build_model(c.model.name, dtype, c.model.opt_bos, shardings)
+        model, params = build_model(c.model.name, dtype, c.model.opt_bos, shardings)
     if c.model.master_weights:
         model = model.replace(dtype="bfloat16")
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise ValueError("--model: the model has no tokenizer")
     model_desc = repr(model)
-    tuned = prepare_tuning(model, c)
-    del model
+    tuned = prepare_tuning(model, params, c)
+    del model, params
     frozen = tuned.frozen
     if c.model.master_weights and frozen is not None:  # only the trained weights need float32
         frozen = jax.tree.map(lambda x: x.astype(jnp.bfloat16), frozen)

@@ -81,13 +81,15 @@ class Trainer:
         config: TrainConfig,
         *,
         model: Model | None = None,
+        params: PyTree = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
-        """Resolves ``config``; ``model`` may be given to skip loading (tests, notebooks).
+        """Resolves ``config``; ``model`` and ``params`` may be given to skip loading (tests, notebooks).
 
         Args:
           config: the run's configuration (resolved here).
-          model: an already loaded model (must match ``config.model.name``'s role).
+          model, params: an already loaded model and its parameters (must match
+            ``config.model.name``'s role; both or neither).
           log: where human-readable lines go (default: ``print`` / ``tqdm.write``).
         """
         self.config = config.resolve()
@@ -96,7 +98,7 @@ class Trainer:
         self.run_dir = Path(self.config.run.out)
         self.job: Job | None = None
         self.state = RunState()
-        self._model = model
+        self._model = (model, params)
         self._log = log
         self._stops = StopControl()
         self._progress: ProgressBar | None = None
@@ -152,8 +154,8 @@ class Trainer:
             self.config = run_dir_lib.resumed(saved, self.config)
         hosts.barrier("zojax-run-dir-checked")  # before process 0 writes into it
         c = self.config
-        self.job, params = build_job(c, self._model)
-        self._model = None
+        self.job, params = build_job(c, *self._model)
+        self._model = (None, None)
         job = self.job
         if hosts.is_main():
             run_dir_lib.write_config(

@@ -39,7 +39,7 @@ def _flat(x: Any) -> Array:
     return x.reshape(-1, x.shape[-1])
 
 
-def task_loss(lm: Any, objective: str, batch: Batch) -> PerturbableModelLoss:
+def task_loss(lm: Any, objective: str, batch: Batch, frozen: PyTree = None) -> PerturbableModelLoss:
     """The objective of a task batch as a perturbable loss of ``lm``'s parameters.
 
     Args:
@@ -49,13 +49,14 @@ def task_loss(lm: Any, objective: str, batch: Batch) -> PerturbableModelLoss:
         the accuracy of a candidate batch: :func:`zojax.tasks.scoring.negative_accuracy`).
       batch: the batch (numpy or jax arrays; classification ids are ``[B, C, T]``, or ``[B, T]``
         with ``candidate_ids [B, C]`` for shared prompts).
+      frozen: an adapted model's frozen base parameters (``None`` for a full model).
 
     Returns:
       ``loss`` with ``loss(params)`` and ``loss.perturbed(params, v, s)`` (on-the-fly).
 
     Example:
       >>> loss = task_loss(model, "classification", batch)
-      >>> loss(model.params), loss.perturbed(model.params, Direction.single(key), 1e-3)
+      >>> loss(params), loss.perturbed(params, Direction.single(key), 1e-3)
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective: expected one of {sorted(OBJECTIVES)}, got {objective!r}")
@@ -66,18 +67,21 @@ def task_loss(lm: Any, objective: str, batch: Batch) -> PerturbableModelLoss:
             lm.last_token_logits,
             input_ids=jnp.asarray(batch["input_ids"], jnp.int32),
             attention_mask=jnp.asarray(batch["attention_mask"], jnp.int32),
+            frozen=frozen,
         )
         return PerturbableModelLoss(fn, functools.partial(SHARED_PROMPT_OBJECTIVES[objective], batch=batch))
     fn = functools.partial(
         lm.token_logprobs,
         input_ids=_flat(batch["input_ids"]),
         attention_mask=_flat(batch["attention_mask"]),
+        frozen=frozen,
     )
     return PerturbableModelLoss(fn, functools.partial(OBJECTIVES[objective], batch=batch))
 
 
-LossOf = Callable[[Any, Batch], PerturbableModelLoss]
-"""``(lm, batch) -> loss``: the training objective of a batch as a perturbable loss of ``lm``."""
+LossOf = Callable[[Any, Batch, PyTree], PerturbableModelLoss]
+"""``(lm, batch, frozen) -> loss``: the training objective of a batch as a perturbable loss of
+``lm``'s (trainable) parameters, ``frozen`` its frozen base (``None`` for a full model)."""
 
 
 def training_loss(objective: str, scorer: F1Scorer | None = None, num_new: int = 0, pad_id: int = 0) -> LossOf:
@@ -86,7 +90,7 @@ def training_loss(objective: str, scorer: F1Scorer | None = None, num_new: int =
 
     Example:
       >>> loss_of = training_loss(task.objective)
-      >>> loss_of(model, batch)(model.params)
+      >>> loss_of(model, batch, None)(params)
     """
     if objective == "f1":
         if scorer is None:
@@ -97,9 +101,11 @@ def training_loss(objective: str, scorer: F1Scorer | None = None, num_new: int =
     return functools.partial(_task_loss_of, objective=objective)
 
 
-def _task_loss_of(lm: Any, batch: Batch, *, objective: str) -> PerturbableModelLoss:
-    return task_loss(lm, objective, batch)
+def _task_loss_of(lm: Any, batch: Batch, frozen: PyTree, *, objective: str) -> PerturbableModelLoss:
+    return task_loss(lm, objective, batch, frozen)
 
 
-def _f1_loss_of(lm: Any, batch: Batch, *, scorer: F1Scorer, num_new: int, pad_id: int) -> PerturbableModelLoss:
-    return f1_loss(lm, batch, scorer, num_new, pad_id)
+def _f1_loss_of(
+    lm: Any, batch: Batch, frozen: PyTree, *, scorer: F1Scorer, num_new: int, pad_id: int
+) -> PerturbableModelLoss:
+    return f1_loss(lm, batch, scorer, num_new, pad_id, frozen)

@@ -41,6 +41,7 @@ def greedy_tokens(
     num_new: int,
     pad_id: int,
     *,
+    frozen: PyTree = None,
     perturbation: Any = None,
 ) -> Array:
     r"""``num_new`` greedy tokens after each left-padded prompt, jittable and perturbable.
@@ -58,6 +59,7 @@ def greedy_tokens(
       input_ids, attention_mask: ``int32[B, T]`` prompts, left-padded.
       num_new: ``N``, tokens to generate (no early stop: the caller cuts at a stop token).
       pad_id: the id the not-yet-generated slots hold.
+      frozen: an adapted model's frozen base parameters.
       perturbation: ``(direction, scale)`` to generate with ``params + scale · v``.
 
     Returns:
@@ -70,9 +72,10 @@ def greedy_tokens(
     full_mask = jnp.concatenate([mask, jnp.ones((b, num_new), jnp.int32)], axis=1)
 
     def step(k: Array, buf: Array) -> Array:
-        h = lm.hidden_states(params, buf, full_mask, perturbation=perturbation)
+        h = lm.hidden_states(params, buf, full_mask, frozen=frozen, perturbation=perturbation)
         last = jax.lax.dynamic_index_in_dim(h, t - 1 + k, axis=1, keepdims=False)
-        token = jnp.argmax(lm.head_logits(params, last, perturbation=perturbation), axis=-1).astype(jnp.int32)
+        logits = lm.head_logits(params, last, frozen=frozen, perturbation=perturbation)
+        token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         return jax.lax.dynamic_update_index_in_dim(buf, token, t + k, axis=1)
 
     buf = jax.lax.fori_loop(0, num_new, step, buf)
@@ -125,7 +128,9 @@ class F1Scorer:
         return -jnp.mean(f1)
 
 
-def f1_loss(lm: Any, batch: Mapping[str, Any], scorer: F1Scorer, num_new: int, pad_id: int) -> PerturbableModelLoss:
+def f1_loss(
+    lm: Any, batch: Mapping[str, Any], scorer: F1Scorer, num_new: int, pad_id: int, frozen: PyTree = None
+) -> PerturbableModelLoss:
     """Minus the mean F1 of ``lm``'s greedy answers to a prompt batch, as a perturbable loss.
 
     Args:
@@ -135,6 +140,7 @@ def f1_loss(lm: Any, batch: Mapping[str, Any], scorer: F1Scorer, num_new: int, p
       scorer: the host-side F1.
       num_new: tokens generated per prompt (``--max-new-tokens``).
       pad_id: the tokenizer's pad id.
+      frozen: an adapted model's frozen base parameters.
 
     Returns:
       ``loss`` with ``loss(params)`` and ``loss.perturbed(params, v, s)``.
@@ -146,6 +152,7 @@ def f1_loss(lm: Any, batch: Mapping[str, Any], scorer: F1Scorer, num_new: int, p
         attention_mask=jnp.asarray(batch["attention_mask"], jnp.int32),
         num_new=num_new,
         pad_id=pad_id,
+        frozen=frozen,
     )
     return PerturbableModelLoss(fn, functools.partial(scorer.negative_f1, batch=batch))
 

@@ -14,11 +14,13 @@ from typing import Any
 from zojax.models import Model
 from zojax.train.data import ByteTokenizer
 
+PyTree = Any
+
 
 def build_model(
     name: str, dtype: str = "float32", opt_bos: str = "mezo", shardings: Callable[[Any], Any] | None = None
-) -> Model:
-    """Loads ``name`` (see ``zojax.models.load_model``) or builds ``random:<preset>``.
+) -> tuple[Model, PyTree]:
+    """Loads ``name`` (see ``zojax.models.load_model``) or builds ``random:<preset>``: ``(model, params)``.
 
     ``random:<preset>`` is a randomly initialised Llama (``random:tiny``) or OPT
     (``random:opt-tiny``) preset with a 259-token byte vocabulary and :class:`ByteTokenizer`,
@@ -43,7 +45,8 @@ def build_model(
             cfg = zm.opt_config(preset[4:], **ids) if opt else zm.llama_config(preset, **ids)
         except ValueError as e:
             raise ValueError(f"--model: {e}") from None
-        return zm.init_model(cfg, 0, dtype).replace(tokenizer=tok)
+        model, params = zm.init_model(cfg, 0, dtype)
+        return model.replace(tokenizer=tok), params
     return zm.load_model(name, dtype=dtype, opt_bos=opt_bos, shardings=shardings)
 
 

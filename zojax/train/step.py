@@ -41,40 +41,37 @@ class Tuned:
     """A model prepared for a tuning scheme.
 
     Attributes:
-      template: the :class:`~zojax.models.Model` (full) or :class:`~zojax.models.Adapted` whose
-        frozen parameters have been taken out (``None``), so that jitted functions do not close
-        over them; :meth:`bind` puts them back from a traced argument.
+      lm: the :class:`~zojax.models.Model` (full tuning) or :class:`~zojax.models.Adapted` (LoRA,
+        prefix); like every model it holds no weights.
       params: the initial trainable parameters.
-      frozen: the frozen base parameters (``None`` for full tuning).
+      frozen: the frozen base parameters (``None`` for full tuning), passed to ``lm``'s functions
+        as ``frozen=``.
     """
 
-    template: Any
+    lm: Any
     params: PyTree
     frozen: PyTree
 
-    def bind(self, frozen: PyTree) -> Any:
-        """The model (full) or adapter with ``frozen`` as its base parameters."""
-        return self.template if frozen is None else self.template.with_base(frozen)
 
-
-def prepare_tuning(model: Model, config: TrainConfig) -> Tuned:
-    """Splits ``model`` into trainable and frozen parameters for ``config.model.tuning``."""
+def prepare_tuning(model: Model, params: PyTree, config: TrainConfig) -> Tuned:
+    """Splits ``model``'s ``params`` into trainable and frozen ones for ``config.model.tuning``."""
     m = config.model
     if m.tuning == "full":
-        return Tuned(model.replace(params=None), model.params, None)
+        return Tuned(model, params, None)
     from zojax.models import lora, prefix
 
     if m.tuning == "lora":
         trainable, adapted = lora.init(
             model,
+            params,
             config.run.seed,
             rank=m.lora_rank,
             alpha=m.lora_alpha,
             targets=tuple(m.lora_targets),
         )
     else:
-        trainable, adapted = prefix.init(model, config.run.seed, num_virtual_tokens=m.num_virtual_tokens)
-    return Tuned(adapted.with_base(None), trainable, model.params)
+        trainable, adapted = prefix.init(model, params, config.run.seed, num_virtual_tokens=m.num_virtual_tokens)
+    return Tuned(adapted, trainable, params)
 
 
 def build_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -100,7 +97,7 @@ StepFn = Callable[[PyTree, PyTree, PyTree, Mapping[str, Any]], tuple[PyTree, PyT
 def build_step(tuned: Tuned, loss_of: LossOf, tx: optax.GradientTransformation, zeroth_order: bool) -> StepFn:
     """One jitted step ``(params, opt_state, frozen, batch) -> (params, opt_state, stats)``.
 
-    ``loss_of(lm, batch)`` gives the batch's perturbable loss (:func:`zojax.train.loss.training_loss`).
+    ``loss_of(lm, batch, frozen)`` gives the batch's perturbable loss (:func:`zojax.train.loss.training_loss`).
     Zeroth-order: ``tx.update(params, state, params, value_fn=loss)`` with that loss, as in
     :func:`zojax.jit_step` (which this extends with the first-order branch and the ``changed``
     statistic). First order: ``jax.value_and_grad`` of the same loss, then ``tx``.
@@ -116,7 +113,7 @@ def build_step(tuned: Tuned, loss_of: LossOf, tx: optax.GradientTransformation, 
     def step(
         params: PyTree, opt_state: PyTree, frozen: PyTree, batch: Mapping[str, Any]
     ) -> tuple[PyTree, PyTree, dict[str, Array]]:
-        loss = loss_of(tuned.bind(frozen), batch)
+        loss = loss_of(tuned.lm, batch, frozen)
         if zeroth_order:
             updates, opt_state = tx.update(params, opt_state, params, value_fn=loss)
             stats = step_stats(opt_state)
