@@ -245,7 +245,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     model, params = zm.init_model(config, args.seed, dtype=args.dtype)
     params = jax.block_until_ready(params)
     batch = make_batch(config, args.batch_size, args.seq_len, args.seed + 1)
-    param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    param_bytes = zm.param_bytes(params)
     say(f"random {config.name} parameters ({param_bytes / 2**20:.0f} MiB) in {time.perf_counter() - t0:.1f}s")
     time.sleep(0.2)
     malloc_trim()  # the random initialisation's temporaries are no part of the workload

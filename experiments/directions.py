@@ -507,6 +507,7 @@ class Setting:
 def build_setting(model: Any, params: Any, tuning: str, seed: int, eps: float | None, lr: float | None) -> Setting:
     """The trainer's parameterisation of ``model``'s ``params`` for ``tuning`` (its LoRA defaults), ε and
     base learning rate."""
+    from zojax.models import num_params
     from zojax.train.config import DEFAULT_EPS, DEFAULT_ZO_LR, TrainConfig
     from zojax.train.loop import prepare_tuning
 
@@ -514,8 +515,7 @@ def build_setting(model: Any, params: Any, tuning: str, seed: int, eps: float | 
     cfg.model.tuning = tuning
     cfg.run.seed = seed
     tuned = prepare_tuning(model, params, cfg)
-    jax, _ = _jax()
-    d = int(sum(x.size for x in jax.tree.leaves(tuned.params)))
+    d = num_params(tuned.params)
     return Setting(tuning, tuned, eps or DEFAULT_EPS[tuning], lr or DEFAULT_ZO_LR[tuning], d)
 
 

@@ -72,7 +72,7 @@ def check_compiler_options() -> list[Row]:
     ids = jax.random.randint(jax.random.key(3), (4, 32), 0, cfg.vocab_size)
     mask = jnp.ones_like(ids)
     params = jax.eval_shape(lambda: weights)
-    param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    param_bytes = zm.param_bytes(params)
     tx = zojax.mezo_gv(1e-3, num_candidates=8)
     state = jax.eval_shape(tx.init, params)
 

@@ -92,7 +92,7 @@ def test_guided_step_on_the_fly_beyond_unroll_max(num_candidates: int) -> None:
     assert num_candidates > perturb.UNROLL_MAX
     model, params, ids, mask = _model_case()
     params = jax.eval_shape(lambda p: p, params)  # shapes only: no constants closed over
-    param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    param_bytes = zm.param_bytes(params)
     largest = max(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
     assert largest > 0.10 * param_bytes
 
