@@ -10,6 +10,7 @@ import pytest
 
 import zojax
 from zojax import perturb, precision
+from zojax.models import param_bytes
 
 N = 1 << 14
 Z = 5.0  # bounds are Z standard deviations of the statistic (two-sided p ≈ 6e-7 per check)
@@ -134,7 +135,7 @@ def test_stochastic_rounding_adds_no_parameter_sized_buffer() -> None:
     """The compiled MeZO step on bfloat16 parameters with SR needs less extra temporary memory than
     one bfloat16 copy of the parameters (the rounding bits are drawn inside the update's fusion)."""
     params = {"w": jnp.ones((1024, 1024), jnp.bfloat16), "b": jnp.ones((1024,), jnp.bfloat16)}
-    size = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    size = param_bytes(params)
 
     def loss(p: dict) -> jax.Array:
         return jnp.sum(jnp.square(p["w"].astype(jnp.float32))) + jnp.sum(p["b"].astype(jnp.float32))

@@ -409,7 +409,8 @@ def estimate_centred(
     cand = candidate_losses(value_fn, params, key, num_candidates, eps, distribution, subspace)
     keys = perturb.candidate_keys(key, num_candidates)
     weights = centred_weights(cand, eps)
-    spread = jnp.sqrt(jnp.sum(jnp.square(cand - jnp.mean(cand))) / (num_candidates - 1)) / eps
+    # s² = Σ (l_i − l̄)² / ((M − 1) ε²) = (M − 1) Σ w_i², from the weights already centred.
+    spread = jnp.sqrt((num_candidates - 1) * jnp.sum(jnp.square(weights)))
     unit = jnp.where(spread > 0, weights / jnp.where(spread > 0, spread, 1.0), 0.0)
     grad = Direction(keys, weights, distribution, subspace)
     return Estimate(grad, Direction(keys, unit, distribution, subspace), spread, jnp.mean(cand), cand)
