@@ -4,8 +4,11 @@
   resumed to completion: every cell equals the uninterrupted run of its ``--print-commands`` line;
   a real SIGTERM stops the running cell with a checkpoint and the next invocation finishes it;
 * the table's numbers equal ones computed by hand from fixture runs;
+* ``lr_from``: a spec waits for its pilot, then runs at the pilot's choice in the pilot's cell ids,
+  and refuses a choice at the edge of the grid;
 * the paper spec's dry run: 627 cells (SubZero rows included), every method the same forward budget;
-* the CPU spec resolves, and gives every ZO method the same budget.
+* the CPU specs resolve, give every ZO method the same budget, and their ``lr_from`` choices are the
+  committed pilot's.
 """
 
 from __future__ import annotations
@@ -245,6 +248,73 @@ def test_table_of_a_spec_lists_tasks_and_methods_in_the_spec_order(tmp_path: Pat
     assert md.index("| FT |") > md.index("| MeZO-GV |") and "| method | wic | copa | mean |" in md
 
 
+# ---------------------------------------------------------------------- lr_from: a pilot's choice
+def _pilot_and_table(tmp: Path, **method: object) -> tuple[Path, Path]:
+    root = tmp / "runs"
+    base = {"model.name": "random:tiny", "optim.forward_budget": 1002}
+    pilot = {"name": "pilot", "out": str(root), "base": base, "grid": {"data.task": ["sst2"], "run.seed": [0]},
+             "methods": [{"label": "MeZO", "optim.method": "mezo", "optim.lr": [1e-6, 1e-5, 1e-4]}]}  # fmt: skip
+    table = {"name": "table", "out": str(root), "base": base, "grid": {"data.task": ["sst2"], "run.seed": [0, 1]},
+             "methods": [{"label": "MeZO", "optim.method": "mezo", "lr_from": "pilot.json", **method}]}  # fmt: skip
+    (tmp / "pilot.json").write_text(json.dumps(pilot))
+    (tmp / "table.json").write_text(json.dumps(table))
+    return tmp / "pilot.json", tmp / "table.json"
+
+
+def test_lr_from_waits_for_the_pilot_then_takes_its_choice_and_reuses_its_cell(tmp_path: Path) -> None:
+    pilot_path, table_path = _pilot_and_table(tmp_path)
+    pilot, table = S.load_spec(pilot_path), S.load_spec(table_path)
+    pilot_cells = pilot.cells()
+    # nothing finished: the table cannot start; a dry run still resolves every cell and its budget
+    with pytest.raises(S.TuningPending, match=r"3 of its cells unfinished.*zojax sweep"):
+        table.cells()
+    pending = table.cells(pending_ok=True)
+    assert [c.id for c in pending] == ["task-sst2_MeZO_lr-pending_seed-0", "task-sst2_MeZO_lr-pending_seed-1"]
+    assert S.budgets(S.plan(table, check_data=False)) == {"MeZO": {1002}}
+    assert T.spec_runs(table_path) == ([], 2)
+    for cell, dev in zip(pilot_cells[:2], [0.60, 0.70], strict=True):
+        _fixture_run(pilot.out, "MeZO", cell.options["optim.lr"], 0, dev, 0.5, 0.5, name=cell.id)
+    with pytest.raises(S.TuningPending, match="1 of its cells unfinished"):
+        table.cells()
+    _fixture_run(pilot.out, "MeZO", 1e-4, 0, 0.55, 0.5, 0.5, name=pilot_cells[2].id)
+    # finished: 1e-5 has the highest dev, and the table's seed-0 cell is the pilot's (not run twice)
+    choice = S.pilot_choice(pilot_path, "MeZO")
+    assert choice.lr == 1e-5 and choice.grid == (1e-6, 1e-5, 1e-4) and choice.pending == ()
+    cells = table.cells()
+    assert [c.options["optim.lr"] for c in cells] == [1e-5, 1e-5]
+    assert cells[0].id == pilot_cells[1].id and cells[1].id == "task-sst2_MeZO_lr-1e-05_seed-1"
+    assert [r.status for r in S.plan(table, check_data=False)] == ["done", "new"]
+    assert "MeZO: learning rate from pilot.json: 1e-05 (mean dev by rate: 1e-06: 60.0, 1e-05: 70.0*, 0.0001: 55.0)" in (
+        S.describe_plan(table, S.plan(table, check_data=False))
+    )
+
+
+def test_lr_from_refuses_a_choice_at_the_edge_of_the_grid(tmp_path: Path) -> None:
+    pilot_path, table_path = _pilot_and_table(tmp_path)
+    pilot = S.load_spec(pilot_path)
+    for cell, dev in zip(pilot.cells(), [0.60, 0.70, 0.75], strict=True):  # the largest rate is best
+        _fixture_run(pilot.out, "MeZO", cell.options["optim.lr"], 0, dev, 0.5, 0.5, name=cell.id)
+    with pytest.raises(ValueError, match=r"edge of the pilot's grid.*widen"):
+        S.load_spec(table_path).cells()
+    from zojax.cli import sweep_main
+
+    with pytest.raises(SystemExit) as e:
+        sweep_main([str(table_path), "--print-commands"])
+    assert e.value.code == 2
+
+
+def test_lr_from_rejects_bad_specs(tmp_path: Path) -> None:
+    _, table_path = _pilot_and_table(tmp_path, **{"optim.lr": [1e-5]})
+    with pytest.raises(ValueError, match=r"optim.lr or lr_from, not both"):
+        S.load_spec(table_path)
+    _, table_path = _pilot_and_table(tmp_path, lr_from="no_such_pilot.json")
+    with pytest.raises(ValueError, match="not a file"):
+        S.load_spec(table_path)
+    _, table_path = _pilot_and_table(tmp_path, label="MeZO-GV")
+    with pytest.raises(ValueError, match="no method labelled 'MeZO-GV'"):
+        S.load_spec(table_path).cells()
+
+
 # ---------------------------------------------------------------------- committed specs
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data (present on CI)")
 def test_paper_spec_dry_run() -> None:
@@ -272,3 +342,16 @@ def test_cpu_spec_resolves_with_equal_zo_budgets() -> None:
         zo = {label: b for label, b in S.budgets(rows).items() if label.startswith(("MeZO", "SubZero"))}
         assert zo and len({b for v in zo.values() for b in v}) == 1, (path.name, zo)
         assert all(b >= 1000 for v in zo.values() for b in v)
+
+
+def test_cpu_table_runs_at_its_committed_pilots_choices(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the pilot's cells are committed: every tuned method resolves, and the table's SST-2 seed-0 cell at
+    # the chosen rate is the pilot's finished cell, run with that rate
+    monkeypatch.chdir(REPO)
+    spec = S.load_spec(REPO / "experiments" / "sweeps" / "cpu_smollm2.toml")
+    assert set(spec.lr_from) == {"MeZO", "MeZO-GV", "MeZO-Greedy", "FT"}
+    for cell in spec.cells():
+        if cell.label in spec.lr_from and cell.axes["data.task"] == "sst2" and cell.axes["run.seed"] == 0:
+            run = spec.out / cell.id
+            assert S.cell_status(run) == "done", cell.id
+            assert json.loads((run / "config.json").read_text())["config"]["optim"]["lr"] == cell.options["optim.lr"]

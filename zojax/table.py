@@ -173,6 +173,32 @@ def paired(a: Mapping[int, float], b: Mapping[int, float]) -> dict[str, Any]:
     }
 
 
+def dev_means(runs: Sequence[Run]) -> tuple[float, float]:
+    """``(mean dev metric, mean dev loss)`` over ``runs`` (NaN where none has one)."""
+    return _mean([r.dev for r in runs]), _mean([r.dev_loss for r in runs])
+
+
+def choose_lr(tried: Mapping[Any, tuple[float, float]]) -> Any:
+    r"""The learning rate of the highest mean dev metric; ties go to the lower mean dev loss.
+
+    .. math:: \mathrm{lr}^* = \arg\max_{\mathrm{lr}} \overline{\mathrm{dev}}(\mathrm{lr})
+
+    Args:
+      tried: ``{lr: (mean dev metric, mean dev loss)}`` (NaN ranks last).
+
+    Returns:
+      the chosen key of ``tried``.
+
+    Example: ``choose_lr({1e-5: (0.70, 0.6), 3e-5: (0.70, 0.5)}) == 3e-5``.
+    """
+
+    def key(lr: Any) -> tuple[float, float]:
+        dev, loss = tried[lr]
+        return (-dev if not math.isnan(dev) else math.inf, loss if not math.isnan(loss) else math.inf)
+
+    return min(tried, key=key)
+
+
 def build_table(runs: Sequence[Run], baseline: str = BASELINE) -> dict[str, Any]:
     """Chooses each (task, label)'s learning rate by dev and summarises test over seeds.
 
@@ -186,15 +212,8 @@ def build_table(runs: Sequence[Run], baseline: str = BASELINE) -> dict[str, Any]
         groups.setdefault((r.task, r.label), {}).setdefault(r.lr, []).append(r)
     cells: dict[str, dict[str, Any]] = {}
     for (task, label), by_lr in groups.items():
-        tried = {}
-        for lr, rs in by_lr.items():
-            tried[lr] = (_mean([r.dev for r in rs]), _mean([r.dev_loss for r in rs]))
-
-        def key(lr: Any, tried: dict = tried) -> tuple[float, float]:
-            dev, loss = tried[lr]
-            return (-dev if not math.isnan(dev) else math.inf, loss if not math.isnan(loss) else math.inf)
-
-        best_lr = min(tried, key=key)
+        tried = {lr: dev_means(rs) for lr, rs in by_lr.items()}
+        best_lr = choose_lr(tried)
         rs = sorted(by_lr[best_lr], key=lambda r: r.seed)
         tests = [r.test for r in rs if r.test is not None]
         cells.setdefault(task, {})[label] = {
@@ -382,7 +401,7 @@ def spec_runs(spec_path: str | os.PathLike[str]) -> tuple[list[Path], int]:
     from zojax.sweep import cell_status, load_spec
 
     spec = load_spec(spec_path)
-    cells = spec.cells()
+    cells = spec.cells(pending_ok=True)
     return [d for c in cells if cell_status(d := spec.out / c.id) == "done"], len(cells)
 
 

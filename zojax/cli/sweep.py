@@ -37,7 +37,7 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
     args, extra = p.parse_known_args(argv)
     try:
         spec = S.load_spec(args.spec)
-        cells = [c for c in spec.cells() if args.only is None or args.only in c.id]
+        cells = [c for c in spec.cells(pending_ok=args.dry_run) if args.only is None or args.only in c.id]
         if args.print_commands:
             for c in cells:
                 if S.cell_status(spec.out / c.id) != "done":

@@ -20,6 +20,11 @@ methods, each with its own options and learning-rate grid::
     "optim.method" = "mezo"
     "optim.lr" = [1e-6, 1e-5]         # a list in a method entry is one more grid axis
 
+    [[methods]]
+    label = "MeZO-GV"
+    "optim.method" = "mezo-gv"
+    lr_from = "demo_pilot.toml"       # the rate a pilot sweep chose for MeZO-GV (by dev; see tuning)
+
 A cell is ``base ∪ grid values ∪ method options`` (later ones win; a method that sets
 ``optim.steps`` drops the base's ``optim.forward_budget`` and vice versa), run as an ordinary
 trainer run in its own directory. The sweep is resumable: a cell whose ``results.json`` says
@@ -27,8 +32,13 @@ trainer run in its own directory. The sweep is resumable: a cell whose ``results
 start. Each cell directory also holds ``sweep_cell.json`` (the sweep name, the method label and
 the cell's axis values), which ``zojax table`` reads.
 
+A method with ``lr_from`` (a pilot spec, relative to this one) runs at the learning rate the pilot's
+cells of the same label choose by ``zojax table``'s rule; the sweep refuses to start while they are
+unfinished or when the choice is at the edge of the pilot's grid (:mod:`zojax.sweep.tuning`).
+
 The package: :mod:`zojax.sweep.spec` (the spec file -> cells, cell ids, a cell's status on disk),
 :mod:`zojax.sweep.plan` (``--dry-run``: resolve and check every cell, budgets, time estimates),
+:mod:`zojax.sweep.tuning` (``lr_from``: learning rates chosen by a pilot sweep),
 :mod:`zojax.sweep.runner` (``zojax finetune`` command lines, the resumable local runner).
 """
 
@@ -42,14 +52,18 @@ from zojax.sweep.plan import (
     plan,
 )
 from zojax.sweep.runner import SweepRunner, finetune_argv, shell_line
-from zojax.sweep.spec import CELL_FILE, Cell, SweepSpec, cell_id, cell_status, load_spec
+from zojax.sweep.spec import CELL_FILE, PENDING, Cell, SweepSpec, cell_id, cell_status, load_spec
+from zojax.sweep.tuning import PilotChoice, TuningPending, pilot_choice
 
 __all__ = [
     "CELL_FILE",
+    "PENDING",
     "Cell",
+    "PilotChoice",
     "PlanRow",
     "SweepRunner",
     "SweepSpec",
+    "TuningPending",
     "budgets",
     "cell_id",
     "cell_status",
@@ -59,6 +73,7 @@ __all__ = [
     "format_seconds",
     "load_spec",
     "measure_forward_seconds",
+    "pilot_choice",
     "plan",
     "shell_line",
 ]

@@ -49,7 +49,7 @@ def plan(spec: SweepSpec, check_data: bool = True, forward_seconds: Mapping[str,
     """
     rows = []
     checked: set[tuple] = set()
-    for cell in spec.cells():
+    for cell in spec.cells(pending_ok=True):
         try:
             cfg = cell.config(spec.out)
         except ValueError as e:
@@ -108,7 +108,8 @@ def budgets(rows: Iterable[PlanRow]) -> dict[str, set[int]]:
 
 
 def describe_plan(spec: SweepSpec, rows: Sequence[PlanRow]) -> str:
-    """The ``--dry-run`` report: cell count, per-method budgets and steps, status, time estimate."""
+    """The ``--dry-run`` report: cell count, per-method budgets and steps, the learning rates chosen by
+    pilots (``lr_from``), status, time estimate."""
     lines = [f"sweep {spec.name}: {len(rows)} cells in {spec.out}"]
     by_label: dict[str, list[PlanRow]] = {}
     for r in rows:
@@ -121,6 +122,7 @@ def describe_plan(spec: SweepSpec, rows: Sequence[PlanRow]) -> str:
             f"  {label}: {len(rs)} cells, {'/'.join(map(str, steps))} steps x {'/'.join(map(str, fps))} "
             f"forwards/step = {'/'.join(map(str, fw))} forward passes per run"
         )
+    lines += [f"  {choice.describe()}" for choice in spec.lr_choices().values()]
     counts = {s: sum(r.status == s for r in rows) for s in ("done", "started", "new")}
     lines.append(f"  status: {counts['done']} done, {counts['started']} started, {counts['new']} new")
     est = [r.est_seconds for r in rows if r.status != "done"]
@@ -147,7 +149,7 @@ def measure_forward_seconds(spec: SweepSpec, repeats: int = 3) -> dict[str, floa
 
     out: dict[str, float] = {}
     models: dict[tuple[str, str], Any] = {}
-    for cell in spec.cells():
+    for cell in spec.cells(pending_ok=True):
         cfg = cell.config(spec.out)
         if cfg.data.task in out or not cfg.training:
             continue

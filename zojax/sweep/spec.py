@@ -23,6 +23,7 @@ from typing import Any
 from zojax.train import config as C
 
 CELL_FILE = "sweep_cell.json"
+PENDING = "pending"  # the lr of a method whose lr_from pilot is unfinished (dry runs and tables only)
 _SHORT = {"data.task": "task", "optim.method": "method", "run.seed": "seed", "optim.lr": "lr"}
 
 
@@ -63,6 +64,8 @@ class SweepSpec:
       methods: ``(label, options)`` per method; list-valued options are further axes.
       cleanup_checkpoints: delete a finished cell's checkpoints.
       path: the file it was read from.
+      lr_from: ``{label: pilot spec path}`` for methods whose learning rate a pilot sweep chooses
+        (:mod:`zojax.sweep.tuning`).
     """
 
     name: str
@@ -72,14 +75,40 @@ class SweepSpec:
     methods: tuple[tuple[str, dict[str, Any]], ...]
     cleanup_checkpoints: bool = True
     path: Path | None = None
+    lr_from: Mapping[str, Path] = dataclasses.field(default_factory=dict)
 
-    def cells(self) -> list[Cell]:
-        """Every cell, in a stable order (grid axes outermost, then methods and their axes)."""
+    def lr_choices(self) -> dict[str, Any]:
+        """``{label: zojax.sweep.tuning.PilotChoice}`` for the methods tuned by ``lr_from``."""
+        from zojax.sweep.tuning import pilot_choice
+
+        return {label: pilot_choice(pilot, label) for label, pilot in self.lr_from.items()}
+
+    def cells(self, pending_ok: bool = False) -> list[Cell]:
+        """Every cell, in a stable order (grid axes outermost, then methods and their axes).
+
+        A method tuned by ``lr_from`` runs at its pilot's chosen learning rate (an ``optim.lr`` axis
+        of one value, so its cell ids are the pilot's). While the pilot is unfinished this raises
+        :class:`zojax.sweep.tuning.TuningPending`, or with ``pending_ok`` (dry runs, tables) gives
+        the method's cells the id value ``lr-pending`` and, so that they resolve for a dry run's
+        checks and budgets, the smallest rate of the pilot's grid as a stand-in.
+        """
+        from zojax.sweep.tuning import TuningPending
+
+        choices = self.lr_choices()
+        methods = []
+        for label, options in self.methods:
+            if label in choices:
+                lr = choices[label].lr
+                if lr is None and not pending_ok:
+                    pilot = choices[label]
+                    raise TuningPending(f"sweep {self.name}: {pilot.describe()}; run `zojax sweep {pilot.pilot}` first")
+                options = {**options, "optim.lr": [PENDING if lr is None else lr]}
+            methods.append((label, options))
         out = []
         axes = list(self.grid)
         for values in itertools.product(*(self.grid[a] for a in axes)):
             point = dict(zip(axes, values, strict=True))
-            for label, options in self.methods:
+            for label, options in methods:
                 fixed = {k: v for k, v in options.items() if not isinstance(v, list)}
                 listed = {k: v for k, v in options.items() if isinstance(v, list)}
                 for mvalues in itertools.product(*listed.values()):
@@ -91,6 +120,8 @@ class SweepSpec:
                     if "optim.forward_budget" in own:
                         base.pop("optim.steps", None)
                     options_all = {**base, **point, **own}
+                    if options_all.get("optim.lr") == PENDING:
+                        options_all["optim.lr"] = choices[label].grid[0]
                     cell_axes = {**point, **mpoint}
                     out.append(Cell(cell_id(label, cell_axes), label, cell_axes, options_all))
         ids = [c.id for c in out]
@@ -168,12 +199,20 @@ def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
         if not isinstance(v, list) or not v:
             raise ValueError(f"{p} [grid]: {k} must be a non-empty list")
     methods = []
+    lr_from: dict[str, Path] = {}
     for i, m in enumerate(raw.get("methods", [])):
         m = _flatten(m)
         label = m.pop("label", None) or m.get("optim.method")
         if not label:
             raise ValueError(f"{p} [[methods]] #{i + 1}: give a label or optim.method")
+        pilot = m.pop("lr_from", None)
         _check_keys(f"{p} [[methods]] {label}", m)
+        if pilot is not None:
+            if "optim.lr" in m:
+                raise ValueError(f"{p} [[methods]] {label}: set optim.lr or lr_from, not both")
+            lr_from[str(label)] = p.parent / str(pilot)
+            if not lr_from[str(label)].is_file():
+                raise ValueError(f"{p} [[methods]] {label}: lr_from names {lr_from[str(label)]}, which is not a file")
         methods.append((str(label), m))
     if not methods:
         methods.append((str(base.get("optim.method", C.OptimArgs().method)), {}))
@@ -185,6 +224,7 @@ def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
         methods=tuple(methods),
         cleanup_checkpoints=bool(raw.get("cleanup_checkpoints", True)),
         path=p,
+        lr_from=lr_from,
     )
 
 
@@ -200,4 +240,4 @@ def cell_status(run_dir: Path) -> str:
     return "started" if (run_dir / "config.json").is_file() else "new"
 
 
-__all__ = ["CELL_FILE", "Cell", "SweepSpec", "cell_id", "cell_status", "load_spec"]
+__all__ = ["CELL_FILE", "PENDING", "Cell", "SweepSpec", "cell_id", "cell_status", "load_spec"]
