@@ -33,6 +33,7 @@ arithmetic, re-record every set you can reach and delete the others.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -206,18 +207,23 @@ def _cpuinfo() -> dict[str, str]:
 
 def machine() -> dict[str, Any]:
     """The fingerprint a golden set is tied to: jax and jaxlib versions, the CPU (vendor, family,
-    model, name) and the instruction-set extensions XLA:CPU may use."""
+    model, name) and the instruction-set extensions XLA:CPU may use (read once per process)."""
+    return json.loads(_machine_json())
+
+
+@functools.cache
+def _machine_json() -> str:
     import jaxlib
 
     info = _cpuinfo()
     flags = set(info.get("flags", "").split())
     cpu = [info[k] for k in ("vendor_id", "cpu family", "model", "model name") if k in info]
-    return {
+    return json.dumps({
         "jax": jax.__version__,
         "jaxlib": jaxlib.__version__,
         "cpu": " / ".join(cpu) if cpu else f"{platform.machine()} {platform.processor()}",
         "isa": [f for f in ISA_FLAGS if f in flags],
-    }
+    })  # fmt: skip
 
 
 def set_name(fingerprint: dict[str, Any]) -> str:

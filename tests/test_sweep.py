@@ -355,3 +355,15 @@ def test_cpu_table_runs_at_its_committed_pilots_choices(monkeypatch: pytest.Monk
             run = spec.out / cell.id
             assert S.cell_status(run) == "done", cell.id
             assert json.loads((run / "config.json").read_text())["config"]["optim"]["lr"] == cell.options["optim.lr"]
+
+
+def test_cpu_chain_runs_every_cpu_spec_after_its_pilots() -> None:
+    # experiments/sweeps/cpu_smollm2.sh runs the CPU table's specs in one chain: all of them, each
+    # after the pilots its lr_from names
+    sweeps = REPO / "experiments" / "sweeps"
+    line = next(ln for ln in (sweeps / "cpu_smollm2.sh").read_text().splitlines() if ln.startswith("for spec in"))
+    order = line.removeprefix("for spec in").split(";")[0].split()
+    assert sorted(order) == sorted(p.stem for p in sweeps.glob("cpu_smollm2*.toml"))
+    for i, name in enumerate(order):
+        for pilot in S.load_spec(sweeps / f"{name}.toml").lr_from.values():
+            assert pilot.stem in order[:i], (name, pilot.name)
