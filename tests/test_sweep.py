@@ -149,7 +149,7 @@ def test_sigterm_stops_the_running_cell_and_the_next_invocation_finishes_it(tmp_
 # ---------------------------------------------------------------------- the table, by hand
 def _fixture_run(root: Path, label: str, lr: float | None, seed: int, dev: float, test: float, dev_loss: float,
                  forwards: int = 120, wall: float = 60.0, task: str = "sst2", name: str | None = None,
-                 ) -> None:  # fmt: skip
+                 eval_before: bool = True) -> None:  # fmt: skip
     d = root / (name or f"{task}_{label}_{lr}_{seed}")
     d.mkdir(parents=True)
     method = {"MeZO": "mezo", "MeZO-GV": "mezo-gv", "FT": "ft", "zero-shot": "zero-shot"}[label]
@@ -157,8 +157,9 @@ def _fixture_run(root: Path, label: str, lr: float | None, seed: int, dev: float
               "model": {"tuning": "full"}, "run": {"seed": seed}}  # fmt: skip
     (d / "config.json").write_text(json.dumps({"config": config}))
     (d / "sweep_cell.json").write_text(json.dumps({"label": label}))
+    before = {"event": "eval", "step": 0, "forwards": 0, "dev_accuracy": 0.5, "dev_loss": 0.7}
     (d / "metrics.jsonl").write_text(
-        json.dumps({"event": "eval", "step": 0, "forwards": 0, "dev_accuracy": 0.5, "dev_loss": 0.7}) + "\n"
+        (json.dumps(before) + "\n" if eval_before else "")
         + json.dumps({"event": "eval", "step": 10, "forwards": forwards, "dev_accuracy": dev, "dev_loss": dev_loss})
         + "\n"
     )  # fmt: skip
@@ -202,6 +203,23 @@ def test_table_numbers_equal_hand_computed_ones(tmp_path: Path) -> None:
     md = T.markdown(table)
     assert "| MeZO | 82.0 ± 2.0 |" in md and "+2.3 ± 2.7 (2-1-0, p=1)" in md
     assert "| MeZO | 1e-06: 70.0*, 1e-05: 65.0 |" in md and "| MeZO-GV | 1e-06: 70.0, 2e-06: 70.0* |" in md
+    png = tmp_path / "curves.png"
+    T.plot(table, png)
+    assert png.stat().st_size > 1000
+
+
+def test_plot_curves_start_from_the_untrained_model_and_first_order_is_a_reference(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    for seed, dev in enumerate([0.70, 0.74]):
+        _fixture_run(root, "MeZO", 1e-6, seed, dev, 0.8, 0.5, eval_before=False)
+        _fixture_run(root, "zero-shot", None, seed, 0.50 + seed / 100, 0.5, 0.7, forwards=0, eval_before=False)
+    _fixture_run(root, "MeZO-GV", 1e-6, 0, 0.72, 0.8, 0.5)  # evaluated before training: its own step 0
+    _fixture_run(root, "FT", 1e-5, 0, 0.9, 0.9, 0.3, forwards=30, eval_before=False)
+    table = T.table_from_dirs([root])
+    curves = T.zo_curves(table)["sst2"]
+    assert set(curves) == {"MeZO", "MeZO-GV"}  # zero-shot and FT are reference lines, not curves
+    assert curves["MeZO"] == {0: ([0, 120], [0.50, 0.70]), 1: ([0, 120], [0.51, 0.74])}
+    assert curves["MeZO-GV"] == {0: ([0, 120], [0.5, 0.72])}
     png = tmp_path / "curves.png"
     T.plot(table, png)
     assert png.stat().st_size > 1000

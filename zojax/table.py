@@ -47,6 +47,7 @@ class Run:
       metric: the metric's name.
       forwards: forward passes of the run.
       wall_time: seconds.
+      method: the ``optim.method`` it ran (``mezo``, ``ft``, ``zero-shot`` …).
     """
 
     path: Path
@@ -60,6 +61,7 @@ class Run:
     metric: str
     forwards: int
     wall_time: float
+    method: str = ""
 
 
 def default_label(config: Mapping[str, Any]) -> str:
@@ -135,6 +137,7 @@ def load_run(path: Path) -> Run | None:
         metric=test.get("metric") or (results.get("dev_after") or {}).get("metric", "metric"),
         forwards=int(results.get("forwards", 0)),
         wall_time=float(results.get("wall_time", 0.0)),
+        method=config["optim"]["method"],
     )
 
 
@@ -228,6 +231,7 @@ def build_table(runs: Sequence[Run], baseline: str = BASELINE) -> dict[str, Any]
             "forwards": sorted({r.forwards for r in rs}),
             "wall_time": _mean([r.wall_time for r in rs]),
             "metric": rs[0].metric,
+            "method": rs[0].method,
             "runs": [str(r.path) for r in rs],
         }  # fmt: skip
     tasks = list(dict.fromkeys(r.task for r in runs if r.task in cells))
@@ -328,13 +332,13 @@ def markdown(table: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def dev_curves(table: Mapping[str, Any]) -> dict[str, dict[str, list[tuple[list[int], list[float]]]]]:
-    """``{task: {label: [(forwards, dev metric) per seed]}}`` from the chosen runs' eval records."""
-    out: dict[str, dict[str, list]] = {}
+def dev_curves(table: Mapping[str, Any]) -> dict[str, dict[str, dict[int, tuple[list[int], list[float]]]]]:
+    """``{task: {label: {seed: (forwards, dev metric)}}}`` from the chosen runs' eval records."""
+    out: dict[str, dict[str, dict]] = {}
     for task, by_label in table["cells"].items():
         for label, c in by_label.items():
-            curves = []
-            for run in c["runs"]:
+            curves = {}
+            for seed, run in zip(c["seeds"], c["runs"], strict=True):
                 xs, ys = [], []
                 mpath = Path(run) / "metrics.jsonl"
                 if mpath.is_file():
@@ -346,25 +350,43 @@ def dev_curves(table: Mapping[str, Any]) -> dict[str, dict[str, list[tuple[list[
                                 xs.append(int(r["forwards"]))
                                 ys.append(float(val))
                 if xs:
-                    curves.append((xs, ys))
+                    curves[seed] = (xs, ys)
             out.setdefault(task, {})[label] = curves
     return out
 
 
 def plot(table: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
-    """Dev metric against forward passes, per task, mean over seeds with a min–max band."""
+    r"""Dev metric against forward passes per task: each zeroth-order method's mean over seeds with a
+    min–max band, starting from the untrained model (the zero-shot run of the same seed, whose dev
+    split is the same); zero-shot and first-order methods (whose steps are not forward passes) as
+    horizontal lines at their mean dev metric (first-order: of the selected step).
+
+    Args:
+      table: :func:`build_table`'s result.
+      path: the image file to write (PNG, SVG, PDF … by its suffix).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    curves = dev_curves(table)
-    tasks = table["tasks"]
+    curves = zo_curves(table)
+    tasks, cells = table["tasks"], table["cells"]
+    xmax = max((f for per in cells.values() for c in per.values() if c["method"] in registry.METHODS
+                for f in c["forwards"]), default=0)  # fmt: skip
     fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.2), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         for label in table["labels"]:
-            runs = curves.get(task, {}).get(label) or []
+            c = cells[task].get(label)
+            if c is None:
+                continue
+            if c["method"] not in registry.METHODS:  # zero-shot, ICL, first-order: a reference line
+                steps = "" if c["lr"] is None else f" ({'/'.join(map(str, c['forwards']))} steps)"
+                ax.axhline(100 * c["dev_mean"], ls=":" if c["lr"] is None else "--",
+                           color="0.4" if c["lr"] is None else "k", label=f"{label}{steps}")  # fmt: skip
+                continue
+            runs = list(curves[task][label].values())
             if not runs:
                 continue
             common = sorted(set.intersection(*(set(x) for x, _ in runs)))
@@ -376,13 +398,43 @@ def plot(table: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
             if len(runs) > 1:
                 ax.fill_between(xs, 100 * ys.min(0), 100 * ys.max(0), color=line.get_color(), alpha=0.15)
         ax.set_title(task)
+        if xmax:
+            ax.set_xlim(-0.03 * xmax, 1.03 * xmax)
         ax.set_xlabel("forward passes")
-        ax.set_ylabel("dev metric (%)")
+        ax.set_ylabel(f"dev {next(iter(cells[task].values()))['metric']} (%)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def zo_curves(table: Mapping[str, Any]) -> dict[str, dict[str, dict[int, tuple[list[int], list[float]]]]]:
+    r""":func:`dev_curves` of the zeroth-order methods, each seed's curve starting at forward pass 0
+    from the dev metric of the untrained model (the zero-shot run of the same task and seed: the
+    same parameters and dev split) when the run itself did not evaluate before training."""
+    out: dict[str, dict[str, dict]] = {}
+    for task, by_label in dev_curves(table).items():
+        zero = next((c for c in table["cells"][task].values() if c["method"] == "zero-shot"), None)
+        start = {} if zero is None else _dev_by_seed(zero)
+        for label, curves in by_label.items():
+            if table["cells"][task][label]["method"] not in registry.METHODS:
+                continue
+            out.setdefault(task, {})[label] = {
+                seed: ([0, *xs], [start[seed], *ys]) if seed in start and xs[0] > 0 else (xs, ys)
+                for seed, (xs, ys) in curves.items()
+            }
+    return out
+
+
+def _dev_by_seed(cell: Mapping[str, Any]) -> dict[int, float]:
+    """``{seed: dev metric}`` of a table cell's runs (their selected checkpoints)."""
+    out = {}
+    for seed, run in zip(cell["seeds"], cell["runs"], strict=True):
+        r = load_run(Path(run))
+        if r is not None and r.dev is not None:
+            out[seed] = r.dev
+    return out
 
 
 def spec_runs(spec_path: str | os.PathLike[str]) -> tuple[list[Path], int]:
