@@ -279,7 +279,9 @@ def _pilot_and_table(tmp: Path, **method: object) -> tuple[Path, Path]:
     return tmp / "pilot.json", tmp / "table.json"
 
 
-def test_lr_from_waits_for_the_pilot_then_takes_its_choice_and_reuses_its_cell(tmp_path: Path) -> None:
+def test_lr_from_waits_for_the_pilot_then_takes_its_choice_and_reuses_its_cell(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     pilot_path, table_path = _pilot_and_table(tmp_path)
     pilot, table = S.load_spec(pilot_path), S.load_spec(table_path)
     pilot_cells = pilot.cells()
@@ -302,9 +304,13 @@ def test_lr_from_waits_for_the_pilot_then_takes_its_choice_and_reuses_its_cell(t
     assert [c.options["optim.lr"] for c in cells] == [1e-5, 1e-5]
     assert cells[0].id == pilot_cells[1].id and cells[1].id == "task-sst2_MeZO_lr-1e-05_seed-1"
     assert [r.status for r in S.plan(table, check_data=False)] == ["done", "new"]
-    assert "MeZO: learning rate from pilot.json: 1e-05 (mean dev by rate: 1e-06: 60.0, 1e-05: 70.0*, 0.0001: 55.0)" in (
-        S.describe_plan(table, S.plan(table, check_data=False))
-    )
+    line = "MeZO: learning rate from pilot.json: 1e-05 (mean dev by rate: 1e-06: 60.0, 1e-05: 70.0*, 0.0001: 55.0)"
+    assert line in S.describe_plan(table, S.plan(table, check_data=False))
+    from zojax.cli import sweep_main
+
+    capsys.readouterr()
+    assert sweep_main([str(table_path), "--only", "no-such-cell", "--no-progress"]) == 0  # the log names the choice
+    assert f"[zojax sweep] table: {line}" in capsys.readouterr().out
 
 
 def test_lr_from_refuses_a_choice_at_the_edge_of_the_grid(tmp_path: Path) -> None:

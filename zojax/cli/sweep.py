@@ -60,6 +60,8 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
             return 0
     except ValueError as e:
         p.error(str(e))
+    for choice in spec.lr_choices().values():
+        print(f"[zojax sweep] {spec.name}: {choice.describe()}", flush=True)
     result = S.SweepRunner(spec, jobs=args.jobs, extra_args=extra, progress=args.progress).run(cells)
     failed = {k: v for k, v in result.items() if v.startswith("failed")}
     counts = {s: sum(v == s for v in result.values()) for s in ("done", "skipped", "interrupted", "not started")}
