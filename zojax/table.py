@@ -208,7 +208,8 @@ def build_table(runs: Sequence[Run], baseline: str = BASELINE) -> dict[str, Any]
     Returns:
       ``{"cells": {task: {label: {...}}}, "tasks", "labels", "paired": {label: {task | "all": ...}}}``;
       a cell holds ``lr``, ``lrs`` (every lr tried with its mean dev), ``test_mean``, ``test_std``,
-      ``dev_mean``, ``seeds``, ``tests`` (by seed), ``forwards``, ``wall_time``, ``metric``, ``runs``.
+      ``dev_mean``, ``seeds``, ``tests`` and ``devs`` (by seed), ``forwards``, ``wall_time``,
+      ``metric``, ``method``, ``runs``.
     """
     groups: dict[tuple[str, str], dict[Any, list[Run]]] = {}
     for r in runs:
@@ -228,6 +229,7 @@ def build_table(runs: Sequence[Run], baseline: str = BASELINE) -> dict[str, Any]
             "dev_mean": _mean([r.dev for r in rs]),
             "seeds": [r.seed for r in rs],
             "tests": {r.seed: r.test for r in rs if r.test is not None},
+            "devs": {r.seed: r.dev for r in rs if r.dev is not None},
             "forwards": sorted({r.forwards for r in rs}),
             "wall_time": _mean([r.wall_time for r in rs]),
             "metric": rs[0].metric,
@@ -416,7 +418,7 @@ def zo_curves(table: Mapping[str, Any]) -> dict[str, dict[str, dict[int, tuple[l
     out: dict[str, dict[str, dict]] = {}
     for task, by_label in dev_curves(table).items():
         zero = next((c for c in table["cells"][task].values() if c["method"] == "zero-shot"), None)
-        start = {} if zero is None else _dev_by_seed(zero)
+        start = {} if zero is None else zero["devs"]
         for label, curves in by_label.items():
             if table["cells"][task][label]["method"] not in registry.METHODS:
                 continue
@@ -424,16 +426,6 @@ def zo_curves(table: Mapping[str, Any]) -> dict[str, dict[str, dict[int, tuple[l
                 seed: ([0, *xs], [start[seed], *ys]) if seed in start and xs[0] > 0 else (xs, ys)
                 for seed, (xs, ys) in curves.items()
             }
-    return out
-
-
-def _dev_by_seed(cell: Mapping[str, Any]) -> dict[int, float]:
-    """``{seed: dev metric}`` of a table cell's runs (their selected checkpoints)."""
-    out = {}
-    for seed, run in zip(cell["seeds"], cell["runs"], strict=True):
-        r = load_run(Path(run))
-        if r is not None and r.dev is not None:
-            out[seed] = r.dev
     return out
 
 

@@ -100,8 +100,9 @@ class SweepSpec:
             if label in choices:
                 lr = choices[label].lr
                 if lr is None and not pending_ok:
-                    pilot = choices[label]
-                    raise TuningPending(f"sweep {self.name}: {pilot.describe()}; run `zojax sweep {pilot.pilot}` first")
+                    choice = choices[label]
+                    run_pilot = f"run `zojax sweep {choice.pilot}` first"
+                    raise TuningPending(f"sweep {self.name}: {choice.describe()}; {run_pilot}")
                 options = {**options, "optim.lr": [PENDING if lr is None else lr]}
             methods.append((label, options))
         out = []
