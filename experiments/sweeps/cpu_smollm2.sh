@@ -1,8 +1,8 @@
 #!/bin/sh
 # The CPU table of SmolLM2-135M (issues 12 and 15) as one resumable chain of sweeps, in this order:
 #   cpu_smollm2_pilot          learning-rate grids of MeZO, MeZO-GV, MeZO-Greedy and FT on SST-2
-#   cpu_smollm2_subzero_pilot  the same grid for SubZero and SubZero-GV
 #   cpu_smollm2                the table: 4 tasks x 3 seeds at the pilot's choices (lr_from)
+#   cpu_smollm2_subzero_pilot  learning-rate grids of SubZero and SubZero-GV on SST-2
 #   cpu_smollm2_subzero        the SubZero rows: SST-2 and COPA x 3 seeds at their pilot's choices
 #   cpu_smollm2_centred_pilot  the centred-loss estimate (beyond the paper), SST-2
 # Each sweep skips finished cells and resumes a started one from its checkpoint, so running this again
@@ -15,7 +15,7 @@
 # ZOJAX overrides the command (default `zojax`), e.g. ZOJAX="python -m zojax.cli" from a source tree.
 set -e
 ZOJAX=${ZOJAX:-zojax}
-for spec in cpu_smollm2_pilot cpu_smollm2_subzero_pilot cpu_smollm2 cpu_smollm2_subzero cpu_smollm2_centred_pilot; do
+for spec in cpu_smollm2_pilot cpu_smollm2 cpu_smollm2_subzero_pilot cpu_smollm2_subzero cpu_smollm2_centred_pilot; do
     echo "[cpu_smollm2.sh] $(date -u +%FT%TZ) zojax sweep experiments/sweeps/$spec.toml"
     $ZOJAX sweep "experiments/sweeps/$spec.toml" --no-progress
 done
