@@ -313,6 +313,29 @@ def test_lr_from_waits_for_the_pilot_then_takes_its_choice_and_reuses_its_cell(
     assert f"[zojax sweep] table: {line}" in capsys.readouterr().out
 
 
+def test_a_sweep_reads_its_pilots_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a chain runs pilots beside the table: one invocation's cells, report and log use one reading
+    pilot_path, table_path = _pilot_and_table(tmp_path)
+    pilot = S.load_spec(pilot_path)
+    snapshot = S.load_spec(table_path).with_pilot_choices()
+    for cell, dev in zip(pilot.cells(), [0.60, 0.70, 0.55], strict=True):  # the pilot finishes after the reading
+        _fixture_run(pilot.out, "MeZO", cell.options["optim.lr"], 0, dev, 0.5, 0.5, name=cell.id)
+    with pytest.raises(S.TuningPending):
+        snapshot.cells()
+    assert snapshot.lr_choices()["MeZO"].lr is None
+    assert S.load_spec(table_path).with_pilot_choices().lr_choices()["MeZO"].lr == 1e-5
+
+    from zojax.cli import sweep_main
+    from zojax.sweep import tuning
+
+    reads = []
+    real = tuning.pilot_choice
+    monkeypatch.setattr(tuning, "pilot_choice", lambda *a, **k: reads.append(a) or real(*a, **k))
+    assert sweep_main([str(table_path), "--only", "no-such-cell", "--no-progress"]) == 0
+    assert sweep_main([str(table_path), "--dry-run"]) == 0
+    assert len(reads) == 2  # one per invocation
+
+
 def test_lr_from_refuses_a_choice_at_the_edge_of_the_grid(tmp_path: Path) -> None:
     pilot_path, table_path = _pilot_and_table(tmp_path)
     pilot = S.load_spec(pilot_path)

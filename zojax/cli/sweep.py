@@ -36,7 +36,7 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     args, extra = p.parse_known_args(argv)
     try:
-        spec = S.load_spec(args.spec)
+        spec = S.load_spec(args.spec).with_pilot_choices()  # one reading of the pilots for the whole run
         cells = [c for c in spec.cells(pending_ok=args.dry_run) if args.only is None or args.only in c.id]
         if args.print_commands:
             for c in cells:

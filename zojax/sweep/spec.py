@@ -66,6 +66,8 @@ class SweepSpec:
       path: the file it was read from.
       lr_from: ``{label: pilot spec path}`` for methods whose learning rate a pilot sweep chooses
         (:mod:`zojax.sweep.tuning`).
+      pilot_choices: the pilots' choices read once by :meth:`with_pilot_choices` (``None``: read
+        the pilots' results at each call of :meth:`lr_choices`).
     """
 
     name: str
@@ -76,12 +78,20 @@ class SweepSpec:
     cleanup_checkpoints: bool = True
     path: Path | None = None
     lr_from: Mapping[str, Path] = dataclasses.field(default_factory=dict)
+    pilot_choices: Mapping[str, Any] | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def lr_choices(self) -> dict[str, Any]:
         """``{label: zojax.sweep.tuning.PilotChoice}`` for the methods tuned by ``lr_from``."""
+        if self.pilot_choices is not None:
+            return dict(self.pilot_choices)
         from zojax.sweep.tuning import pilot_choice
 
         return {label: pilot_choice(pilot, label) for label, pilot in self.lr_from.items()}
+
+    def with_pilot_choices(self) -> SweepSpec:
+        """This spec with its pilots' choices read now, once: its cells, dry-run report and log then
+        agree even if a pilot cell finishes meanwhile (a chain of sweeps runs the pilots beside it)."""
+        return dataclasses.replace(self, pilot_choices=self.lr_choices())
 
     def cells(self, pending_ok: bool = False) -> list[Cell]:
         """Every cell, in a stable order (grid axes outermost, then methods and their axes).
