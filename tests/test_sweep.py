@@ -74,19 +74,22 @@ def _zojax(*argv: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "zojax.cli", *argv], capture_output=True, text=True, cwd=REPO, **kw)
 
 
-def test_sweep_stop_resume_and_print_commands(tmp_path: Path) -> None:
+def test_sweep_stop_resume_and_print_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from zojax.cli import sweep_main
+
     spec_path = _spec(tmp_path, _sst2(tmp_path / "data"))
     spec = S.load_spec(spec_path)
     cells = spec.cells()
     assert len(cells) == 8 and len({c.id for c in cells}) == 8
 
-    dry = _zojax("sweep", str(spec_path), "--dry-run", "--forward-seconds", "0.5")
-    assert dry.returncode == 0, dry.stderr
-    assert "8 cells" in dry.stdout and "MeZO: 4 cells, 3 steps x 2 forwards/step = 6 forward passes" in dry.stdout
-    assert "MeZO-GV: 4 cells, 3 steps x 4 forwards/step = 12 forward passes" in dry.stdout
-    assert "estimated training time of the remaining cells: 0.0 h" in dry.stdout
+    assert sweep_main([str(spec_path), "--dry-run", "--forward-seconds", "0.5"]) == 0
+    dry = capsys.readouterr().out
+    assert "8 cells" in dry and "MeZO: 4 cells, 3 steps x 2 forwards/step = 6 forward passes" in dry
+    assert "MeZO-GV: 4 cells, 3 steps x 4 forwards/step = 12 forward passes" in dry
+    assert "estimated training time of the remaining cells: 0.0 h" in dry
 
-    lines = _zojax("sweep", str(spec_path), "--print-commands").stdout.splitlines()
+    assert sweep_main([str(spec_path), "--print-commands"]) == 0
+    lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 8 and all(line.startswith("zojax finetune ") for line in lines)
     for cell, line in zip(cells, lines, strict=True):  # each line is exactly the cell's configuration
         assert config_from_args(shlex.split(line)[2:]) == cell.config(spec.out)
@@ -103,8 +106,8 @@ def test_sweep_stop_resume_and_print_commands(tmp_path: Path) -> None:
     assert not any((spec.out / c.id / "checkpoints").exists() for c in cells)  # cleaned up
     assert "--resume" in (spec.out / cells[0].id / "sweep.log").read_text()
 
-    third = _zojax("sweep", str(spec_path), "--no-progress")
-    assert "8 already done" in third.stdout
+    assert sweep_main([str(spec_path), "--no-progress"]) == 0
+    assert "8 already done" in capsys.readouterr().out
 
     # the stopped-and-resumed cell equals its printed command run without interruption
     ref = tmp_path / "ref"
