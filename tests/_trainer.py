@@ -1,15 +1,14 @@
-"""The trainer tests' setup: fixture SST-2 data (an easy task), a tiny run's configuration, a shared
-compilation cache, and helpers to compare runs and read their logs (:mod:`tests.test_train`,
+"""The trainer tests' setup: fixture SST-2 data (an easy task), a tiny run's configuration, the
+compilation cache's folder, and helpers to compare runs and read their logs (:mod:`tests.test_train`,
 :mod:`tests.test_train_resume`, :mod:`tests.test_cli_finetune`, :mod:`tests.test_metric_objectives`).
 
 Compiling a zeroth-order step is the slow part on CPU (every perturbed leaf carries its own draw
-and key derivations), so each module shares one persistent compilation cache (``xla_cache``): runs
-with identical shapes and hyper-parameters compile once.
+and key derivations), so the session shares one persistent compilation cache (``conftest.compile_cache``):
+runs with identical shapes and hyper-parameters compile once.
 """
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -28,7 +27,6 @@ from zojax.train import (
     read_events,
 )
 from zojax.train import checkpoint as ckpt_lib
-from zojax.train.cache import disable_compile_cache, enable_compile_cache
 
 REPO = Path(__file__).resolve().parents[1]
 POS = ["good", "great", "fine", "nice", "lovely", "superb", "grand", "neat"]
@@ -62,17 +60,9 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def xla_cache(tmp_path_factory: pytest.TempPathFactory):
-    """One persistent compilation cache for the module, its CLI calls and subprocesses."""
-    path = enable_compile_cache(tmp_path_factory.mktemp("xla"))
-    before = os.environ.get("ZOJAX_COMPILE_CACHE")
-    os.environ["ZOJAX_COMPILE_CACHE"] = str(path)
-    yield path
-    disable_compile_cache()
-    if before is None:
-        del os.environ["ZOJAX_COMPILE_CACHE"]
-    else:
-        os.environ["ZOJAX_COMPILE_CACHE"] = before
+def xla_cache(compile_cache: str) -> str:
+    """The session's persistent compilation cache folder (for ``--compile-cache``)."""
+    return compile_cache
 
 
 def make_config(data_dir: Path, out: Path | None, **over) -> TrainConfig:

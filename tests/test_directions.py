@@ -294,21 +294,16 @@ def test_script_end_to_end_interrupted_and_resumed(tmp_path: Path, data_dir: Pat
     """2 minibatches of SST-2 on the tiny model (MeZO and GV M = 2, every phase of the script): stop
     after one, resume; the stored minibatch is kept as it was, the second is added, the summary covers
     both, a run with other settings is refused."""
-    from zojax.train.cache import disable_compile_cache, enable_compile_cache
-
     common = [
         *("--model", "random:tiny", "--tasks", "sst2", "--tunings", "full", "--batches", "2"),
         *("--methods", "mezo,mezo-gv-m2", "--draws", "4", "--pool", "8", "--probe-draws", "1"),
         *("--lr-grid", "1,10", "--equiv-draws", "1", "--num-train", "48", "--data-dir", str(data_dir)),
         *("--compile-cache", "none", "--no-progress", "--out", str(tmp_path / "d.json")),
     ]
-    enable_compile_cache(tmp_path / "xla")  # the resumed run loads the first run's executables
-    try:
-        assert D.main([*common, "--stop-after", "1"]) == 0
-        first = json.loads((tmp_path / "d.json").read_text())["records"]
-        assert D.main([*common, "--plot", str(tmp_path / "d.png")]) == 0
-    finally:
-        disable_compile_cache()
+    # the session's compilation cache is on (conftest): the resumed run loads the first run's executables
+    assert D.main([*common, "--stop-after", "1"]) == 0
+    first = json.loads((tmp_path / "d.json").read_text())["records"]
+    assert D.main([*common, "--plot", str(tmp_path / "d.png")]) == 0
     data = json.loads((tmp_path / "d.json").read_text())
     assert [r["unit"] for r in data["records"]] == ["sst2/full/0", "sst2/full/1"]
     assert data["records"][0] == first[0]  # not recomputed

@@ -299,11 +299,9 @@ def dumps(record: dict[str, Any]) -> str:
 
 
 @pytest.fixture(scope="module")
-def golden_env(tmp_path_factory: pytest.TempPathFactory):
-    """The fixture data and one persistent compilation cache for the module."""
-    enable_compile_cache(tmp_path_factory.mktemp("xla"))
-    yield write_data(tmp_path_factory.mktemp("data"))
-    disable_compile_cache()
+def golden_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fixture data (the session's compilation cache is on: ``conftest.compile_cache``)."""
+    return write_data(tmp_path_factory.mktemp("data"))
 
 
 @pytest.mark.parametrize("name", list(CASES))
