@@ -6,6 +6,9 @@ import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("ZOJAX_MESH", "none")
+# the session's compilation cache (compile_cache below) also keeps the many programs that compile in
+# a tenth of a second to a second (evaluation passes, small steps), in this process and its subprocesses
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 import tempfile
 
 os.environ.setdefault("ZOJAX_CACHE_DIR", tempfile.mkdtemp(prefix="zojax-cache-"))  # `zojax tasks`'s cache

@@ -175,6 +175,33 @@ def test_only_the_given_flags_are_explicit() -> None:
         parser.parse_args(["--steps", "3", "--forward-budget", "9"])  # still mutually exclusive
 
 
+def test_compile_cache_folder_and_threshold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--compile-cache DIR`` turns JAX's persistent cache on in DIR, storing programs that took a
+    second to compile unless ``$JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` says otherwise; ``none``
+    leaves the cache as it is."""
+    import jax
+
+    from zojax.train import cache
+
+    option = "jax_persistent_cache_min_compile_time_secs"
+    before = jax.config.jax_compilation_cache_dir, getattr(jax.config, option)
+    try:
+        monkeypatch.delenv(cache.MIN_SECONDS_ENV, raising=False)
+        jax.config.update(option, 0.25)
+        assert cache.enable_compile_cache(tmp_path / "a") == str(tmp_path / "a")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "a") and getattr(jax.config, option) == 1.0
+        monkeypatch.setenv(cache.MIN_SECONDS_ENV, "0.25")  # JAX read it at import; zojax keeps it
+        jax.config.update(option, 0.25)
+        assert cache.enable_compile_cache(tmp_path / "b") == str(tmp_path / "b")
+        assert getattr(jax.config, option) == 0.25
+        assert cache.enable_compile_cache("none") is None
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "b")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before[0])
+        jax.config.update(option, before[1])
+        cache._reset()
+
+
 def test_resume_lays_only_explicit_flags_over_the_saved_run(tmp_path: Path) -> None:
     saved = config_from_args(["--model", "random:tiny", "--method", "mezo", "--lr", "0.25", "--seed", "3",
                               "--steps", "10", "--out", str(tmp_path)])  # fmt: skip

@@ -1,7 +1,8 @@
 """``zojax sweep`` and ``zojax table`` end to end on the tiny model, and the committed specs.
 
-* a 2 × 2 × 2 sweep (method × learning rate × seed) stopped after one step in every cell, then
-  resumed to completion: every cell equals the uninterrupted run of its ``--print-commands`` line;
+* a 2 × 2 × 2 sweep (method × learning rate × seed) stopped after one step in two of its cells, then
+  completed (the stopped cells resumed, the others started): a resumed cell equals the
+  uninterrupted run of its ``--print-commands`` line;
   a real SIGTERM stops the running cell with a checkpoint and the next invocation finishes it;
 * the table's numbers equal ones computed by hand from fixture runs;
 * ``lr_from``: a spec waits for its pilot, then runs at the pilot's choice in the pilot's cell ids,
@@ -94,17 +95,23 @@ def test_sweep_stop_resume_and_print_commands(tmp_path: Path, capsys: pytest.Cap
     for cell, line in zip(cells, lines, strict=True):  # each line is exactly the cell's configuration
         assert config_from_args(shlex.split(line)[2:]) == cell.config(spec.out)
 
-    first = _zojax("sweep", str(spec_path), "--no-progress", "--jobs", "2", "--stop-after", "1")
+    # two cells (one per method) stopped after one step; the other six not started
+    stopped = [c for c in cells if c.id.endswith("lr-0.01_seed-1")]
+    assert len(stopped) == 2 and stopped[-1] == cells[-1]
+    first = _zojax(
+        "sweep", str(spec_path), "--no-progress", "--jobs", "2", "--stop-after", "1", "--only", "lr-0.01_seed-1"
+    )
     assert first.returncode == 128 + signal.SIGTERM, first.stdout + first.stderr
-    assert "8 interrupted" in first.stdout
-    assert all(S.cell_status(spec.out / c.id) == "started" for c in cells)
+    assert "2 interrupted" in first.stdout
+    assert [S.cell_status(spec.out / c.id) for c in cells] == ["started" if c in stopped else "new" for c in cells]
 
+    # the next invocation resumes the stopped cells and runs the new ones
     second = _zojax("sweep", str(spec_path), "--no-progress", "--jobs", "2")
     assert second.returncode == 0, second.stdout + second.stderr
     assert "8 done now" in second.stdout
     assert all(S.cell_status(spec.out / c.id) == "done" for c in cells)
     assert not any((spec.out / c.id / "checkpoints").exists() for c in cells)  # cleaned up
-    assert "--resume" in (spec.out / cells[0].id / "sweep.log").read_text()
+    assert all(("--resume" in (spec.out / c.id / "sweep.log").read_text()) == (c in stopped) for c in cells)
 
     assert sweep_main([str(spec_path), "--no-progress"]) == 0
     assert "8 already done" in capsys.readouterr().out

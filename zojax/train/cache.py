@@ -12,6 +12,7 @@ import os
 import jax
 
 DEFAULT_DIR = "~/.cache/zojax/xla"
+MIN_SECONDS_ENV = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"  # programs compiled faster are not stored
 
 
 def _reset() -> None:
@@ -25,6 +26,9 @@ def _reset() -> None:
 
 def enable_compile_cache(path: str | os.PathLike[str] | None = None) -> str | None:
     """Turns on the persistent compilation cache in ``path``.
+
+    Programs that took at least a second to compile are stored (``$JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS``
+    sets another threshold).
 
     Args:
       path: a folder; ``"none"`` leaves the cache off; ``None``: ``$ZOJAX_COMPILE_CACHE`` or
@@ -42,7 +46,8 @@ def enable_compile_cache(path: str | os.PathLike[str] | None = None) -> str | No
     except OSError:
         return None
     jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    if MIN_SECONDS_ENV not in os.environ:  # JAX's own setting, where given, wins
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     _reset()
     return path
