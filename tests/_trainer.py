@@ -1,5 +1,5 @@
-"""The trainer tests' setup: fixture SST-2 data (an easy task), a tiny run's configuration, the
-compilation cache's folder, and helpers to compare runs and read their logs (:mod:`tests.test_train`,
+"""The trainer tests' setup: fixture SST-2 data (an easy task), a tiny run's configuration and
+helpers to compare runs and read their logs (:mod:`tests.test_train`,
 :mod:`tests.test_train_resume`, :mod:`tests.test_cli_finetune`, :mod:`tests.test_metric_objectives`).
 
 Compiling a zeroth-order step is the slow part on CPU (every perturbed leaf carries its own draw
@@ -57,12 +57,6 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "SST-2" / "train.tsv").write_text(_sst2_rows(48, rng, positive_only=True))
     (d / "SST-2" / "dev.tsv").write_text(_sst2_rows(16, rng, positive_only=False))
     return d
-
-
-@pytest.fixture(scope="module")
-def xla_cache(compile_cache: str) -> str:
-    """The session's persistent compilation cache folder (for ``--compile-cache``)."""
-    return compile_cache
 
 
 def make_config(data_dir: Path, out: Path | None, **over) -> TrainConfig:

@@ -13,7 +13,7 @@ import tempfile
 
 os.environ.setdefault("ZOJAX_CACHE_DIR", tempfile.mkdtemp(prefix="zojax-cache-"))  # `zojax tasks`'s cache
 
-# the trainer tests' fixtures (data_dir, xla_cache), module-scoped in each module that uses them
+# the trainer tests' fixtures (data_dir), module-scoped in each module that uses them
 pytest_plugins = ["tests._trainer"]
 
 import pytest  # noqa: E402

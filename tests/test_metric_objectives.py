@@ -69,7 +69,7 @@ def test_accuracy_on_shared_prompts_equals_the_candidate_layout(data_dir: Path) 
         assert float(a.perturbed(params, d, 0.5)) == float(b.perturbed(params, d, 0.5))
 
 
-def test_accuracy_objective_raises_the_training_accuracy(data_dir: Path, xla_cache) -> None:
+def test_accuracy_objective_raises_the_training_accuracy(data_dir: Path) -> None:
     """MeZO on minus the accuracy of each batch of the easy task (every training review positive):
     the accuracy on all 16 training examples goes from the random model's to above it.
 
@@ -133,7 +133,7 @@ def test_f1_scorer_cuts_at_the_stop_and_scores_like_evaluation() -> None:
     np.testing.assert_allclose(float(loss), -np.mean(f1), rtol=1e-6)
 
 
-def test_f1_objective_through_the_cli(capsys, xla_cache, tmp_path: Path) -> None:
+def test_f1_objective_through_the_cli(capsys, tmp_path: Path) -> None:
     """--objective f1 on a SQuAD-shaped task: the training loss is minus the F1 of the batch's greedy
     answers (in [−1, 0]), selection uses dev F1; a wrong pairing of objective and task is one line."""
     _squad_dir(tmp_path)

@@ -36,7 +36,7 @@ from zojax.train.config import is_zo
 
 # ---------------------------------------------------------------------- the loss goes down
 @pytest.mark.parametrize("method", ["mezo", "nspsa", "mezo-gv", "mezo-greedy", "mezo-centred", "ft"])
-def test_loss_decreases_on_an_easy_task(method: str, data_dir: Path, xla_cache) -> None:
+def test_loss_decreases_on_an_easy_task(method: str, data_dir: Path) -> None:
     """Exact loss on the fixed batch of all 16 training examples, before vs after 60 steps, and
     the mean of the first vs last 10 per-step losses (all seeds fixed; at these learning rates
     MeZO takes the loss from 0.78 to about 0.4)."""
@@ -131,7 +131,7 @@ def test_data_order_is_a_pure_function_of_seed_and_step() -> None:
 
 
 @pytest.mark.parametrize("tuning", ["lora", "prefix"])
-def test_parameter_efficient_tuning_runs(tuning: str, data_dir: Path, xla_cache, tmp_path: Path) -> None:
+def test_parameter_efficient_tuning_runs(tuning: str, data_dir: Path, tmp_path: Path) -> None:
     cfg = make_config(
         data_dir,
         tmp_path / tuning,
@@ -150,7 +150,7 @@ def test_parameter_efficient_tuning_runs(tuning: str, data_dir: Path, xla_cache,
     assert saved["optim"]["lr"] == {"lora": 1e-4, "prefix": 1e-2}[tuning]
 
 
-def test_prefix_tuning_on_a_generation_task(capsys: pytest.CaptureFixture[str], xla_cache, tmp_path: Path) -> None:
+def test_prefix_tuning_on_a_generation_task(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     """--tuning prefix on SQuAD: a dry run, then 2 steps with dev/test F1 by prefix-tuned greedy
     generation (KV cache holding the prefix)."""
     paras = [

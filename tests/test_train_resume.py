@@ -37,7 +37,7 @@ from zojax.train import checkpoint as ckpt_lib
 
 
 @pytest.fixture(scope="module")
-def baseline(data_dir: Path, xla_cache, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def baseline(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The uninterrupted 20-step run every resume test compares against."""
     out = tmp_path_factory.mktemp("runs") / "baseline"
     report = Trainer(make_config(data_dir, out), log=quiet).run()
@@ -146,13 +146,15 @@ def test_logs_and_results(baseline: Path) -> None:
     assert set(ck.best_steps()) == ck.referenced_best_steps() | {res["best"]["step"]}
 
 
-def test_sigterm_then_resume_through_the_cli(baseline: Path, data_dir: Path, xla_cache: str, tmp_path: Path) -> None:
+def test_sigterm_then_resume_through_the_cli(
+    baseline: Path, data_dir: Path, compile_cache: str, tmp_path: Path
+) -> None:
     out = tmp_path / "killed"
     args = [
         "--model", "random:tiny", "--data-dir", str(data_dir), "--num-train", "16",
         "--num-dev", "8", "--num-test", "8", "--method", "mezo", "--lr", str(LR["mezo"]),
         "--eps", "1e-2", "--batch-size", "16", "--eval-every", "5", "--no-progress",
-        "--checkpoint-every", "5", "--out", str(out), "--compile-cache", xla_cache,
+        "--checkpoint-every", "5", "--out", str(out), "--compile-cache", compile_cache,
     ]  # fmt: skip
     cmd = [sys.executable, "-m", "zojax.cli", "finetune", *args]
     env = dict(os.environ)  # same XLA_FLAGS as this process: the cached executables apply
@@ -227,7 +229,7 @@ def test_partial_checkpoint_is_ignored(baseline: Path, data_dir: Path, tmp_path:
 
 
 def test_existing_run_needs_resume(
-    capsys: pytest.CaptureFixture[str], baseline: Path, tmp_path: Path, data_dir: Path, xla_cache
+    capsys: pytest.CaptureFixture[str], baseline: Path, tmp_path: Path, data_dir: Path
 ) -> None:
     code, _, err = run_cli(capsys, "finetune", "--model", "random:tiny", "--data-dir",
                            str(data_dir), "--out", str(baseline))  # fmt: skip
