@@ -212,6 +212,7 @@ def test_table_numbers_equal_hand_computed_ones(tmp_path: Path) -> None:
     assert table["labels"][0] == "zero-shot" and table["cells"]["sst2"]["zero-shot"]["lr"] is None
     md = T.markdown(table)
     assert "| MeZO | 82.0 ± 2.0 |" in md and "+2.3 ± 2.7 (2-1-0, p=1)" in md
+    assert mezo["test_n"] == 100 and "50/√n points): sst2 100 (±5.0)" in md  # 50 / sqrt(100)
     assert "| MeZO | 1e-06: 70.0*, 1e-05: 65.0 |" in md and "| MeZO-GV | 1e-06: 70.0, 2e-06: 70.0* |" in md
     png = tmp_path / "curves.png"
     T.plot(table, png)

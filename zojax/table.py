@@ -44,6 +44,7 @@ class Run:
       dev: the dev metric of the selected parameters (``None`` without dev).
       dev_loss: the dev loss of the selected parameters.
       test: the test metric of the selected parameters.
+      test_n: the number of test examples (``None`` if not recorded).
       metric: the metric's name.
       forwards: forward passes of the run.
       wall_time: seconds.
@@ -62,6 +63,7 @@ class Run:
     forwards: int
     wall_time: float
     method: str = ""
+    test_n: int | None = None
 
 
 def default_label(config: Mapping[str, Any]) -> str:
@@ -138,6 +140,7 @@ def load_run(path: Path) -> Run | None:
         forwards=int(results.get("forwards", 0)),
         wall_time=float(results.get("wall_time", 0.0)),
         method=config["optim"]["method"],
+        test_n=test.get("n"),
     )
 
 
@@ -233,6 +236,7 @@ def build_table(runs: Sequence[Run], baseline: str = BASELINE) -> dict[str, Any]
             "forwards": sorted({r.forwards for r in rs}),
             "wall_time": _mean([r.wall_time for r in rs]),
             "metric": rs[0].metric,
+            "test_n": max((r.test_n for r in rs if r.test_n is not None), default=None),
             "method": rs[0].method,
             "runs": [str(r.path) for r in rs],
         }  # fmt: skip
@@ -292,6 +296,25 @@ def _per_task_rows(tasks: Sequence[str], labels: Sequence[str], cells: Mapping[s
     return lines
 
 
+def _test_sizes(tasks: Sequence[str], cells: Mapping[str, Any]) -> str:
+    r"""The test examples per task, with the largest binomial standard error of one run's accuracy,
+    :math:`\max_p \sqrt{p(1-p)/n} = 0.5/\sqrt n` (in points), where the metric is an accuracy: a
+    difference between two runs well inside it is test-sampling noise."""
+    parts = []
+    for t in tasks:
+        ns = [c["test_n"] for c in cells[t].values() if c.get("test_n")]
+        if not ns:
+            continue
+        n = max(ns)
+        accuracy = all(c["metric"] == "accuracy" for c in cells[t].values())
+        parts.append(f"{t} {n}" + (f" (±{50 / math.sqrt(n):.1f})" if accuracy else ""))
+    if not parts:
+        return ""
+    return "Test examples per task (± the largest binomial standard error of one run's accuracy, 50/√n points): " + (
+        ", ".join(parts)
+    )
+
+
 def markdown(table: Mapping[str, Any]) -> str:
     """The table (test mean ± std over seeds, in %), the chosen learning rates and the paired
     comparison with the baseline, as Markdown."""
@@ -310,6 +333,8 @@ def markdown(table: Mapping[str, Any]) -> str:
             row.append(f"{_pct(c['test_mean'])} ± {_pct(c['test_std'])}" if n > 1 else _pct(c["test_mean"]))
         mean = statistics.fmean(means) if len(means) == len(tasks) and means else math.nan
         lines.append(f"| {label} | " + " | ".join(row) + f" | {_pct(mean)} |")
+    if sizes := _test_sizes(tasks, cells):
+        lines += ["", sizes]
     lines += ["", "Learning rate chosen by mean dev metric over seeds (forward passes per run; mean wall time):", ""]
     lines += _per_task_rows(tasks, labels, cells, _chosen_lr)
     if any(len(c["lrs"]) > 1 for per in cells.values() for c in per.values()):
