@@ -236,6 +236,27 @@ def test_plot_curves_start_from_the_untrained_model_and_first_order_is_a_referen
     assert png.stat().st_size > 1000
 
 
+def test_loss_curves_bin_training_losses_by_forward_passes(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    _fixture_run(root, "MeZO", 1e-6, 0, 0.7, 0.8, 0.5, forwards=12)
+    _fixture_run(root, "MeZO-GV", 1e-6, 0, 0.7, 0.8, 0.5, forwards=12)
+    _fixture_run(root, "FT", 1e-5, 0, 0.9, 0.9, 0.3, forwards=3)
+    train = {"MeZO": [(2 * k, 10.0 - k) for k in range(1, 7)], "MeZO-GV": [(6, 4.0), (12, 2.0)], "FT": [(1, 9.0)]}
+    for label, lr in (("MeZO", 1e-6), ("MeZO-GV", 1e-6), ("FT", 1e-5)):
+        with (root / f"sst2_{label}_{lr}_0" / "metrics.jsonl").open("a") as f:
+            for fwd, loss in train[label]:
+                f.write(json.dumps({"event": "train", "step": fwd, "forwards": fwd, "loss": loss}) + "\n")
+    table = T.table_from_dirs([root])
+    curves = T.loss_curves(table, bins=3)["sst2"]
+    # budget 12 forwards, 3 bins of 4: MeZO's forwards 2, 4 | 6, 8 | 10, 12 -> losses 9, 8 | 7, 6 | 5, 4
+    assert curves["MeZO"] == {0: ([2.0, 6.0, 10.0], [8.5, 6.5, 4.5])}
+    assert curves["MeZO-GV"] == {0: ([6.0, 10.0], [4.0, 2.0])}  # forward 6 in bin 2, 12 in bin 3; bin 1 empty
+    assert set(curves) == {"MeZO", "MeZO-GV"}  # first order: its steps are not forward passes
+    png = tmp_path / "curves.png"
+    T.plot(table, png)
+    assert png.stat().st_size > 1000
+
+
 def test_table_of_a_spec_counts_only_its_cells(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # a pilot's grid (lr 1e-5, seed 0 only, the higher dev) shares the folder with the table's cells
     root = tmp_path / "runs"

@@ -386,7 +386,9 @@ def plot(table: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     r"""Dev metric against forward passes per task: each zeroth-order method's mean over seeds with a
     min–max band, starting from the untrained model (the zero-shot run of the same seed, whose dev
     split is the same); zero-shot and first-order methods (whose steps are not forward passes) as
-    horizontal lines at their mean dev metric (first-order: of the selected step).
+    horizontal lines at their mean dev metric (first-order: of the selected step). A second row, when
+    the runs logged training losses, shows each zeroth-order method's training loss against forward
+    passes (:func:`loss_curves`; mean over seeds, min–max band): how fast each descends per forward.
 
     Args:
       table: :func:`build_table`'s result.
@@ -398,11 +400,15 @@ def plot(table: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    curves = zo_curves(table)
+    curves, losses = zo_curves(table), loss_curves(table)
     tasks, cells = table["tasks"], table["cells"]
     xmax = max((f for per in cells.values() for c in per.values() if c["method"] in registry.METHODS
                 for f in c["forwards"]), default=0)  # fmt: skip
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.2), squeeze=False)
+    rows = 2 if any(losses.get(t) for t in tasks) else 1
+    zo_labels = [lb for lb in table["labels"] if any(cells[t].get(lb, {}).get("method") in registry.METHODS
+                                                      for t in tasks)]  # fmt: skip
+    colors = {label: f"C{i % 10}" for i, label in enumerate(zo_labels)}  # one colour per method, every panel
+    fig, axes = plt.subplots(rows, len(tasks), figsize=(4 * len(tasks), 3.2 * rows), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         for label in table["labels"]:
             c = cells[task].get(label)
@@ -421,7 +427,7 @@ def plot(table: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
                 continue
             ys = np.array([[dict(zip(x, y, strict=True))[f] for f in common] for x, y in runs])
             xs = np.array(common)
-            line = ax.plot(xs, 100 * ys.mean(0), marker="o", ms=3, label=label)[0]
+            line = ax.plot(xs, 100 * ys.mean(0), marker="o", ms=3, color=colors[label], label=label)[0]
             if len(runs) > 1:
                 ax.fill_between(xs, 100 * ys.min(0), 100 * ys.max(0), color=line.get_color(), alpha=0.15)
         ax.set_title(task)
@@ -430,6 +436,22 @@ def plot(table: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
         ax.set_xlabel("forward passes")
         ax.set_ylabel(f"dev {next(iter(cells[task].values()))['metric']} (%)")
         ax.grid(alpha=0.3)
+    if rows == 2:
+        for ax, task in zip(axes[1], tasks, strict=True):
+            for label, by_seed in losses.get(task, {}).items():
+                runs = list(by_seed.values())
+                common = sorted(set.intersection(*(set(x) for x, _ in runs))) if runs else []
+                if not common:
+                    continue
+                ys = np.array([[dict(zip(x, y, strict=True))[f] for f in common] for x, y in runs])
+                ax.plot(common, ys.mean(0), color=colors.get(label), label=label)
+                if len(runs) > 1:
+                    ax.fill_between(common, ys.min(0), ys.max(0), color=colors.get(label), alpha=0.15)
+            if xmax:
+                ax.set_xlim(-0.03 * xmax, 1.03 * xmax)
+            ax.set_xlabel("forward passes")
+            ax.set_ylabel("training loss (binned)")
+            ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -451,6 +473,54 @@ def zo_curves(table: Mapping[str, Any]) -> dict[str, dict[str, dict[int, tuple[l
                 seed: ([0, *xs], [start[seed], *ys]) if seed in start and xs[0] > 0 else (xs, ys)
                 for seed, (xs, ys) in curves.items()
             }
+    return out
+
+
+def loss_curves(
+    table: Mapping[str, Any], bins: int = 20
+) -> dict[str, dict[str, dict[int, tuple[list[float], list[float]]]]]:
+    r"""Each zeroth-order run's training loss binned by forward passes: ``{task: {label: {seed: (x, y)}}}``.
+
+    The forward axis ``[0, F]`` (``F`` the largest budget of the task's zeroth-order runs) is cut into
+    ``bins`` equal bins; a step whose cumulative forward count ``f`` satisfies
+    :math:`(k-1)F/b < f \le kF/b` falls in bin ``k``, and bin ``k``'s value is the mean of its steps'
+    logged losses (ZO: :math:`(L(\theta+\epsilon v) + L(\theta-\epsilon v))/2`), at ``x`` = the
+    bin's centre. Empty bins are left out. Binning by forward passes, not steps, puts methods of 2 and
+    6 forwards a step on one axis.
+
+    Args:
+      table: :func:`build_table`'s result.
+      bins: the number of bins.
+
+    Returns:
+      per task, zeroth-order label and seed: the bin centres and mean losses.
+
+    Example: MeZO steps at forwards 2, 4, 6, 8 with losses 4, 3, 2, 1 and ``bins=2`` give
+    ``([2.0, 6.0], [3.5, 1.5])``.
+    """
+    out: dict[str, dict[str, dict]] = {}
+    for task, by_label in table["cells"].items():
+        zo = {label: c for label, c in by_label.items() if c["method"] in registry.METHODS}
+        budget = max((f for c in zo.values() for f in c["forwards"]), default=0)
+        if not budget:
+            continue
+        width = budget / bins
+        for label, c in zo.items():
+            curves = {}
+            for seed, run in zip(c["seeds"], c["runs"], strict=True):
+                sums: dict[int, list[float]] = {}
+                mpath = Path(run) / "metrics.jsonl"
+                if not mpath.is_file():
+                    continue
+                for line in mpath.read_text().splitlines():
+                    r = json.loads(line)
+                    if r.get("event") == "train" and r.get("loss") is not None and r.get("forwards", 0) > 0:
+                        k = min(bins - 1, math.ceil(r["forwards"] / width) - 1)
+                        sums.setdefault(k, []).append(float(r["loss"]))
+                if sums:
+                    ks = sorted(sums)
+                    curves[seed] = ([(k + 0.5) * width for k in ks], [statistics.fmean(sums[k]) for k in ks])
+            out.setdefault(task, {})[label] = curves
     return out
 
 

@@ -24,7 +24,7 @@ def table_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--baseline", default=T.BASELINE, help="the row others are compared with (default MeZO)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the table as JSON")
     p.add_argument("--markdown", default=None, metavar="FILE", help="also write the Markdown to FILE")
-    p.add_argument("--plot", default=None, metavar="PNG", help="dev metric vs forward passes, seed bands")
+    p.add_argument("--plot", default=None, metavar="PNG", help="dev metric and training loss vs forward passes")
     args = p.parse_args(argv)
     if not args.runs and not args.spec:
         p.error("give run directories or --spec SPEC")
