@@ -398,7 +398,6 @@ def plot(table: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     curves, losses = zo_curves(table), loss_curves(table)
     tasks, cells = table["tasks"], table["cells"]
@@ -419,16 +418,12 @@ def plot(table: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
                 ax.axhline(100 * c["dev_mean"], ls=":" if c["lr"] is None else "--",
                            color="0.4" if c["lr"] is None else "k", label=f"{label}{steps}")  # fmt: skip
                 continue
-            runs = list(curves[task][label].values())
-            if not runs:
+            band = _on_common_x(list(curves[task][label].values()))
+            if band is None:
                 continue
-            common = sorted(set.intersection(*(set(x) for x, _ in runs)))
-            if not common:
-                continue
-            ys = np.array([[dict(zip(x, y, strict=True))[f] for f in common] for x, y in runs])
-            xs = np.array(common)
+            xs, ys = band
             line = ax.plot(xs, 100 * ys.mean(0), marker="o", ms=3, color=colors[label], label=label)[0]
-            if len(runs) > 1:
+            if len(ys) > 1:
                 ax.fill_between(xs, 100 * ys.min(0), 100 * ys.max(0), color=line.get_color(), alpha=0.15)
         ax.set_title(task)
         if xmax:
@@ -439,13 +434,12 @@ def plot(table: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     if rows == 2:
         for ax, task in zip(axes[1], tasks, strict=True):
             for label, by_seed in losses.get(task, {}).items():
-                runs = list(by_seed.values())
-                common = sorted(set.intersection(*(set(x) for x, _ in runs))) if runs else []
-                if not common:
+                band = _on_common_x(list(by_seed.values()))
+                if band is None:
                     continue
-                ys = np.array([[dict(zip(x, y, strict=True))[f] for f in common] for x, y in runs])
+                common, ys = band
                 ax.plot(common, ys.mean(0), color=colors.get(label), label=label)
-                if len(runs) > 1:
+                if len(ys) > 1:
                     ax.fill_between(common, ys.min(0), ys.max(0), color=colors.get(label), alpha=0.15)
             if xmax:
                 ax.set_xlim(-0.03 * xmax, 1.03 * xmax)
@@ -456,6 +450,16 @@ def plot(table: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _on_common_x(runs: Sequence[tuple[list, list]]) -> tuple[Any, Any] | None:
+    """``(xs, ys [seeds, len(xs)])`` of the seeds' curves at the x values they all share (``None`` if none)."""
+    import numpy as np
+
+    common = sorted(set.intersection(*(set(x) for x, _ in runs))) if runs else []
+    if not common:
+        return None
+    return np.array(common), np.array([[dict(zip(x, y, strict=True))[f] for f in common] for x, y in runs])
 
 
 def zo_curves(table: Mapping[str, Any]) -> dict[str, dict[str, dict[int, tuple[list[int], list[float]]]]]:
