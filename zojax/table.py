@@ -94,15 +94,19 @@ def find_runs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return list(dict.fromkeys(out))
 
 
-def _selected_dev(results: Mapping[str, Any], metrics_path: Path) -> tuple[float | None, float | None]:
+def records(run_dir: str | os.PathLike[str], event: str) -> list[dict[str, Any]]:
+    """The ``event`` records (``"eval"``, ``"train"`` …) of a run's ``metrics.jsonl``, in order (none
+    without the file)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [r for line in path.read_text().splitlines() if (r := json.loads(line)).get("event") == event]
+
+
+def _selected_dev(results: Mapping[str, Any], run_dir: Path) -> tuple[float | None, float | None]:
     """Dev metric and dev loss of the selected step (from the eval records of metrics.jsonl)."""
     step = results.get("selected_step")
-    rec = None
-    if metrics_path.is_file():
-        for line in metrics_path.read_text().splitlines():
-            r = json.loads(line)
-            if r.get("event") == "eval" and r.get("step") == step:
-                rec = r
+    rec = next((r for r in reversed(records(run_dir, "eval")) if r.get("step") == step), None)
     if rec is None:
         d = results.get("dev_after")
         return (None, None) if not d else (d.get("value"), d.get("loss"))
@@ -125,7 +129,7 @@ def load_run(path: Path) -> Run | None:
     cell = path / "sweep_cell.json"
     label = json.loads(cell.read_text())["label"] if cell.is_file() else default_label(config)
     training = config["optim"]["method"] not in ("zero-shot", "icl")
-    dev, dev_loss = _selected_dev(results, path / "metrics.jsonl")
+    dev, dev_loss = _selected_dev(results, path)
     test = results.get("test") or {}
     return Run(
         path=path,
@@ -367,15 +371,10 @@ def dev_curves(table: Mapping[str, Any]) -> dict[str, dict[str, dict[int, tuple[
             curves = {}
             for seed, run in zip(c["seeds"], c["runs"], strict=True):
                 xs, ys = [], []
-                mpath = Path(run) / "metrics.jsonl"
-                if mpath.is_file():
-                    for line in mpath.read_text().splitlines():
-                        r = json.loads(line)
-                        if r.get("event") == "eval":
-                            val = dev_metric(r)
-                            if val is not None:
-                                xs.append(int(r["forwards"]))
-                                ys.append(float(val))
+                for r in records(run, "eval"):
+                    if (val := dev_metric(r)) is not None:
+                        xs.append(int(r["forwards"]))
+                        ys.append(float(val))
                 if xs:
                     curves[seed] = (xs, ys)
             out.setdefault(task, {})[label] = curves
@@ -513,12 +512,8 @@ def loss_curves(
             curves = {}
             for seed, run in zip(c["seeds"], c["runs"], strict=True):
                 sums: dict[int, list[float]] = {}
-                mpath = Path(run) / "metrics.jsonl"
-                if not mpath.is_file():
-                    continue
-                for line in mpath.read_text().splitlines():
-                    r = json.loads(line)
-                    if r.get("event") == "train" and r.get("loss") is not None and r.get("forwards", 0) > 0:
+                for r in records(run, "train"):
+                    if r.get("loss") is not None and r.get("forwards", 0) > 0:
                         k = min(bins - 1, math.ceil(r["forwards"] / width) - 1)
                         sums.setdefault(k, []).append(float(r["loss"]))
                 if sums:
