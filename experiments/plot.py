@@ -25,18 +25,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from zojax.train.logging import read_metrics
+
 
 def read_run(run_dir: Path) -> dict[str, Any]:
     """Train, dev and test records of one run, and a label from its config."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no metrics.jsonl (is it a zojax run directory?)")
-    recs = []
-    for line in path.read_text().splitlines():
-        try:
-            recs.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+    recs = read_metrics(path)
     label = run_dir.name
     cfg_path = run_dir / "config.json"
     if cfg_path.is_file():

@@ -246,6 +246,8 @@ def test_loss_curves_bin_training_losses_by_forward_passes(tmp_path: Path) -> No
         with (root / f"sst2_{label}_{lr}_0" / "metrics.jsonl").open("a") as f:
             for fwd, loss in train[label]:
                 f.write(json.dumps({"event": "train", "step": fwd, "forwards": fwd, "loss": loss}) + "\n")
+    with (root / "sst2_MeZO_1e-06_0" / "metrics.jsonl").open("a") as f:
+        f.write('{"event": "train", "step": 13, "forw')  # a crash mid-line: skipped, as read_metrics does
     table = T.table_from_dirs([root])
     curves = T.loss_curves(table, bins=3)["sst2"]
     # budget 12 forwards, 3 bins of 4: MeZO's forwards 2, 4 | 6, 8 | 10, 12 -> losses 9, 8 | 7, 6 | 5, 4

@@ -97,10 +97,10 @@ def find_runs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
 def records(run_dir: str | os.PathLike[str], event: str) -> list[dict[str, Any]]:
     """The ``event`` records (``"eval"``, ``"train"`` …) of a run's ``metrics.jsonl``, in order (none
     without the file)."""
+    from zojax.train.logging import read_metrics
+
     path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [r for line in path.read_text().splitlines() if (r := json.loads(line)).get("event") == event]
+    return [r for r in read_metrics(path) if r.get("event") == event] if path.is_file() else []
 
 
 def _selected_dev(results: Mapping[str, Any], run_dir: Path) -> tuple[float | None, float | None]:
