@@ -3,6 +3,8 @@
 * 20 steps uninterrupted == 10 steps, stop, resume, 10 more (params, optimizer state and logs
   bitwise); the same through the CLI with a real SIGTERM; one agreement per step carries the stop
   and the time-based checkpoint;
+* a stop during a dev or test evaluation stops it between forward passes, and the resume repeats it
+  (training and zero-shot runs);
 * a truncated / partial latest checkpoint is detected and the previous one used (with a warning);
 * an existing run needs ``--resume``, and a resume may not change the trajectory;
 * the logs, ``results.json``, TensorBoard events and the plot script.
@@ -92,15 +94,16 @@ def test_one_agreement_per_step_carries_stop_and_timed_checkpoint(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The loop's only collective is one ``hosts.agree`` of ``(stop request, time-based checkpoint
-    due)`` before each step (and one before training). A faked second process asks, through that
-    maximum, for a time-based checkpoint before step 3 and stops with SIGTERM before step 5: this
-    process (never due itself) saves step 2, then stops at step 4 and saves it."""
+    due)`` before each step (and one before training, and one before each evaluation pass: one here). A
+    faked second process asks, through that maximum, for a time-based checkpoint before step 3 and
+    stops with SIGTERM before step 5: this process (never due itself) saves step 2, then stops at
+    step 4 and saves it."""
     from zojax.train import hosts as real_hosts
     from zojax.train import loop as loop_mod
     from zojax.train import stopping as stopping_mod
 
     calls: list[list[int]] = []
-    other = {3: (-1, 1), 5: (int(signal.SIGTERM), 0)}  # agreement number -> the other process's values
+    other = {4: (-1, 1), 6: (int(signal.SIGTERM), 0)}  # agreement number -> the other process's values
 
     def agree(values):
         calls.append(list(values))
@@ -114,9 +117,86 @@ def test_one_agreement_per_step_carries_stop_and_timed_checkpoint(
     cfg = make_config(data_dir, out, optim__steps=6, run__checkpoint_every=0, run__checkpoint_minutes=1e6)
     report = Trainer(cfg, log=quiet).run()
     assert report["status"] == "interrupted" and report["signal"] == signal.SIGTERM and report["step"] == 4
-    assert calls == [[-1, 0]] * 6  # before training, then before steps 1..5; never due here
+    assert calls == [[-1, 0]] * 7  # the step-0 dev pass, before training, then before steps 1..5; never due
     assert Checkpoints(out / "checkpoints").steps() == [2, 4]
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if r["event"] == "train"] == [1, 2, 3, 4]
+
+
+def _run_stopping_in_evaluation(cfg, at: tuple[int, int] | None) -> tuple[dict, list[int]]:
+    """Runs ``cfg``; with ``at = (step, k)`` a SIGTERM arrives while the k-th evaluation pass at
+    ``step`` runs (the stop request is made when the trainer asks whether to stop before pass k + 1).
+
+    Returns the report and the training step at each of the trainer's "stop before this pass?" questions.
+    """
+    trainer = Trainer(cfg, log=quiet)
+    asked: list[int] = []
+    real = trainer._stops.should_stop
+
+    def should_stop() -> bool:
+        asked.append(trainer.state.step)
+        if at is not None and asked.count(at[0]) == at[1] + 1:
+            trainer.request_stop(signal.SIGTERM)  # what the handler does
+        return real()
+
+    trainer._stops.should_stop = should_stop
+    return trainer.run(), asked
+
+
+def test_stop_during_an_evaluation_stops_it_and_a_resume_repeats_it(data_dir: Path, tmp_path: Path) -> None:
+    """A SIGTERM during a dev evaluation stops it before its next forward pass (not after the
+    whole split), checkpoints the step, and the resume evaluates that step again; a second one
+    during the final test evaluation likewise. The twice-interrupted run equals an uninterrupted one
+    (params, optimizer state, logs, results)."""
+    over = dict(optim__steps=10, eval__token_budget=64)  # a few rows per pass: several passes per split
+    ref_out, out = tmp_path / "reference", tmp_path / "interrupted"
+    ref, asked_ref = _run_stopping_in_evaluation(make_config(data_dir, ref_out, **over), None)
+    assert ref["status"] == "done"
+    dev_passes = asked_ref.count(5)  # the dev evaluation at step 5
+    assert dev_passes >= 3 and asked_ref.count(0) == dev_passes
+    assert asked_ref.count(10) > dev_passes  # the final dev, then the test evaluation
+
+    first, asked = _run_stopping_in_evaluation(make_config(data_dir, out, **over), (5, 1))
+    assert first["status"] == "interrupted" and first["signal"] == signal.SIGTERM and first["step"] == 5
+    assert asked.count(5) == 2  # stopped before its second pass, not after the whole split
+    assert 5 in Checkpoints(out / "checkpoints").steps()
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if r["event"] == "eval"] == [0]
+    assert not (out / "results.json").exists()
+
+    second, asked = _run_stopping_in_evaluation(make_config(data_dir, out, run__resume=True, **over),
+                                                (10, dev_passes + 1))  # fmt: skip
+    assert second["status"] == "interrupted" and second["step"] == 10
+    assert asked.count(5) == dev_passes  # the interrupted evaluation, repeated in full
+    assert not (out / "results.json").exists()
+    third, _ = _run_stopping_in_evaluation(make_config(data_dir, out, run__resume=True, **over), None)
+    assert third["status"] == "done"
+
+    cfg = make_config(data_dir, None, **over)
+    a, b = final_state(ref_out, cfg), final_state(out, cfg)
+    assert a["step"] == b["step"] == 10
+    assert_trees_equal(a["params"], b["params"])
+    assert_trees_equal(a["opt_state"], b["opt_state"])
+    assert strip_timing(read_metrics(ref_out / "metrics.jsonl")) == strip_timing(read_metrics(out / "metrics.jsonl"))
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (ref_out, out))
+    strip = lambda d: {k: v for k, v in d.items() if k != "eval_time"} if isinstance(d, dict) else d
+    for key in ("dev_before", "dev_after", "best", "test", "selected_step"):
+        assert strip(ra[key]) == strip(rb[key])
+
+
+def test_stop_during_a_zero_shot_evaluation(data_dir: Path, tmp_path: Path) -> None:
+    """Zero-shot: a SIGTERM during the dev evaluation stops it between passes and writes no
+    results (nothing to checkpoint); the rerun reports what an uninterrupted run does."""
+    over = dict(optim__method="zero-shot", optim__steps=0, eval__token_budget=64)
+    ref, _ = _run_stopping_in_evaluation(make_config(data_dir, tmp_path / "reference", **over), None)
+    out = tmp_path / "zero-shot"
+    first, asked = _run_stopping_in_evaluation(make_config(data_dir, out, **over), (0, 1))
+    assert first["status"] == "interrupted" and first["signal"] == signal.SIGTERM
+    assert len(asked) == 2 and not (out / "results.json").exists()
+    again, _ = _run_stopping_in_evaluation(make_config(data_dir, out, run__resume=True, **over), None)
+    assert again["status"] == "done"
+    for key in ("dev_after", "test"):
+        assert {k: v for k, v in again[key].items() if k != "eval_time"} == {
+            k: v for k, v in ref[key].items() if k != "eval_time"
+        }
 
 
 def test_logs_and_results(baseline: Path) -> None:

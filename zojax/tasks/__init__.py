@@ -34,6 +34,7 @@ _EXPORTS = {
     **dict.fromkeys(
         (
             "EvalResult",
+            "EvaluationStopped",
             "evaluate",
             "evaluate_candidates",
             "evaluate_generation",
@@ -62,6 +63,7 @@ __all__ = [
     "TASKS",
     "Encoded",
     "EvalResult",
+    "EvaluationStopped",
     "Example",
     "RawData",
     "Split",

@@ -14,13 +14,16 @@ On several devices a :class:`~zojax.models.rows.Rows` placement (the trainer's
 rows per pass are rounded up to a multiple of its size ``D`` (the budget is the whole pass's, as
 ``--batch-size`` is the whole step's), filled with copies whose results are dropped, placed with
 ``placement.batch`` and the per-row results fetched whole on every process.
+
+A caller that may have to stop (the trainer on SIGTERM) passes ``should_stop``: it is asked before
+every pass, and when it says so the evaluation raises :class:`EvaluationStopped` instead of finishing.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +45,21 @@ from zojax.tasks.metrics import f1_score, is_correct
 from zojax.tasks.registry import Task
 from zojax.tasks.sampling import icl_demo_sets
 from zojax.tasks.scoring import GenerateFn, LogitsFn, generate_texts, sequence_scores
+
+ShouldStop = Callable[[], bool]
+
+
+class EvaluationStopped(Exception):
+    """An evaluation stopped between two passes because ``should_stop()`` said so.
+
+    Attributes:
+      done: the passes finished before the stop.
+      total: the passes the evaluation had.
+    """
+
+    def __init__(self, done: int, total: int) -> None:
+        super().__init__(f"evaluation stopped after {done} of {total} passes")
+        self.done, self.total = done, total
 
 
 @dataclass
@@ -76,12 +94,22 @@ def _jitted_scorer(logits_fn: LogitsFn) -> Callable[..., jax.Array]:
     return jax.jit(functools.partial(sequence_scores, logits_fn))
 
 
-def _progress(it: Any, total: int, desc: str, enabled: bool) -> Any:
-    if not enabled:
-        return it
-    from tqdm.auto import tqdm
+def _passes(chunks: Sequence[Any], desc: str, progress: bool, should_stop: ShouldStop | None) -> Iterator[Any]:
+    """``chunks`` one by one (behind a progress bar when ``progress``), asking ``should_stop()``
+    before each: raises :class:`EvaluationStopped` when it is true."""
+    bar = chunks
+    if progress:
+        from tqdm.auto import tqdm
 
-    return tqdm(it, total=total, desc=desc, leave=False)
+        bar = tqdm(chunks, total=len(chunks), desc=desc, leave=False)
+    try:
+        for i, chunk in enumerate(bar):
+            if should_stop is not None and should_stop():
+                raise EvaluationStopped(i, len(chunks))
+            yield chunk
+    finally:
+        if bar is not chunks:
+            bar.close()
 
 
 def length_chunks(
@@ -124,18 +152,20 @@ def score_sequences(
     progress: bool = False,
     desc: str = "scoring",
     placement: Rows = LOCAL,
+    should_stop: ShouldStop | None = None,
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Mean option log-prob of every sequence, batched by length buckets (:func:`length_chunks`),
     each pass's rows placed by ``placement`` (default: one device).
 
-    Returns ``(scores float64[N], stats)``."""
+    Returns ``(scores float64[N], stats)``; raises :class:`EvaluationStopped` when ``should_stop()``
+    is true before a pass."""
     scorer = _jitted_scorer(logits_fn)
     out = np.zeros(len(seqs), dtype=np.float64)
     chunks = length_chunks([len(s.ids) for s in seqs], token_budget, pad_to_multiple_of, placement.data_size)
     pad = pad_id(tokenizer)
     t0 = time.perf_counter()
     tokens = 0
-    for idx, t, rows in _progress(chunks, len(chunks), desc, progress):
+    for idx, t, rows in _passes(chunks, desc, progress, should_stop):
         batch = [seqs[j] for j in idx] + [seqs[idx[0]]] * (rows - len(idx))
         ids, mask, tmask = left_pad(batch, pad, t, tokenizer.bos_id)
         placed = placement.batch({"ids": ids, "mask": mask, "tmask": tmask})
@@ -166,10 +196,11 @@ def evaluate_candidates(
     pad_to_multiple_of: int = 32,
     progress: bool = True,
     placement: Rows = LOCAL,
+    should_stop: ShouldStop | None = None,
 ) -> EvalResult:
     """Accuracy by candidate scoring: predict the candidate with the highest mean option
     log-prob (no calibration); correct if it is a gold candidate (any gold for ReCoRD).
-    ``placement``: where each pass's rows live (see :func:`score_sequences`)."""
+    ``placement`` and ``should_stop``: see :func:`score_sequences`."""
     seqs: list[Encoded] = []
     spans: list[tuple[int, int]] = []
     for i, ex in enumerate(examples):
@@ -177,7 +208,16 @@ def evaluate_candidates(
         spans.append((len(seqs), len(seqs) + len(enc)))
         seqs.extend(enc)
     flat, stats = score_sequences(
-        logits_fn, params, tokenizer, seqs, token_budget, pad_to_multiple_of, progress, task.name, placement
+        logits_fn,
+        params,
+        tokenizer,
+        seqs,
+        token_budget,
+        pad_to_multiple_of,
+        progress,
+        task.name,
+        placement,
+        should_stop,
     )
     preds, scores = [], []
     for a, b in spans:
@@ -201,6 +241,7 @@ def evaluate_generation(
     stop_rule: str = "text",
     token_budget: int = 0,
     placement: Rows = LOCAL,
+    should_stop: ShouldStop | None = None,
 ) -> EvalResult:
     r"""F1 of greedy generations, max over gold answers (SQuAD normalisation).
 
@@ -212,7 +253,8 @@ def evaluate_generation(
 
     ``stop_rule`` cleans the text: ``"text"`` cuts it at the first "\n" (default), ``"mezo"``
     only strips it, as MeZO does; ``generate_fn`` should stop by the same rule
-    (``Model.generate_batch(..., stop_rule=...)``)."""
+    (``Model.generate_batch(..., stop_rule=...)``). ``should_stop()``, when given, is asked before
+    every call (:class:`EvaluationStopped`)."""
     t0 = time.perf_counter()
     prompts = [
         encode_generation_prompt(task, ex, tokenizer, demos[i] if demos else (), max_length, max_new_tokens)
@@ -220,7 +262,7 @@ def evaluate_generation(
     ]
     chunks = length_chunks([len(p) for p in prompts], token_budget, 32, placement.data_size, max_new_tokens)
     texts: list[str] = [""] * len(prompts)
-    for idx, _, rows in _progress(chunks, len(chunks), task.name, progress):
+    for idx, _, rows in _passes(chunks, task.name, progress, should_stop):
         batch = [prompts[j] for j in idx] + [prompts[idx[0]]] * (rows - len(idx))
         for j, text in zip(idx, generate_texts(generate_fn, tokenizer, batch, stop_rule=stop_rule), strict=False):
             texts[j] = text

@@ -32,6 +32,7 @@ import numpy as np
 
 from zojax.models.rows import LOCAL, Rows, padded_rows
 from zojax.tasks import Example, Task
+from zojax.tasks.evaluate import EvaluationStopped, ShouldStop
 from zojax.tasks.scoring import candidate_nll, shared_candidate_scores, shifted_target_mask, target_mean
 from zojax.train.config import TrainConfig
 from zojax.train.data import TrainBatches
@@ -117,10 +118,13 @@ class DevObjective:
             self.batches.append(b)
 
     def __call__(self, sums_fn: Callable[[PyTree, PyTree, Mapping[str, Any]], tuple[Array, Array]],
-                 params: PyTree, frozen: PyTree) -> float:  # fmt: skip
-        """``L_dev`` with ``sums_fn(params, frozen, batch) -> (Σ w ℓ, Σ w)`` (jitted by the caller)."""
+                 params: PyTree, frozen: PyTree, should_stop: ShouldStop | None = None) -> float:  # fmt: skip
+        """``L_dev`` with ``sums_fn(params, frozen, batch) -> (Σ w ℓ, Σ w)`` (jitted by the caller);
+        raises :class:`~zojax.tasks.EvaluationStopped` when ``should_stop()`` is true before a batch."""
         total, weight = 0.0, 0.0
-        for b in self.batches:
+        for i, b in enumerate(self.batches):
+            if should_stop is not None and should_stop():
+                raise EvaluationStopped(i, len(self.batches))
             s, n = jax.device_get(sums_fn(params, frozen, self.placement.batch(b)))
             total, weight = total + float(s), weight + float(n)
         return total / weight if weight > 0 else math.nan
@@ -226,8 +230,11 @@ class Evaluator:
         else:
             self._logits = functools.partial(_adapted_logits, tuned.lm)
 
-    def __call__(self, params: PyTree, split: str) -> dict[str, Any]:
+    def __call__(self, params: PyTree, split: str, should_stop: ShouldStop | None = None) -> dict[str, Any]:
         """Evaluates ``params`` on ``split`` (``"dev"`` or ``"test"``).
+
+        ``should_stop()``, when given, is asked before every forward pass; when it is true the
+        evaluation stops there and raises :class:`~zojax.tasks.EvaluationStopped`.
 
         Returns:
           ``{metric, value, n, loss, eval_time}``: ``loss`` is the training objective on the split
@@ -259,6 +266,7 @@ class Evaluator:
             "progress": c.run.progress,
             "token_budget": c.eval.token_budget,
             "placement": self.placement,
+            "should_stop": should_stop,
         }
         if self.task.generation:
             kw.update(max_new_tokens=c.data.max_new_tokens, stop_rule=c.eval.stop_rule)
@@ -288,6 +296,6 @@ class Evaluator:
             if "loss" in out:
                 out["choice_loss"] = out.pop("loss")
             if split == "dev" and self.dev_objective is not None:
-                out["loss"] = self.dev_objective(self._dev_sums, params, tuned.frozen)
+                out["loss"] = self.dev_objective(self._dev_sums, params, tuned.frozen, should_stop)
         out["eval_time"] = time.perf_counter() - t0
         return out

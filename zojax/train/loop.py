@@ -15,7 +15,8 @@ r"""The fine-tuning loop: :class:`Trainer` steps, and hooks do everything period
    before each step, one agreement of all processes (:mod:`zojax.train.stopping`, a single
    all-gather) decides whether to stop and whether ``checkpoint_minutes`` have passed since the
    last save (then the last step's state is saved first); Ctrl-C/SIGTERM and ``stop_after``
-   checkpoint and stop, and a resume continues bitwise identically;
+   checkpoint and stop, and a resume continues bitwise identically (a signal during an
+   evaluation stops it before its next forward pass, and the resume repeats it);
 5. reports the test metric of the best-by-dev parameters (``results.json``,
    :mod:`zojax.train.report`).
 
@@ -35,6 +36,7 @@ from typing import Any
 import jax
 
 from zojax.models import Model
+from zojax.tasks.evaluate import EvaluationStopped
 from zojax.train import checkpoint as ckpt_lib
 from zojax.train import hosts
 from zojax.train import report as report_lib
@@ -206,22 +208,48 @@ class Trainer:
             self.say(line)
         has_dev = len(job.splits.dev) > 0
         if not c.training:
-            if has_dev:
-                self._dev(params, 0)
-            return self._finish(params)
-        if self.state.step == 0 and c.eval.eval_before and has_dev and self.state.dev_before is None:
-            self._dev(params, 0)  # (a run stopped before its first step has it already)
+            try:
+                if has_dev:
+                    self._dev(params, 0)
+                return self._finish(params)
+            except EvaluationStopped:  # nothing to save: a rerun evaluates again
+                self.say(f"[zojax] interrupted during evaluation; rerun with: zojax finetune --out {self.run_dir} "
+                         "--resume")  # fmt: skip
+                return {"status": self._stop_status(), "signal": self._stops.signal or None, "step": 0,
+                        "run_dir": str(self.run_dir)}  # fmt: skip
+        try:
+            if self._dev_due_at_start(has_dev):
+                self._dev(params, self.state.step)
+        except EvaluationStopped:
+            return self._stopped(self._stop_status(), params, opt_state)
         status = "interrupted"
         if self._agree()[0] is None:
             params, opt_state, status = self._train(params, opt_state, frozen, self._hooks(has_dev))
             self._close_progress()
         if status != "done":
             return self._stopped(status, params, opt_state)
-        if has_dev and (self.state.last_dev or {}).get("step") != total:
-            # resumed with --steps equal to the checkpoint's step: the final dev evaluation
-            self._dev(params, total)
-            self._checkpoint(total, params, opt_state)
-        return self._finish(params)
+        try:
+            if has_dev and (self.state.last_dev or {}).get("step") != total:
+                # resumed with --steps equal to the checkpoint's step: the final dev evaluation
+                self._dev(params, total)
+                self._checkpoint(total, params, opt_state)
+            return self._finish(params)
+        except EvaluationStopped:
+            return self._stopped(self._stop_status(), params, opt_state)
+
+    def _dev_due_at_start(self, has_dev: bool) -> bool:
+        """Whether a dev evaluation comes before the first step: the untrained parameters'
+        (``eval_before``; a run stopped before its first step has it already) or, on a resume,
+        the one that a stop interrupted at the checkpoint's step (before the final step; the
+        final one is done after training)."""
+        c, state = self.config, self.state
+        if not has_dev:
+            return False
+        if state.step == 0:
+            return c.eval.eval_before and state.dev_before is None
+        every = c.eval.eval_every
+        due = bool(every) and state.step % every == 0 and state.step < c.optim.steps
+        return due and (state.last_dev or {}).get("step") != state.step
 
     def _train(self, params: PyTree, opt_state: PyTree, frozen: PyTree, hooks: Hooks) -> tuple[PyTree, PyTree, str]:
         """Steps until ``steps`` or a stop request; the hooks do the rest."""
@@ -232,7 +260,7 @@ class Trainer:
         while state.step < total:
             stop, checkpoint_due = self._agree()  # the step's one collective
             if stop is not None:
-                return params, opt_state, "interrupted" if stops.signal else "stopped"
+                return params, opt_state, self._stop_status()
             if checkpoint_due:  # checkpoint_minutes since the last save: the last step's state
                 self._checkpoint(state.step, params, opt_state)
                 t_prev = time.perf_counter()  # (not counted in the next step's time)
@@ -245,7 +273,10 @@ class Trainer:
             state.step += 1
             state.forwards = state.step * job.forwards_per_step
             stops.steps_this_process += 1
-            hooks.run(StepInfo(state.step, total, params, opt_state, stats, time.perf_counter() - t_prev))
+            try:
+                hooks.run(StepInfo(state.step, total, params, opt_state, stats, time.perf_counter() - t_prev))
+            except EvaluationStopped:  # a stop during the step's dev evaluation: a resume repeats it
+                return params, opt_state, self._stop_status()
             t_prev = time.perf_counter()
         return params, opt_state, "done"
 
@@ -294,7 +325,7 @@ class Trainer:
     def _dev(self, params: PyTree, step: int) -> None:
         """Dev evaluation at ``step``: log, report, and save the params if best so far."""
         c, state, fps = self.config, self.state, self.job.forwards_per_step
-        r = self.job.evaluate(params, "dev")
+        r = self.job.evaluate(params, "dev", self._stops.should_stop)
         state.last_dev = {"step": step, **r}
         if state.dev_before is None and step == 0:
             state.dev_before = dict(state.last_dev)
@@ -325,6 +356,10 @@ class Trainer:
         self._stops.saved(step)
         self._ckpts.prune_best(None if self.best is None else self.best["step"])
         self.say(f"[zojax] checkpoint step {step} -> {path} ({time.perf_counter() - t0:.1f}s)")
+
+    def _stop_status(self) -> str:
+        """``"interrupted"`` (a signal) or ``"stopped"`` (``stop_after``, :meth:`request_stop`)."""
+        return "interrupted" if self._stops.signal else "stopped"
 
     def _agree(self) -> tuple[int | None, bool]:
         """Whether to stop, and whether a time-based checkpoint is due (:meth:`StopControl.agree`)."""
@@ -361,7 +396,7 @@ class Trainer:
                 warnings.warn("best-by-dev parameters unavailable; testing the final ones", stacklevel=2)
         test = None
         if len(job.splits.test) > 0:
-            test = job.evaluate(params, "test")
+            test = job.evaluate(params, "test", self._stops.should_stop)
             rec = {"event": "test", "step": total, "forwards": total * fps, "selected_step": chosen_step,
                    f"test_{test['metric']}": test["value"]}  # fmt: skip
             if "loss" in test:

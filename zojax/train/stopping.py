@@ -12,7 +12,10 @@ where :math:`s_p` is process :math:`p`'s stop request (its signal number, 0 for 
 :meth:`StopControl.request`, -1 for none) and :math:`m` is ``checkpoint_minutes`` (0: never due). A
 SIGTERM that reached one process stops them all at the same step (one that lands during the
 all-gather counts at the next step, on all), and a time-based checkpoint is saved by all of them at
-the same step. One process: no all-gather.
+the same step. An evaluation asks :meth:`StopControl.should_stop` before each of its forward passes
+(the same all-gather, with :math:`m = 0`), so a stop requested during a long dev or test evaluation
+stops it between two passes on every process: the trainer then checkpoints the last step and a
+resume repeats that evaluation. One process: no all-gather.
 """
 
 from __future__ import annotations
@@ -72,8 +75,8 @@ class StopControl:
                 raise KeyboardInterrupt
             self.signal = signum
             sys.stderr.write(
-                f"\n[zojax] {signal.Signals(signum).name}: finishing the current step, then "
-                "checkpointing (Ctrl-C again to abort at once)\n"
+                f"\n[zojax] {signal.Signals(signum).name}: finishing the current step or evaluation pass, "
+                "then checkpointing (Ctrl-C again to abort at once)\n"
             )
 
         previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -109,3 +112,8 @@ class StopControl:
         if self.signal is None:
             self.signal = signum
         return signum, bool(any_due)
+
+    def should_stop(self) -> bool:
+        """Whether an evaluation stops before its next forward pass: the agreed stop request of
+        :meth:`agree` (never a checkpoint)."""
+        return self.agree(self.last_saved, 0)[0] is not None
