@@ -94,7 +94,7 @@ def _jitted_scorer(logits_fn: LogitsFn) -> Callable[..., jax.Array]:
     return jax.jit(functools.partial(sequence_scores, logits_fn))
 
 
-def _passes(chunks: Sequence[Any], desc: str, progress: bool, should_stop: ShouldStop | None) -> Iterator[Any]:
+def passes(chunks: Sequence[Any], desc: str, progress: bool, should_stop: ShouldStop | None) -> Iterator[Any]:
     """``chunks`` one by one (behind a progress bar when ``progress``), asking ``should_stop()``
     before each: raises :class:`EvaluationStopped` when it is true."""
     bar = chunks
@@ -165,7 +165,7 @@ def score_sequences(
     pad = pad_id(tokenizer)
     t0 = time.perf_counter()
     tokens = 0
-    for idx, t, rows in _passes(chunks, desc, progress, should_stop):
+    for idx, t, rows in passes(chunks, desc, progress, should_stop):
         batch = [seqs[j] for j in idx] + [seqs[idx[0]]] * (rows - len(idx))
         ids, mask, tmask = left_pad(batch, pad, t, tokenizer.bos_id)
         placed = placement.batch({"ids": ids, "mask": mask, "tmask": tmask})
@@ -262,7 +262,7 @@ def evaluate_generation(
     ]
     chunks = length_chunks([len(p) for p in prompts], token_budget, 32, placement.data_size, max_new_tokens)
     texts: list[str] = [""] * len(prompts)
-    for idx, _, rows in _passes(chunks, task.name, progress, should_stop):
+    for idx, _, rows in passes(chunks, task.name, progress, should_stop):
         batch = [prompts[j] for j in idx] + [prompts[idx[0]]] * (rows - len(idx))
         for j, text in zip(idx, generate_texts(generate_fn, tokenizer, batch, stop_rule=stop_rule), strict=False):
             texts[j] = text

@@ -32,7 +32,7 @@ import numpy as np
 
 from zojax.models.rows import LOCAL, Rows, padded_rows
 from zojax.tasks import Example, Task
-from zojax.tasks.evaluate import EvaluationStopped, ShouldStop
+from zojax.tasks.evaluate import ShouldStop, passes
 from zojax.tasks.scoring import candidate_nll, shared_candidate_scores, shifted_target_mask, target_mean
 from zojax.train.config import TrainConfig
 from zojax.train.data import TrainBatches
@@ -122,9 +122,7 @@ class DevObjective:
         """``L_dev`` with ``sums_fn(params, frozen, batch) -> (Σ w ℓ, Σ w)`` (jitted by the caller);
         raises :class:`~zojax.tasks.EvaluationStopped` when ``should_stop()`` is true before a batch."""
         total, weight = 0.0, 0.0
-        for i, b in enumerate(self.batches):
-            if should_stop is not None and should_stop():
-                raise EvaluationStopped(i, len(self.batches))
+        for b in passes(self.batches, "dev loss", False, should_stop):
             s, n = jax.device_get(sums_fn(params, frozen, self.placement.batch(b)))
             total, weight = total + float(s), weight + float(n)
         return total / weight if weight > 0 else math.nan
