@@ -4,6 +4,7 @@
   completed (the stopped cells resumed, the others started): a resumed cell equals the
   uninterrupted run of its ``--print-commands`` line;
   a real SIGTERM stops the running cell with a checkpoint and the next invocation finishes it;
+  a SIGUSR1 (or ``--drain-after``) drains the sweep: the running cell finishes, no new cell starts;
 * the table's numbers equal ones computed by hand from fixture runs;
 * ``lr_from``: a spec waits for its pilot, then runs at the pilot's choice in the pilot's cell ids,
   and refuses a choice at the edge of the grid;
@@ -154,6 +155,51 @@ def test_sigterm_stops_the_running_cell_and_the_next_invocation_finishes_it(tmp_
     assert done.returncode == 0, done.stdout
     res = json.loads((spec.out / cell.id / "results.json").read_text())
     assert res["status"] == "done" and res["steps"] == 600
+
+
+def test_sigusr1_drains_the_sweep_the_running_cell_finishes_and_no_new_cell_starts(tmp_path: Path) -> None:
+    spec_path = _spec(tmp_path, _sst2(tmp_path / "data"), steps=100, **{"eval.eval_every": 0,
+                      "run.checkpoint_every": 0})  # fmt: skip
+    spec = S.load_spec(spec_path)
+    first, second = [c for c in spec.cells() if c.id.endswith("lr-0.001_seed-0")]  # MeZO, then MeZO-GV
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zojax.cli", "sweep", str(spec_path), "--no-progress", "--only", "lr-0.001_seed-0"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    metrics = spec.out / first.id / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.is_file() and '"train"' in metrics.read_text()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)  # the first cell has 99 steps and its test evaluation to go
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, out  # unfinished, so a chain (`&&`, `set -e`) stops here
+    assert "SIGUSR1: 1 running cell(s) will finish; no new cell starts" in out
+    assert "1 done now" in out and "1 not started" in out and "drained" in out
+    res = json.loads((spec.out / first.id / "results.json").read_text())
+    assert res["status"] == "done" and res["steps"] == 100  # ran to its end, not stopped
+    assert "--resume" not in (spec.out / first.id / "sweep.log").read_text()
+    assert S.cell_status(spec.out / second.id) == "new" and not (spec.out / second.id).exists()
+
+
+def test_drain_after_starts_no_cell_once_its_time_is_up(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from zojax.cli import sweep_main
+    from zojax.cli.sweep import parse_duration
+
+    assert [parse_duration(t) for t in ("5400", "90m", "1h30m", "1.5h", "5400s")] == [5400.0] * 5
+    for bad in ("", "soon", "1d", "-5", "h"):
+        with pytest.raises(ValueError, match="--drain-after"):
+            parse_duration(bad)
+    with pytest.raises(ValueError, match="--drain-after"):
+        S.SweepRunner(S.load_spec(_spec(tmp_path, tmp_path)), drain_after=-1.0)
+
+    spec_path = _spec(tmp_path, _sst2(tmp_path / "data"))
+    assert sweep_main([str(spec_path), "--no-progress", "--drain-after", "0"]) == 128 + signal.SIGTERM
+    out = capsys.readouterr()
+    assert "--drain-after 0s reached" in out.err and "8 not started" in out.out and "drained" in out.out
+    assert not S.load_spec(spec_path).out.exists()  # nothing started, nothing written
+    with pytest.raises(SystemExit) as e:
+        sweep_main([str(spec_path), "--drain-after", "tomorrow"])
+    assert e.value.code == 2 and "--drain-after" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------- the table, by hand

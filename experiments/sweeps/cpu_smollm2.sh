@@ -10,6 +10,7 @@
 #
 #   nohup sh experiments/sweeps/cpu_smollm2.sh >> cpu_smollm2.log 2>&1 &    # from the repository root
 #   pkill -TERM -f "zojax.cli sweep|zojax sweep"                            # pause: the running cell checkpoints
+#   pkill -USR1 -f "zojax.cli sweep|zojax sweep"                            # drain: it finishes, no new cell starts
 #   zojax table --spec experiments/sweeps/cpu_smollm2.toml --spec experiments/sweeps/cpu_smollm2_subzero.toml
 #
 # ZOJAX overrides the command (default `zojax`), e.g. ZOJAX="python -m zojax.cli" from a source tree.

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 from collections.abc import Sequence
 
 from zojax.train import config as C
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: ``5400``, ``90m``, ``1h30m``, ``2h``, ``45s`` (``ValueError`` otherwise)."""
+    m = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
+    if not text.strip() or m is None or not any(m.groups()):
+        raise ValueError(f"--drain-after: expected a duration such as 5400, 90m, 1h30m or 2h, got {text!r}")
+    h, mins, sec = (float(g) if g else 0.0 for g in m.groups())
+    return 3600 * h + 60 * mins + sec
 
 
 def sweep_main(argv: Sequence[str] | None = None) -> int:
@@ -32,10 +42,15 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
                    help="print one zojax finetune line per unfinished cell (for SLURM arrays, GNU parallel, "
                    "or a pod's hosts) and exit")  # fmt: skip
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="cells run at once (default 1)")
+    p.add_argument("--drain-after", default=None, metavar="DURATION",
+                   help="after DURATION (5400, 90m, 1h30m) start no new cell; the running ones finish (for "
+                   "a job or machine whose time ends before the sweep: no cell is left half-run). "
+                   "SIGUSR1 drains at once")  # fmt: skip
     p.add_argument("--only", default=None, metavar="TEXT", help="only cells whose id contains TEXT")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     args, extra = p.parse_known_args(argv)
     try:
+        drain_after = None if args.drain_after is None else parse_duration(args.drain_after)
         spec = S.load_spec(args.spec).with_pilot_choices()  # one reading of the pilots for the whole run
         cells = [c for c in spec.cells(pending_ok=args.dry_run) if args.only is None or args.only in c.id]
         if args.print_commands:
@@ -62,7 +77,8 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
         p.error(str(e))
     for choice in spec.lr_choices().values():
         print(f"[zojax sweep] {spec.name}: {choice.describe()}", flush=True)
-    result = S.SweepRunner(spec, jobs=args.jobs, extra_args=extra, progress=args.progress).run(cells)
+    runner = S.SweepRunner(spec, jobs=args.jobs, extra_args=extra, progress=args.progress, drain_after=drain_after)
+    result = runner.run(cells)
     failed = {k: v for k, v in result.items() if v.startswith("failed")}
     counts = {s: sum(v == s for v in result.values()) for s in ("done", "skipped", "interrupted", "not started")}
     print(
@@ -71,6 +87,8 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
     )
     for k, v in failed.items():
         print(f"[zojax sweep] {k}: {v}")
+    if runner.drained and counts["not started"]:
+        print(f"[zojax sweep] {spec.name}: drained; run it again to start the other {counts['not started']} cell(s)")
     if counts["interrupted"] or counts["not started"]:
         return 128 + signal.SIGTERM
     return 1 if failed else 0

@@ -9,8 +9,13 @@ them as subprocesses, ``jobs`` at a time, resumably::
                    started   ->  zojax finetune ... --resume
                    new       ->  zojax finetune ...
 
-writing ``sweep_cell.json`` (sweep name, method label, axis values; read by ``zojax table``) and
-appending the subprocess's output to ``sweep.log`` in the cell's folder.
+Each cell's folder gets ``sweep_cell.json`` (sweep name, method label, axis values; read by
+``zojax table``) and ``sweep.log`` (the subprocess's output, appended).
+
+Two ways to stop: SIGINT/SIGTERM stop the running cells with a checkpoint (a later run resumes
+them); a *drain* (SIGUSR1, :meth:`SweepRunner.drain`, or ``drain_after`` seconds of the sweep's
+wall time) lets the running cells finish and starts no new one, for a machine or a job whose time
+ends before the sweep does (no cell left half-run where checkpoints are not kept).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from zojax.sweep.plan import format_seconds
 from zojax.sweep.spec import CELL_FILE, Cell, SweepSpec, cell_status
 from zojax.train import config as C
 
@@ -62,13 +68,18 @@ class SweepRunner:
     """Runs the cells of a spec, ``jobs`` at a time, each as a ``zojax finetune`` subprocess.
 
     SIGINT/SIGTERM are passed on to the running cells, which checkpoint and stop; the sweep then
-    exits, and running it again resumes them.
+    exits, and running it again resumes them. SIGUSR1 (or ``drain_after`` seconds after :meth:`run`
+    starts) drains the sweep: the running cells finish, no new cell starts.
     """
 
     def __init__(self, spec: SweepSpec, jobs: int = 1, python: str | None = None,
-                 extra_args: Sequence[str] = (), progress: bool = True) -> None:  # fmt: skip
+                 extra_args: Sequence[str] = (), progress: bool = True,
+                 drain_after: float | None = None) -> None:  # fmt: skip
         if jobs < 1:
             raise ValueError(f"--jobs: expected an integer >= 1, got {jobs}")
+        if drain_after is not None and not drain_after >= 0:
+            raise ValueError(f"--drain-after: expected a duration >= 0, got {drain_after} s")
+        self.drain_after = drain_after
         self.spec = spec
         self.jobs = jobs
         self.python = python or sys.executable
@@ -77,6 +88,21 @@ class SweepRunner:
         self._procs: dict[str, subprocess.Popen] = {}
         self._lock = threading.Lock()
         self._stopping = False
+        self._draining = False
+
+    @property
+    def drained(self) -> bool:
+        """Whether :meth:`drain` was called (by SIGUSR1, ``drain_after`` or the caller)."""
+        return self._draining
+
+    def drain(self, reason: str = "drain") -> None:
+        """Starts no new cell from now on; the running ones go on to their end."""
+        with self._lock:
+            if self._draining or self._stopping:
+                return
+            self._draining = True
+            running = len(self._procs)
+        sys.stderr.write(f"\n[zojax sweep] {reason}: {running} running cell(s) will finish; no new cell starts\n")
 
     def command(self, cell: Cell) -> list[str]:
         """The subprocess argv of ``cell`` (``--resume`` when it has started)."""
@@ -88,14 +114,17 @@ class SweepRunner:
 
     def run(self, cells: Sequence[Cell] | None = None) -> dict[str, str]:
         """Runs every cell that is not done; returns ``{cell id: final status}``
-        (``done``, ``skipped`` (already done), ``failed (exit N)``, ``interrupted`` or, after a stop,
-        ``not started``)."""
+        (``done``, ``skipped`` (already done), ``failed (exit N)``, ``interrupted`` or, after a stop
+        or a drain, ``not started``)."""
         cells = list(self.spec.cells() if cells is None else cells)
         todo = [c for c in cells if cell_status(self.spec.out / c.id) != "done"]
         result = {c.id: "skipped" for c in cells if c not in todo}
         previous = {}
         if threading.current_thread() is threading.main_thread():
             previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+            if hasattr(signal, "SIGUSR1"):  # POSIX
+                previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: self.drain("SIGUSR1"))
+        started_at = time.monotonic()
         pbar = None
         if self.progress:
             from tqdm.auto import tqdm
@@ -109,6 +138,11 @@ class SweepRunner:
                 while True:
                     with self._lock:
                         if self._stopping or not pending:
+                            return
+                    if self.drain_after is not None and time.monotonic() - started_at >= self.drain_after:
+                        self.drain(f"--drain-after {format_seconds(self.drain_after)} reached")
+                    with self._lock:
+                        if self._stopping or self._draining or not pending:
                             return
                         cell = pending.pop(0)
                     status = self._run_cell(cell)
@@ -155,8 +189,9 @@ class SweepRunner:
             log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n")
             log.flush()
             with self._lock:
-                if self._stopping:
-                    return "interrupted"
+                if self._stopping or self._draining:
+                    log.write("# not started: the sweep was stopped or drained\n")
+                    return "interrupted" if self._stopping else "not started"
                 proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
                 self._procs[cell.id] = proc
             code = proc.wait()
