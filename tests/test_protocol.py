@@ -7,6 +7,8 @@ without its fix:
 * split sizes: ``--num-dev 500`` leaves a training set for every task, and ``--protocol mezo``
   gives MeZO's sizes;
 * the full-tuning default learning rate (tuned at 150 forward passes) is refused for long runs;
+* a stop inside the dev objective of an ``lm`` task stops between its batches and the resume
+  repeats that evaluation;
 * ``--forward-budget`` runs for real (not only in ``--dry-run``), ``--stop-after`` is per
   invocation, and a time-based checkpoint is written by default.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 from pathlib import Path
 
 import jax
@@ -24,7 +27,7 @@ import pytest
 from zojax.cli import config_from_args, finetune_main
 from zojax.tasks import TASKS, get_task
 from zojax.tasks.sampling import split_train_dev
-from zojax.train import TrainBatches, TrainConfig, Trainer, build_model, task_loss
+from zojax.train import TrainBatches, TrainConfig, Trainer, build_model, read_metrics, strip_timing, task_loss
 from zojax.train.config import DEFAULT_LR_MAX_FORWARDS
 from zojax.train.evaluation import BestTracker, DevObjective, jitted_objective_sums
 
@@ -126,6 +129,50 @@ def test_dev_objective_does_not_depend_on_the_batch_size(task_name: str, tmp_pat
         full = TrainBatches(task, sp.dev.examples, model.tokenizer, 11, 0).batch_of(sp.dev.examples)
         one_batch = float(task_loss(model, task.objective, full)(params))
         assert values[0] == pytest.approx(one_batch, rel=1e-5)
+
+
+def test_a_stop_inside_the_lm_dev_objective_is_repeated_by_the_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """COPA (``lm`` objective): a SIGTERM that arrives while the dev objective's batches run (after
+    the candidate-scoring passes) stops before its next batch; the resume repeats that dev
+    evaluation, and the run equals an uninterrupted one (logs and results)."""
+    data = _fixture_data(tmp_path)
+    over = dict(data__task="copa", optim__lr=1e-3)  # 8 dev examples, batch 4: two objective batches
+    quiet = lambda m: None
+    reference = Trainer(_tiny_config(data, tmp_path / "reference", **over), log=quiet).run()
+    assert reference["status"] == "done"
+
+    out = tmp_path / "interrupted"
+    trainer = Trainer(_tiny_config(data, out, **over), log=quiet)
+    real, batches = DevObjective.__call__, []
+
+    def stopping(self, sums_fn, params, frozen, should_stop=None):  # the step-2 dev objective, once
+        if trainer.state.step != 2 or batches:
+            return real(self, sums_fn, params, frozen, should_stop)
+        assert len(self.batches) == 2
+
+        def ask() -> bool:  # a SIGTERM lands during the first batch
+            if batches:
+                trainer.request_stop(signal.SIGTERM)
+            return should_stop()
+
+        return real(self, lambda *a: (batches.append(1), sums_fn(*a))[1], params, frozen, ask)
+
+    monkeypatch.setattr(DevObjective, "__call__", stopping)
+    first = trainer.run()
+    monkeypatch.undo()
+    assert first["status"] == "interrupted" and first["step"] == 2 and batches == [1]  # not both batches
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if r["event"] == "eval"] == [0]
+    again = Trainer(_tiny_config(data, out, run__resume=True, **over), log=quiet).run()
+    assert again["status"] == "done"
+    ref_logs, logs = (strip_timing(read_metrics(d / "metrics.jsonl")) for d in (tmp_path / "reference", out))
+    assert logs == ref_logs and [r["step"] for r in logs if r["event"] == "eval"] == [0, 2, 4]
+    for key in ("best", "selected_step", "test"):
+        a, b = reference[key], again[key]
+        assert (a if not isinstance(a, dict) else {k: v for k, v in a.items() if k != "eval_time"}) == (
+            b if not isinstance(b, dict) else {k: v for k, v in b.items() if k != "eval_time"}
+        )
 
 
 # ---------------------------------------------------------------------- split sizes

@@ -215,8 +215,7 @@ class Trainer:
             except EvaluationStopped:  # nothing to save: a rerun evaluates again
                 self.say(f"[zojax] interrupted during evaluation; rerun with: zojax finetune --out {self.run_dir} "
                          "--resume")  # fmt: skip
-                return {"status": self._stop_status(), "signal": self._stops.signal or None, "step": 0,
-                        "run_dir": str(self.run_dir)}  # fmt: skip
+                return self._stop_report(self._stop_status())
         try:
             if self._dev_due_at_start(has_dev):
                 self._dev(params, self.state.step)
@@ -379,7 +378,12 @@ class Trainer:
         how = "interrupted" if status == "interrupted" else "stopped"
         self.say(f"[zojax] {how} at step {step}/{self.config.optim.steps}; resume with: zojax finetune "
                  f"--out {self.run_dir} --resume")  # fmt: skip
-        return {"status": status, "signal": self._stops.signal or None, "step": step, "run_dir": str(self.run_dir)}
+        return self._stop_report(status)
+
+    def _stop_report(self, status: str) -> dict[str, Any]:
+        """What :meth:`run` returns for a run that stopped before its end (step 0 for zero-shot)."""
+        return {"status": status, "signal": self._stops.signal or None, "step": self.state.step,
+                "run_dir": str(self.run_dir)}  # fmt: skip
 
     def _finish(self, params: PyTree) -> dict[str, Any]:
         """Test evaluation of the best-by-dev parameters and the final report."""
