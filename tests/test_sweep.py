@@ -5,6 +5,7 @@
   uninterrupted run of its ``--print-commands`` line;
   a real SIGTERM stops the running cell with a checkpoint and the next invocation finishes it;
   a SIGUSR1 (or ``--drain-after``) drains the sweep: the running cell finishes, no new cell starts;
+  the dry run times the remaining cells by the finished ones of the same task and method;
 * the table's numbers equal ones computed by hand from fixture runs;
 * ``lr_from``: a spec waits for its pilot, then runs at the pilot's choice in the pilot's cell ids,
   and refuses a choice at the edge of the grid;
@@ -110,6 +111,7 @@ def test_sweep_stop_resume_and_print_commands(tmp_path: Path, capsys: pytest.Cap
     second = _zojax("sweep", str(spec_path), "--no-progress", "--jobs", "2")
     assert second.returncode == 0, second.stdout + second.stderr
     assert "8 done now" in second.stdout
+    assert all((f"{c.id}: resumed" in second.stdout) == (c in stopped) for c in cells)
     assert all(S.cell_status(spec.out / c.id) == "done" for c in cells)
     assert not any((spec.out / c.id / "checkpoints").exists() for c in cells)  # cleaned up
     assert all(("--resume" in (spec.out / c.id / "sweep.log").read_text()) == (c in stopped) for c in cells)
@@ -175,6 +177,7 @@ def test_sigusr1_drains_the_sweep_the_running_cell_finishes_and_no_new_cell_star
     assert proc.returncode == 128 + signal.SIGTERM, out  # unfinished, so a chain (`&&`, `set -e`) stops here
     assert "SIGUSR1: 1 running cell(s) will finish; no new cell starts" in out
     assert "1 done now" in out and "1 not started" in out and "drained" in out
+    assert f"{first.id}: started" in out and f"{first.id}: done (" in out and second.id not in out
     res = json.loads((spec.out / first.id / "results.json").read_text())
     assert res["status"] == "done" and res["steps"] == 100  # ran to its end, not stopped
     assert "--resume" not in (spec.out / first.id / "sweep.log").read_text()
@@ -303,6 +306,25 @@ def test_loss_curves_bin_training_losses_by_forward_passes(tmp_path: Path) -> No
     png = tmp_path / "curves.png"
     T.plot(table, png)
     assert png.stat().st_size > 1000
+
+
+def test_finished_cells_time_the_remaining_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from zojax.cli import sweep_main
+
+    spec_path = _spec(tmp_path, _sst2(tmp_path / "data"))
+    spec = S.load_spec(spec_path)
+    mezo = [c for c in spec.cells() if c.label == "MeZO"]
+    for cell, wall in zip(mezo[:2], (600.0, 1200.0), strict=True):
+        _fixture_run(spec.out, "MeZO", 1e-3, 0, 0.6, 0.6, 0.5, wall=wall, name=cell.id)
+    times = S.finished_wall_times(spec.out)
+    assert {k: sorted(v) for k, v in times.items()} == {("sst2", "MeZO"): [600.0, 1200.0]}
+    assert S.expected_seconds(times, "sst2", "MeZO") == 900.0
+    assert S.expected_seconds(times, "sst2", "MeZO-GV") is None and S.expected_seconds(times, "rte", "MeZO") is None
+    assert sweep_main([str(spec_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "status: 2 done, 0 started, 6 new" in out
+    # the two MeZO cells left at 900 s each; the four MeZO-GV cells have no finished twin
+    assert "measured: 30m00s for 2 of the 6 remaining cells" in out and "4 have no finished twin yet" in out
 
 
 def test_table_of_a_spec_counts_only_its_cells(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

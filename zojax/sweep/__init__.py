@@ -37,7 +37,8 @@ cells of the same label choose by ``zojax table``'s rule; the sweep refuses to s
 unfinished or when the choice is at the edge of the pilot's grid (:mod:`zojax.sweep.tuning`).
 
 The package: :mod:`zojax.sweep.spec` (the spec file -> cells, cell ids, a cell's status on disk),
-:mod:`zojax.sweep.plan` (``--dry-run``: resolve and check every cell, budgets, time estimates),
+:mod:`zojax.sweep.plan` (``--dry-run``: resolve and check every cell, budgets, time estimates, from a forward pass or
+from the finished cells),
 :mod:`zojax.sweep.tuning` (``lr_from``: learning rates chosen by a pilot sweep),
 :mod:`zojax.sweep.runner` (``zojax finetune`` command lines, the resumable local runner).
 """
@@ -47,6 +48,8 @@ from zojax.sweep.plan import (
     budgets,
     check_cell_data,
     describe_plan,
+    expected_seconds,
+    finished_wall_times,
     format_seconds,
     measure_forward_seconds,
     plan,
@@ -69,7 +72,9 @@ __all__ = [
     "cell_status",
     "check_cell_data",
     "describe_plan",
+    "expected_seconds",
     "finetune_argv",
+    "finished_wall_times",
     "format_seconds",
     "load_spec",
     "measure_forward_seconds",

@@ -9,18 +9,25 @@ and, given seconds per forward pass ``t`` by task (``--forward-seconds`` or meas
 :func:`measure_forward_seconds`), the training time of the cells not yet done::
 
     Σ_cells steps × f × t,    f = forwards per step (ZO) or 3 (a first-order forward + backward)
+
+Once some cells are done, the time they took (evaluation and compilation included) estimates the
+others': a cell not yet done is expected to take the mean wall time of the finished cells of the
+same task and method label (:func:`finished_wall_times`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
+import statistics
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from zojax.sweep.spec import Cell, SweepSpec, cell_status
+from zojax.sweep.spec import CELL_FILE, Cell, SweepSpec, cell_status
 from zojax.train import config as C
 
 
@@ -33,6 +40,7 @@ class PlanRow:
     forwards_per_step: int
     status: str
     est_seconds: float | None
+    task: str = ""
 
 
 def plan(spec: SweepSpec, check_data: bool = True, forward_seconds: Mapping[str, float] | None = None) -> list[PlanRow]:
@@ -69,8 +77,29 @@ def plan(spec: SweepSpec, check_data: bool = True, forward_seconds: Mapping[str,
             # a first-order step is a forward and a backward pass (about two forwards' work)
             per_step = fps if C.is_zo(cfg.optim.method) else 3
             est = cfg.optim.steps * per_step * forward_seconds[cfg.data.task]
-        rows.append(PlanRow(cell, cfg.optim.steps, fps, cell_status(spec.out / cell.id), est))
+        rows.append(PlanRow(cell, cfg.optim.steps, fps, cell_status(spec.out / cell.id), est, cfg.data.task))
     return rows
+
+
+def finished_wall_times(out: Path) -> dict[tuple[str, str], list[float]]:
+    """Wall times (seconds, evaluations included) of the finished cells under ``out``, by
+    ``(task, method label)``."""
+    times: dict[tuple[str, str], list[float]] = {}
+    for results in sorted(Path(out).glob("*/results.json")):
+        try:
+            res = json.loads(results.read_text())
+            label = json.loads((results.parent / CELL_FILE).read_text())["label"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if res.get("status") == "done" and isinstance(res.get("wall_time"), int | float):
+            times.setdefault((res.get("task", ""), label), []).append(float(res["wall_time"]))
+    return times
+
+
+def expected_seconds(times: Mapping[tuple[str, str], Sequence[float]], task: str, label: str) -> float | None:
+    """The mean wall time of the finished cells of ``task`` and ``label`` (``None`` without one)."""
+    done = times.get((task, label))
+    return statistics.fmean(done) if done else None
 
 
 def check_cell_data(cfg: C.TrainConfig) -> None:
@@ -132,6 +161,16 @@ def describe_plan(spec: SweepSpec, rows: Sequence[PlanRow]) -> str:
             f"  estimated training time of the remaining cells: {total / 3600:.1f} h "
             "(forward passes x seconds per forward pass, a first-order step as 3; evaluation and compilation "
             "not included)"
+        )
+    remaining = [r for r in rows if r.status != "done"]
+    times = finished_wall_times(spec.out)
+    expected = [expected_seconds(times, r.task, r.cell.label) for r in remaining]
+    known = [e for e in expected if e is not None]
+    if remaining and known:
+        lines.append(
+            f"  measured: {format_seconds(sum(known))} for {len(known)} of the {len(remaining)} remaining cells, "
+            "at the mean wall time of the finished cells of the same task and method (evaluation included)"
+            + ("" if len(known) == len(remaining) else f"; {len(remaining) - len(known)} have no finished twin yet")
         )
     return "\n".join(lines)
 
@@ -197,6 +236,8 @@ __all__ = [
     "budgets",
     "check_cell_data",
     "describe_plan",
+    "expected_seconds",
+    "finished_wall_times",
     "format_seconds",
     "measure_forward_seconds",
     "plan",

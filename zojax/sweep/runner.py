@@ -29,7 +29,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from zojax.sweep.plan import format_seconds
+from zojax.sweep.plan import expected_seconds, finished_wall_times, format_seconds
 from zojax.sweep.spec import CELL_FILE, Cell, SweepSpec, cell_status
 from zojax.train import config as C
 
@@ -89,6 +89,7 @@ class SweepRunner:
         self._lock = threading.Lock()
         self._stopping = False
         self._draining = False
+        self._pbar: Any = None
 
     @property
     def drained(self) -> bool:
@@ -103,6 +104,14 @@ class SweepRunner:
             self._draining = True
             running = len(self._procs)
         sys.stderr.write(f"\n[zojax sweep] {reason}: {running} running cell(s) will finish; no new cell starts\n")
+
+    def _say(self, message: str) -> None:
+        """One timestamped line on stdout (through tqdm when a progress bar is shown)."""
+        line = f"[zojax sweep] {time.strftime('%Y-%m-%dT%H:%M:%S')} {message}"
+        if self._pbar is not None:
+            self._pbar.write(line)
+        else:
+            print(line, flush=True)
 
     def command(self, cell: Cell) -> list[str]:
         """The subprocess argv of ``cell`` (``--resume`` when it has started)."""
@@ -130,6 +139,7 @@ class SweepRunner:
             from tqdm.auto import tqdm
 
             pbar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=self.spec.name, unit="cell")
+        self._pbar = pbar
         try:
             pending = list(todo)
             threads: list[threading.Thread] = []
@@ -164,6 +174,7 @@ class SweepRunner:
                 signal.signal(s, h)
             if pbar is not None:
                 pbar.close()
+            self._pbar = None
         for c in todo:
             result.setdefault(c.id, "not started")
         return result
@@ -185,6 +196,9 @@ class SweepRunner:
             json.dumps({"sweep": self.spec.name, "label": cell.label, "id": cell.id, "axes": cell.axes}, indent=2)
         )
         argv = self.command(cell)
+        task = cell.config(self.spec.out).data.task
+        expected = expected_seconds(finished_wall_times(self.spec.out), task, cell.label)
+        t0 = time.monotonic()
         with open(run_dir / "sweep.log", "a", encoding="utf-8") as log:
             log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n")
             log.flush()
@@ -194,6 +208,8 @@ class SweepRunner:
                     return "interrupted" if self._stopping else "not started"
                 proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
                 self._procs[cell.id] = proc
+            like = "" if expected is None else f"; finished cells like it took {format_seconds(expected)}"
+            self._say(f"{cell.id}: {'resumed' if '--resume' in argv else 'started'}{like}")
             code = proc.wait()
             with self._lock:
                 self._procs.pop(cell.id, None)
@@ -202,6 +218,7 @@ class SweepRunner:
                 import shutil
 
                 shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+            self._say(f"{cell.id}: done ({format_seconds(time.monotonic() - t0)} in this invocation)")
             return "done"
         if self._stopping or code in (0, 128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM):
             return "interrupted"  # exit 0 without results: stopped by --stop-after
