@@ -6,7 +6,8 @@
   a real SIGTERM stops the running cell with a checkpoint and the next invocation finishes it;
   a SIGUSR1 (or ``--drain-after``) drains the sweep: the running cell finishes, no new cell starts;
   the dry run times the remaining cells by the finished ones of the same task and method;
-* the table's numbers equal ones computed by hand from fixture runs;
+* the table's numbers equal ones computed by hand from fixture runs, the training-loss tails and
+  their paired reductions too;
 * ``lr_from``: a spec waits for its pilot, then runs at the pilot's choice in the pilot's cell ids,
   and refuses a choice at the edge of the grid;
 * the paper spec's dry run: 627 cells (SubZero rows included), every method the same forward budget;
@@ -266,6 +267,36 @@ def test_table_numbers_equal_hand_computed_ones(tmp_path: Path) -> None:
     png = tmp_path / "curves.png"
     T.plot(table, png)
     assert png.stat().st_size > 1000
+
+
+def test_training_loss_tails_and_their_paired_reduction_equal_hand_computed_ones(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+
+    def with_losses(label: str, seed: int, per_step: int, losses: list[float]) -> None:
+        _fixture_run(root, label, 1e-6, seed, 0.7, 0.8, 0.5, forwards=per_step * len(losses))
+        train = [{"event": "train", "step": i + 1, "forwards": per_step * (i + 1), "loss": x}
+                 for i, x in enumerate(losses)]  # fmt: skip
+        with open(root / f"sst2_{label}_1e-06_{seed}" / "metrics.jsonl", "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in train)
+
+    # MeZO, 8 steps of 2 forwards (F = 16): the last quarter is forwards 14 and 16
+    with_losses("MeZO", 0, 2, [9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 1.0, 2.0])  # tail 1.5
+    with_losses("MeZO", 1, 2, [9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 2.0, 2.0])  # tail 2.0
+    # MeZO-GV, 4 steps of 6 forwards (F = 24): the last quarter is forward 24 alone
+    with_losses("MeZO-GV", 0, 6, [9.0, 9.0, 9.0, 1.2])  # 1 - 1.2/1.5 = +0.20
+    with_losses("MeZO-GV", 1, 6, [9.0, 9.0, 9.0, 2.5])  # 1 - 2.5/2.0 = -0.25
+    _fixture_run(root, "FT", 1e-6, 0, 0.9, 0.9, 0.1, forwards=4)  # first order: no tail, not compared
+    assert T.train_tail(root / "sst2_MeZO_1e-06_0") == pytest.approx(1.5)
+    assert T.train_tail(root / "sst2_FT_1e-06_0") is None  # no training losses logged
+    table = T.table_from_dirs([root])
+    assert table["cells"]["sst2"]["MeZO-GV"]["train_tails"] == {0: pytest.approx(1.2), 1: pytest.approx(2.5)}
+    assert table["cells"]["sst2"]["FT"]["train_tails"] == {}
+    assert set(table["paired_train_loss"]) == {"MeZO-GV"}
+    p = table["paired_train_loss"]["MeZO-GV"]["all"]
+    assert p["mean_diff"] == pytest.approx(-0.025) and (p["wins"], p["losses"]) == (1, 1)
+    assert p["se"] == pytest.approx(math.sqrt(2 * 0.225**2) / math.sqrt(2))  # sample sd / sqrt(n)
+    md = T.markdown(table)
+    assert "Training-loss reduction against MeZO" in md and "| MeZO-GV | -2.5 ± 22.5 (1-1-0, p=1) |" in md
 
 
 def test_plot_curves_start_from_the_untrained_model_and_first_order_is_a_reference(tmp_path: Path) -> None:

@@ -10,7 +10,11 @@ For each task and method (the sweep's label, or the method and its options):
    :math:`\bar d = \frac1n\sum_i (t_i^{\text{method}} - t_i^{\text{MeZO}})`, its standard error
    :math:`s_d/\sqrt n`, wins/losses/ties and the two-sided exact sign-test p-value
    :math:`p = \min(1, 2\sum_{k \le \min(w, l)} \binom{w+l}{k} 2^{-(w+l)})`, per task and over all
-   tasks.
+   tasks;
+4. the paper's own claim, descent per forward pass, read from the training losses: each
+   zeroth-order run's mean logged training loss over the last quarter of its forward passes
+   (:func:`train_tail`), compared with MeZO's on the same (task, seed) as the relative reduction
+   :math:`100\,(1 - \bar L^{\text{method}}/\bar L^{\text{MeZO}})` (positive: lower training loss).
 
 Runs without training (``zero-shot``) have no learning rate and one row.
 """
@@ -166,10 +170,12 @@ def sign_test(wins: int, losses: int) -> float:
     return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
 
 
-def paired(a: Mapping[int, float], b: Mapping[int, float]) -> dict[str, Any]:
-    """The paired comparison of ``a`` against ``b`` on their common keys (seeds or (task, seed))."""
+def paired(a: Mapping[Any, float], b: Mapping[Any, float], reduction: bool = False) -> dict[str, Any]:
+    """The paired comparison of ``a`` against ``b`` on their common keys (seeds or (task, seed)):
+    differences ``a − b``, or with ``reduction`` the relative reductions ``1 − a/b`` (for losses:
+    positive when ``a`` is lower)."""
     keys = sorted(set(a) & set(b), key=str)
-    d = [a[k] - b[k] for k in keys]
+    d = [1 - a[k] / b[k] if reduction else a[k] - b[k] for k in keys]
     n = len(d)
     wins, losses = sum(x > 0 for x in d), sum(x < 0 for x in d)
     return {
@@ -181,6 +187,33 @@ def paired(a: Mapping[int, float], b: Mapping[int, float]) -> dict[str, Any]:
         "ties": n - wins - losses,
         "sign_test_p": sign_test(wins, losses),
     }
+
+
+def train_tail(run_dir: str | os.PathLike[str], fraction: float = 0.25) -> float | None:
+    r"""The mean logged training loss over the last ``fraction`` of a run's forward passes.
+
+    .. math:: \bar L = \operatorname{mean}\{\ell_t : f_t > (1 - \text{fraction})\,F\}
+
+    where :math:`f_t` is step :math:`t`'s cumulative forward count, :math:`F` the last one and
+    :math:`\ell_t` its logged loss (zeroth order: :math:`(L(\theta+\epsilon v) + L(\theta-\epsilon v))/2`
+    on that step's minibatch). A quarter of a 1,002-forward budget averages 125 MeZO steps or 42
+    steps of a 6-forward method, each on its own minibatch.
+
+    Args:
+      run_dir: the run directory (its ``metrics.jsonl``).
+      fraction: the share of the forward passes, from the end.
+
+    Returns:
+      the mean, or ``None`` without finite training losses.
+
+    Example: steps at forwards 2, 4, 6, 8 with losses 4, 3, 2, 1 give 1.0 (only forward 8 is above 6).
+    """
+    steps = [(r["forwards"], r["loss"]) for r in records(run_dir, "train") if r.get("loss") is not None]
+    if not steps:
+        return None
+    last = max(f for f, _ in steps)
+    tail = [float(loss) for f, loss in steps if f > (1 - fraction) * last]
+    return statistics.fmean(tail) if tail and all(math.isfinite(x) for x in tail) else None
 
 
 def dev_means(runs: Sequence[Run]) -> tuple[float, float]:
@@ -213,10 +246,11 @@ def build_table(runs: Sequence[Run], baseline: str = BASELINE) -> dict[str, Any]
     """Chooses each (task, label)'s learning rate by dev and summarises test over seeds.
 
     Returns:
-      ``{"cells": {task: {label: {...}}}, "tasks", "labels", "paired": {label: {task | "all": ...}}}``;
+      ``{"cells": {task: {label: {...}}}, "tasks", "labels", "paired": {label: {task | "all": ...}},
+      "paired_train_loss": (the same, of the training-loss tails)}``;
       a cell holds ``lr``, ``lrs`` (every lr tried with its mean dev), ``test_mean``, ``test_std``,
-      ``dev_mean``, ``seeds``, ``tests`` and ``devs`` (by seed), ``forwards``, ``wall_time``,
-      ``metric``, ``method``, ``runs``.
+      ``dev_mean``, ``seeds``, ``tests``, ``devs`` and ``train_tails`` (:func:`train_tail`, zeroth-order
+      runs) by seed, ``forwards``, ``wall_time``, ``metric``, ``method``, ``runs``.
     """
     groups: dict[tuple[str, str], dict[Any, list[Run]]] = {}
     for r in runs:
@@ -237,6 +271,8 @@ def build_table(runs: Sequence[Run], baseline: str = BASELINE) -> dict[str, Any]
             "seeds": [r.seed for r in rs],
             "tests": {r.seed: r.test for r in rs if r.test is not None},
             "devs": {r.seed: r.dev for r in rs if r.dev is not None},
+            "train_tails": {r.seed: t for r in rs if r.method in registry.METHODS
+                            and (t := train_tail(r.path)) is not None},
             "forwards": sorted({r.forwards for r in rs}),
             "wall_time": _mean([r.wall_time for r in rs]),
             "metric": rs[0].metric,
@@ -248,6 +284,15 @@ def build_table(runs: Sequence[Run], baseline: str = BASELINE) -> dict[str, Any]
     if baseline not in {r.label for r in runs} and "mezo" in {r.label for r in runs}:
         baseline = "mezo"
     labels = _ordered_labels(runs, baseline)
+    train = _paired_with(cells, tasks, labels, baseline, "train_tails", reduction=True)
+    return {"cells": cells, "tasks": tasks, "labels": labels, "baseline": baseline,
+            "paired": _paired_with(cells, tasks, labels, baseline, "tests"), "paired_train_loss": train}  # fmt: skip
+
+
+def _paired_with(cells: Mapping[str, Any], tasks: Sequence[str], labels: Sequence[str], baseline: str, key: str,
+                 reduction: bool = False) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Each label's :func:`paired` comparison with ``baseline`` of the cells' ``key`` values (by
+    seed), per task and over all tasks' (task, seed) pairs."""
     comparisons: dict[str, dict[str, Any]] = {}
     for label in labels:
         if label == baseline:
@@ -257,15 +302,15 @@ def build_table(runs: Sequence[Run], baseline: str = BASELINE) -> dict[str, Any]
         all_b: dict[Any, float] = {}
         for task in tasks:
             a, b = cells[task].get(label), cells[task].get(baseline)
-            if a is None or b is None:
+            if a is None or b is None or not set(a[key]) & set(b[key]):
                 continue
-            per[task] = paired(a["tests"], b["tests"])
-            all_a.update({(task, s): v for s, v in a["tests"].items()})
-            all_b.update({(task, s): v for s, v in b["tests"].items()})
+            per[task] = paired(a[key], b[key], reduction)
+            all_a.update({(task, s): v for s, v in a[key].items()})
+            all_b.update({(task, s): v for s, v in b[key].items()})
         if per:
-            per["all"] = paired(all_a, all_b)
+            per["all"] = paired(all_a, all_b, reduction)
             comparisons[label] = per
-    return {"cells": cells, "tasks": tasks, "labels": labels, "baseline": baseline, "paired": comparisons}
+    return comparisons
 
 
 def _ordered_labels(runs: Sequence[Run], baseline: str) -> list[str]:
@@ -346,21 +391,30 @@ def markdown(table: Mapping[str, Any]) -> str:
         lines += _per_task_rows(tasks, labels, cells, _lr_grid)
     if table["paired"]:
         lines += ["", f"Paired test difference against {table['baseline']} (same task and seed; points):", ""]
-        lines.append("| method | " + " | ".join([*tasks, "all"]) + " |")
-        lines.append("|" + "---|" * (len(tasks) + 2))
-        for label, per in table["paired"].items():
-            row = []
-            for t in [*tasks, "all"]:
-                p = per.get(t)
-                if p is None:
-                    row.append("")
-                    continue
-                se = "" if math.isnan(p["se"]) else f" ± {100 * p['se']:.1f}"
-                record = f"{p['wins']}-{p['losses']}-{p['ties']}, p={p['sign_test_p']:.2g}"
-                row.append(f"{100 * p['mean_diff']:+.1f}{se} ({record})")
-            lines.append(f"| {label} | " + " | ".join(row) + " |")
+        lines += _paired_rows(tasks, table["paired"])
         lines += ["", "(mean difference ± standard error; wins-losses-ties; two-sided sign-test p)"]
+    if table.get("paired_train_loss"):
+        lines += ["", f"Training-loss reduction against {table['baseline']} over the last quarter of the forward "
+                  "passes (same task and seed; 100 (1 − L/L_MeZO), %; positive: lower training loss):", ""]  # fmt: skip
+        lines += _paired_rows(tasks, table["paired_train_loss"])
     return "\n".join(lines)
+
+
+def _paired_rows(tasks: Sequence[str], comparisons: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The Markdown rows of :func:`paired` comparisons (in points: ×100), a column per task and ``all``."""
+    lines = ["| method | " + " | ".join([*tasks, "all"]) + " |", "|" + "---|" * (len(tasks) + 2)]
+    for label, per in comparisons.items():
+        row = []
+        for t in [*tasks, "all"]:
+            p = per.get(t)
+            if p is None:
+                row.append("")
+                continue
+            se = "" if math.isnan(p["se"]) else f" ± {100 * p['se']:.1f}"
+            record = f"{p['wins']}-{p['losses']}-{p['ties']}, p={p['sign_test_p']:.2g}"
+            row.append(f"{100 * p['mean_diff']:+.1f}{se} ({record})")
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    return lines
 
 
 def dev_curves(table: Mapping[str, Any]) -> dict[str, dict[str, dict[int, tuple[list[int], list[float]]]]]:
