@@ -351,6 +351,8 @@ def test_finished_cells_time_the_remaining_ones(tmp_path: Path, capsys: pytest.C
     assert {k: sorted(v) for k, v in times.items()} == {("sst2", "MeZO"): [600.0, 1200.0]}
     assert S.expected_seconds(times, "sst2", "MeZO") == 900.0
     assert S.expected_seconds(times, "sst2", "MeZO-GV") is None and S.expected_seconds(times, "rte", "MeZO") is None
+    assert sweep_main([str(spec_path), "--dry-run", "--only", mezo[0].id, "--only", mezo[3].id]) == 0
+    assert "sweep tiny: 2 cells" in capsys.readouterr().out  # --only repeated: any of them
     assert sweep_main([str(spec_path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "status: 2 done, 0 started, 6 new" in out

@@ -46,13 +46,15 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
                    help="after DURATION (5400, 90m, 1h30m) start no new cell; the running ones finish (for "
                    "a job or machine whose time ends before the sweep: no cell is left half-run). "
                    "SIGUSR1 drains at once")  # fmt: skip
-    p.add_argument("--only", default=None, metavar="TEXT", help="only cells whose id contains TEXT")
+    p.add_argument("--only", action="append", default=None, metavar="TEXT",
+                   help="only cells whose id contains TEXT (repeat it for several: any of them)")  # fmt: skip
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     args, extra = p.parse_known_args(argv)
     try:
         drain_after = None if args.drain_after is None else parse_duration(args.drain_after)
         spec = S.load_spec(args.spec).with_pilot_choices()  # one reading of the pilots for the whole run
-        cells = [c for c in spec.cells(pending_ok=args.dry_run) if args.only is None or args.only in c.id]
+        only = args.only or [""]
+        cells = [c for c in spec.cells(pending_ok=args.dry_run) if any(t in c.id for t in only)]
         if args.print_commands:
             for c in cells:
                 if S.cell_status(spec.out / c.id) != "done":
