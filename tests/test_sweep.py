@@ -167,13 +167,15 @@ def test_sigusr1_drains_the_sweep_the_running_cell_finishes_and_no_new_cell_star
     first, second = [c for c in spec.cells() if c.id.endswith("lr-0.001_seed-0")]  # MeZO, then MeZO-GV
     proc = subprocess.Popen(
         [sys.executable, "-m", "zojax.cli", "sweep", str(spec_path), "--no-progress", "--only", "lr-0.001_seed-0"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     metrics = spec.out / first.id / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and not (metrics.is_file() and '"train"' in metrics.read_text()):
         time.sleep(0.05)
-    proc.send_signal(signal.SIGUSR1)  # the first cell has 99 steps and its test evaluation to go
+    # to the whole process group, as a scheduler signals every process of a job: the running cell
+    # (99 steps and its test evaluation to go) must not die of it
+    os.killpg(proc.pid, signal.SIGUSR1)
     out = proc.communicate(timeout=600)[0]
     assert proc.returncode == 128 + signal.SIGTERM, out  # unfinished, so a chain (`&&`, `set -e`) stops here
     assert "SIGUSR1: 1 running cell(s) will finish; no new cell starts" in out

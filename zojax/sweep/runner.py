@@ -15,7 +15,9 @@ Each cell's folder gets ``sweep_cell.json`` (sweep name, method label, axis valu
 Two ways to stop: SIGINT/SIGTERM stop the running cells with a checkpoint (a later run resumes
 them); a *drain* (SIGUSR1, :meth:`SweepRunner.drain`, or ``drain_after`` seconds of the sweep's
 wall time) lets the running cells finish and starts no new one, for a machine or a job whose time
-ends before the sweep does (no cell left half-run where checkpoints are not kept).
+ends before the sweep does (no cell left half-run where checkpoints are not kept). The cells start
+with SIGUSR1 blocked, so a scheduler that signals every process of the job (SLURM's
+``--signal=USR1@600``, ``kill -USR1 -- -PGID``) drains the sweep without killing them.
 """
 
 from __future__ import annotations
@@ -145,6 +147,8 @@ class SweepRunner:
             threads: list[threading.Thread] = []
 
             def worker() -> None:
+                if hasattr(signal, "pthread_sigmask"):  # POSIX: the cells this thread starts inherit the mask
+                    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
                 while True:
                     with self._lock:
                         if self._stopping or not pending:
