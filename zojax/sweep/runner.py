@@ -16,8 +16,8 @@ Two ways to stop: SIGINT/SIGTERM stop the running cells with a checkpoint (a lat
 them); a *drain* (SIGUSR1, :meth:`SweepRunner.drain`, or ``drain_after`` seconds of the sweep's
 wall time) lets the running cells finish and starts no new one, for a machine or a job whose time
 ends before the sweep does (no cell left half-run where checkpoints are not kept). The cells start
-with SIGUSR1 blocked, so a scheduler that signals every process of the job (SLURM's
-``--signal=USR1@600``, ``kill -USR1 -- -PGID``) drains the sweep without killing them.
+with SIGUSR1 blocked, so a signal to every process of the job (``kill -USR1 -- -PGID``, a
+scheduler's warning signal) drains the sweep without killing them.
 """
 
 from __future__ import annotations
