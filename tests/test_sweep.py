@@ -288,8 +288,9 @@ def test_training_loss_tails_and_their_paired_reduction_equal_hand_computed_ones
     with_losses("MeZO-GV", 0, 6, [9.0, 9.0, 9.0, 1.2])  # 1 - 1.2/1.5 = +0.20
     with_losses("MeZO-GV", 1, 6, [9.0, 9.0, 9.0, 2.5])  # 1 - 2.5/2.0 = -0.25
     _fixture_run(root, "FT", 1e-6, 0, 0.9, 0.9, 0.1, forwards=4)  # first order: no tail, not compared
-    assert T.train_tail(root / "sst2_MeZO_1e-06_0") == pytest.approx(1.5)
-    assert T.train_tail(root / "sst2_FT_1e-06_0") is None  # no training losses logged
+    assert T.train_tail(T.load_run(root / "sst2_MeZO_1e-06_0").train_losses) == pytest.approx(1.5)
+    assert T.train_tail(T.load_run(root / "sst2_FT_1e-06_0").train_losses) is None  # no training losses logged
+    assert T.train_tail([(2, 4.0), (4, 3.0), (6, 2.0), (8, 1.0)]) == 1.0  # the docstring's example
     table = T.table_from_dirs([root])
     assert table["cells"]["sst2"]["MeZO-GV"]["train_tails"] == {0: pytest.approx(1.2), 1: pytest.approx(2.5)}
     assert table["cells"]["sst2"]["FT"]["train_tails"] == {}
@@ -330,15 +331,42 @@ def test_loss_curves_bin_training_losses_by_forward_passes(tmp_path: Path) -> No
                 f.write(json.dumps({"event": "train", "step": fwd, "forwards": fwd, "loss": loss}) + "\n")
     with (root / "sst2_MeZO_1e-06_0" / "metrics.jsonl").open("a") as f:
         f.write('{"event": "train", "step": 13, "forw')  # a crash mid-line: skipped, as read_metrics does
-    table = T.table_from_dirs([root])
-    curves = T.loss_curves(table, bins=3)["sst2"]
+    table = T.table_from_dirs([root], loss_bins=3)
+    curves = T.loss_curves(table)["sst2"]
     # budget 12 forwards, 3 bins of 4: MeZO's forwards 2, 4 | 6, 8 | 10, 12 -> losses 9, 8 | 7, 6 | 5, 4
     assert curves["MeZO"] == {0: ([2.0, 6.0, 10.0], [8.5, 6.5, 4.5])}
     assert curves["MeZO-GV"] == {0: ([6.0, 10.0], [4.0, 2.0])}  # forward 6 in bin 2, 12 in bin 3; bin 1 empty
     assert set(curves) == {"MeZO", "MeZO-GV"}  # first order: its steps are not forward passes
+    assert T.binned_losses([(2, 4.0), (4, 3.0), (6, 2.0), (8, 1.0)], 8, 2) == ([2.0, 6.0], [3.5, 1.5])
+    # the table holds the curves: its JSON has them, and plotting reads no file again
+    assert json.loads(T.to_json(table))["cells"]["sst2"]["MeZO-GV"]["loss_curves"] == {"0": [[6.0, 10.0], [4.0, 2.0]]}
+    for run in root.iterdir():
+        (run / "metrics.jsonl").unlink()
     png = tmp_path / "curves.png"
     T.plot(table, png)
     assert png.stat().st_size > 1000
+
+
+def test_only_finished_readable_runs_count(tmp_path: Path) -> None:
+    from zojax.train.report import read_results
+
+    root = tmp_path / "runs"
+    _fixture_run(root, "MeZO", 1e-6, 0, 0.7, 0.8, 0.5, wall=100.0, name="done")
+    _fixture_run(root, "MeZO", 1e-6, 1, 0.7, 0.8, 0.5, wall=200.0, name="stopped")
+    _fixture_run(root, "MeZO", 1e-6, 2, 0.7, 0.8, 0.5, wall=300.0, name="torn")
+    _fixture_run(root, "MeZO", 1e-6, 3, 0.7, 0.8, 0.5, wall=400.0, name="no_sweep")
+    stopped = json.loads((root / "stopped" / "results.json").read_text()) | {"status": "stopped"}
+    (root / "stopped" / "results.json").write_text(json.dumps(stopped))
+    (root / "torn" / "results.json").write_text('{"status": "do')  # a partial write
+    (root / "no_sweep" / "sweep_cell.json").unlink()  # a plain `zojax finetune` run
+    assert [read_results(root / n) is not None for n in ("done", "stopped", "torn", "absent")] == [True] + [False] * 3
+    statuses = [S.cell_status(root / n) for n in ("done", "stopped", "torn", "absent")]
+    assert statuses == ["done", "started", "started", "new"]
+    assert S.cell_label(root / "done") == "MeZO" and S.cell_label(root / "no_sweep") is None
+    assert S.finished_wall_times(root) == {("sst2", "MeZO"): [100.0]}  # sweep cells only
+    assert T.load_run(root / "stopped") is None and T.load_run(root / "torn") is None
+    assert T.load_run(root / "no_sweep").label == "mezo"  # no sweep label: the method's own
+    assert [r.seed for r in map(T.load_run, T.find_runs([root])) if r is not None] == [0, 3]
 
 
 def test_finished_cells_time_the_remaining_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -53,6 +53,8 @@ class Run:
       forwards: forward passes of the run.
       wall_time: seconds.
       method: the ``optim.method`` it ran (``mezo``, ``ft``, ``zero-shot`` …).
+      evals: the ``eval`` records of its ``metrics.jsonl``, in order.
+      train_losses: ``(cumulative forward passes, logged loss)`` of each ``train`` record with a loss.
     """
 
     path: Path
@@ -68,6 +70,8 @@ class Run:
     wall_time: float
     method: str = ""
     test_n: int | None = None
+    evals: tuple[Mapping[str, Any], ...] = ()
+    train_losses: tuple[tuple[int, float], ...] = ()
 
 
 def default_label(config: Mapping[str, Any]) -> str:
@@ -98,19 +102,10 @@ def find_runs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return list(dict.fromkeys(out))
 
 
-def records(run_dir: str | os.PathLike[str], event: str) -> list[dict[str, Any]]:
-    """The ``event`` records (``"eval"``, ``"train"`` …) of a run's ``metrics.jsonl``, in order (none
-    without the file)."""
-    from zojax.train.logging import read_metrics
-
-    path = Path(run_dir) / "metrics.jsonl"
-    return [r for r in read_metrics(path) if r.get("event") == event] if path.is_file() else []
-
-
-def _selected_dev(results: Mapping[str, Any], run_dir: Path) -> tuple[float | None, float | None]:
-    """Dev metric and dev loss of the selected step (from the eval records of metrics.jsonl)."""
+def _selected_dev(results: Mapping[str, Any], evals: Sequence[Mapping[str, Any]]) -> tuple[float | None, float | None]:
+    """Dev metric and dev loss of the selected step (from the run's eval records)."""
     step = results.get("selected_step")
-    rec = next((r for r in reversed(records(run_dir, "eval")) if r.get("step") == step), None)
+    rec = next((r for r in reversed(evals) if r.get("step") == step), None)
     if rec is None:
         d = results.get("dev_after")
         return (None, None) if not d else (d.get("value"), d.get("loss"))
@@ -125,15 +120,24 @@ def dev_metric(record: Mapping[str, Any]) -> float | None:
 
 
 def load_run(path: Path) -> Run | None:
-    """The :class:`Run` of a directory whose ``results.json`` says ``done`` (else ``None``)."""
-    results = json.loads((path / "results.json").read_text())
-    if results.get("status") != "done":
+    """The :class:`Run` of a directory whose ``results.json`` says ``done`` (else ``None``); its
+    ``metrics.jsonl`` is read once, for the selected step's dev numbers, the dev curve and the
+    training losses."""
+    from zojax.sweep.spec import cell_label
+    from zojax.train.logging import read_metrics
+    from zojax.train.report import read_results
+
+    results = read_results(path)
+    if results is None:
         return None
     config = json.loads((path / "config.json").read_text())["config"]
-    cell = path / "sweep_cell.json"
-    label = json.loads(cell.read_text())["label"] if cell.is_file() else default_label(config)
+    label = cell_label(path) or default_label(config)
     training = config["optim"]["method"] not in ("zero-shot", "icl")
-    dev, dev_loss = _selected_dev(results, path)
+    logged = read_metrics(path / "metrics.jsonl") if (path / "metrics.jsonl").is_file() else []
+    evals = tuple(r for r in logged if r.get("event") == "eval")
+    train_losses = tuple((int(r["forwards"]), float(r["loss"])) for r in logged
+                         if r.get("event") == "train" and r.get("loss") is not None)  # fmt: skip
+    dev, dev_loss = _selected_dev(results, evals)
     test = results.get("test") or {}
     return Run(
         path=path,
@@ -149,6 +153,8 @@ def load_run(path: Path) -> Run | None:
         wall_time=float(results.get("wall_time", 0.0)),
         method=config["optim"]["method"],
         test_n=test.get("n"),
+        evals=evals,
+        train_losses=train_losses,
     )
 
 
@@ -189,7 +195,7 @@ def paired(a: Mapping[Any, float], b: Mapping[Any, float], reduction: bool = Fal
     }
 
 
-def train_tail(run_dir: str | os.PathLike[str], fraction: float = 0.25) -> float | None:
+def train_tail(steps: Sequence[tuple[int, float]], fraction: float = 0.25) -> float | None:
     r"""The mean logged training loss over the last ``fraction`` of a run's forward passes.
 
     .. math:: \bar L = \operatorname{mean}\{\ell_t : f_t > (1 - \text{fraction})\,F\}
@@ -200,20 +206,46 @@ def train_tail(run_dir: str | os.PathLike[str], fraction: float = 0.25) -> float
     steps of a 6-forward method, each on its own minibatch.
 
     Args:
-      run_dir: the run directory (its ``metrics.jsonl``).
+      steps: ``(f_t, ℓ_t)`` of each logged step (:attr:`Run.train_losses`).
       fraction: the share of the forward passes, from the end.
 
     Returns:
       the mean, or ``None`` without finite training losses.
 
-    Example: steps at forwards 2, 4, 6, 8 with losses 4, 3, 2, 1 give 1.0 (only forward 8 is above 6).
+    Example: ``train_tail([(2, 4.0), (4, 3.0), (6, 2.0), (8, 1.0)]) == 1.0`` (only forward 8 is above 6).
     """
-    steps = [(r["forwards"], r["loss"]) for r in records(run_dir, "train") if r.get("loss") is not None]
     if not steps:
         return None
     last = max(f for f, _ in steps)
     tail = [float(loss) for f, loss in steps if f > (1 - fraction) * last]
     return statistics.fmean(tail) if tail and all(math.isfinite(x) for x in tail) else None
+
+
+def binned_losses(steps: Sequence[tuple[int, float]], budget: float, bins: int) -> tuple[list[float], list[float]]:
+    r"""Training losses binned by forward passes: the axis ``[0, budget]`` in ``bins`` equal bins.
+
+    A step whose cumulative forward count :math:`f` satisfies :math:`(k-1)F/b < f \le kF/b` falls in
+    bin :math:`k`; each bin's value is the mean of its steps' losses, at ``x`` = the bin's centre.
+    Empty bins are left out. Binning by forward passes, not steps, puts methods of 2 and 6 forwards
+    a step on one axis.
+
+    Args:
+      steps: ``(f, loss)`` of each logged step (:attr:`Run.train_losses`).
+      budget: :math:`F`, the axis' end.
+      bins: :math:`b`.
+
+    Returns:
+      ``(bin centres, mean losses)``.
+
+    Example: ``binned_losses([(2, 4.0), (4, 3.0), (6, 2.0), (8, 1.0)], 8, 2) == ([2.0, 6.0], [3.5, 1.5])``.
+    """
+    width = budget / bins
+    sums: dict[int, list[float]] = {}
+    for f, loss in steps:
+        if f > 0:
+            sums.setdefault(min(bins - 1, math.ceil(f / width) - 1), []).append(loss)
+    ks = sorted(sums)
+    return [(k + 0.5) * width for k in ks], [statistics.fmean(sums[k]) for k in ks]
 
 
 def dev_means(runs: Sequence[Run]) -> tuple[float, float]:
@@ -242,20 +274,29 @@ def choose_lr(tried: Mapping[Any, tuple[float, float]]) -> Any:
     return min(tried, key=key)
 
 
-def build_table(runs: Sequence[Run], baseline: str = BASELINE) -> dict[str, Any]:
+def build_table(runs: Sequence[Run], baseline: str = BASELINE, loss_bins: int = 20) -> dict[str, Any]:
     """Chooses each (task, label)'s learning rate by dev and summarises test over seeds.
+
+    Args:
+      runs: the finished runs (:func:`load_run`).
+      baseline: the label every other method is compared with.
+      loss_bins: the bins of each zeroth-order run's training-loss curve (:func:`binned_losses`, over
+        the largest zeroth-order budget of its task).
 
     Returns:
       ``{"cells": {task: {label: {...}}}, "tasks", "labels", "paired": {label: {task | "all": ...}},
       "paired_train_loss": (the same, of the training-loss tails)}``;
       a cell holds ``lr``, ``lrs`` (every lr tried with its mean dev), ``test_mean``, ``test_std``,
       ``dev_mean``, ``seeds``, ``tests``, ``devs`` and ``train_tails`` (:func:`train_tail`, zeroth-order
-      runs) by seed, ``forwards``, ``wall_time``, ``metric``, ``method``, ``runs``.
+      runs) by seed, ``dev_curves`` (``(forwards, dev metric)`` of each eval record) and
+      ``loss_curves`` (binned training losses, zeroth-order runs) by seed, ``forwards``,
+      ``wall_time``, ``metric``, ``method``, ``runs``.
     """
     groups: dict[tuple[str, str], dict[Any, list[Run]]] = {}
     for r in runs:
         groups.setdefault((r.task, r.label), {}).setdefault(r.lr, []).append(r)
     cells: dict[str, dict[str, Any]] = {}
+    chosen: dict[tuple[str, str], list[Run]] = {}
     for (task, label), by_lr in groups.items():
         tried = {lr: dev_means(rs) for lr, rs in by_lr.items()}
         best_lr = choose_lr(tried)
@@ -272,7 +313,8 @@ def build_table(runs: Sequence[Run], baseline: str = BASELINE) -> dict[str, Any]
             "tests": {r.seed: r.test for r in rs if r.test is not None},
             "devs": {r.seed: r.dev for r in rs if r.dev is not None},
             "train_tails": {r.seed: t for r in rs if r.method in registry.METHODS
-                            and (t := train_tail(r.path)) is not None},
+                            and (t := train_tail(r.train_losses)) is not None},
+            "dev_curves": {r.seed: curve for r in rs if (curve := _dev_curve(r.evals))[0]},
             "forwards": sorted({r.forwards for r in rs}),
             "wall_time": _mean([r.wall_time for r in rs]),
             "metric": rs[0].metric,
@@ -280,6 +322,13 @@ def build_table(runs: Sequence[Run], baseline: str = BASELINE) -> dict[str, Any]
             "method": rs[0].method,
             "runs": [str(r.path) for r in rs],
         }  # fmt: skip
+        chosen[(task, label)] = rs
+    for task, by_label in cells.items():  # loss curves on one forward axis per task
+        zo = {label: c for label, c in by_label.items() if c["method"] in registry.METHODS}
+        budget = max((f for c in zo.values() for f in c["forwards"]), default=0)
+        for label, c in by_label.items():
+            rs = chosen[(task, label)] if label in zo and budget else []
+            c["loss_curves"] = {r.seed: binned_losses(r.train_losses, budget, loss_bins) for r in rs if r.train_losses}
     tasks = list(dict.fromkeys(r.task for r in runs if r.task in cells))
     if baseline not in {r.label for r in runs} and "mezo" in {r.label for r in runs}:
         baseline = "mezo"
@@ -417,22 +466,16 @@ def _paired_rows(tasks: Sequence[str], comparisons: Mapping[str, Mapping[str, An
     return lines
 
 
+def _dev_curve(evals: Sequence[Mapping[str, Any]]) -> tuple[list[int], list[float]]:
+    """``(forwards, dev metric)`` of the eval records that have a metric."""
+    pts = [(int(r["forwards"]), float(v)) for r in evals if (v := dev_metric(r)) is not None]
+    return [f for f, _ in pts], [v for _, v in pts]
+
+
 def dev_curves(table: Mapping[str, Any]) -> dict[str, dict[str, dict[int, tuple[list[int], list[float]]]]]:
-    """``{task: {label: {seed: (forwards, dev metric)}}}`` from the chosen runs' eval records."""
-    out: dict[str, dict[str, dict]] = {}
-    for task, by_label in table["cells"].items():
-        for label, c in by_label.items():
-            curves = {}
-            for seed, run in zip(c["seeds"], c["runs"], strict=True):
-                xs, ys = [], []
-                for r in records(run, "eval"):
-                    if (val := dev_metric(r)) is not None:
-                        xs.append(int(r["forwards"]))
-                        ys.append(float(val))
-                if xs:
-                    curves[seed] = (xs, ys)
-            out.setdefault(task, {})[label] = curves
-    return out
+    """``{task: {label: {seed: (forwards, dev metric)}}}`` of the chosen runs (from their eval records)."""
+    return {task: {label: dict(c["dev_curves"]) for label, c in by_label.items()}
+            for task, by_label in table["cells"].items()}  # fmt: skip
 
 
 def plot(table: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
@@ -533,47 +576,16 @@ def zo_curves(table: Mapping[str, Any]) -> dict[str, dict[str, dict[int, tuple[l
     return out
 
 
-def loss_curves(
-    table: Mapping[str, Any], bins: int = 20
-) -> dict[str, dict[str, dict[int, tuple[list[float], list[float]]]]]:
-    r"""Each zeroth-order run's training loss binned by forward passes: ``{task: {label: {seed: (x, y)}}}``.
-
-    The forward axis ``[0, F]`` (``F`` the largest budget of the task's zeroth-order runs) is cut into
-    ``bins`` equal bins; a step whose cumulative forward count ``f`` satisfies
-    :math:`(k-1)F/b < f \le kF/b` falls in bin ``k``, and bin ``k``'s value is the mean of its steps'
-    logged losses (ZO: :math:`(L(\theta+\epsilon v) + L(\theta-\epsilon v))/2`), at ``x`` = the
-    bin's centre. Empty bins are left out. Binning by forward passes, not steps, puts methods of 2 and
-    6 forwards a step on one axis.
-
-    Args:
-      table: :func:`build_table`'s result.
-      bins: the number of bins.
-
-    Returns:
-      per task, zeroth-order label and seed: the bin centres and mean losses.
-
-    Example: MeZO steps at forwards 2, 4, 6, 8 with losses 4, 3, 2, 1 and ``bins=2`` give
-    ``([2.0, 6.0], [3.5, 1.5])``.
-    """
+def loss_curves(table: Mapping[str, Any]) -> dict[str, dict[str, dict[int, tuple[list[float], list[float]]]]]:
+    r"""Each zeroth-order run's training loss binned by forward passes (:func:`binned_losses`, over the
+    largest zeroth-order budget of its task, ``loss_bins`` of :func:`build_table`):
+    ``{task: {label: {seed: (bin centres, mean losses)}}}``. First-order runs are left out: their
+    steps are not forward passes."""
     out: dict[str, dict[str, dict]] = {}
     for task, by_label in table["cells"].items():
-        zo = {label: c for label, c in by_label.items() if c["method"] in registry.METHODS}
-        budget = max((f for c in zo.values() for f in c["forwards"]), default=0)
-        if not budget:
-            continue
-        width = budget / bins
-        for label, c in zo.items():
-            curves = {}
-            for seed, run in zip(c["seeds"], c["runs"], strict=True):
-                sums: dict[int, list[float]] = {}
-                for r in records(run, "train"):
-                    if r.get("loss") is not None and r.get("forwards", 0) > 0:
-                        k = min(bins - 1, math.ceil(r["forwards"] / width) - 1)
-                        sums.setdefault(k, []).append(float(r["loss"]))
-                if sums:
-                    ks = sorted(sums)
-                    curves[seed] = ([(k + 0.5) * width for k in ks], [statistics.fmean(sums[k]) for k in ks])
-            out.setdefault(task, {})[label] = curves
+        for label, c in by_label.items():
+            if c["method"] in registry.METHODS:
+                out.setdefault(task, {})[label] = dict(c["loss_curves"])
     return out
 
 
@@ -597,12 +609,14 @@ def spec_runs(spec_path: str | os.PathLike[str]) -> tuple[list[Path], int]:
     return [d for c in cells if cell_status(d := spec.out / c.id) == "done"], len(cells)
 
 
-def table_from_dirs(paths: Iterable[str | os.PathLike[str]], baseline: str = BASELINE) -> dict[str, Any]:
+def table_from_dirs(
+    paths: Iterable[str | os.PathLike[str]], baseline: str = BASELINE, loss_bins: int = 20
+) -> dict[str, Any]:
     """:func:`build_table` over every finished run under ``paths``."""
     runs = [r for p in find_runs(paths) if (r := load_run(p)) is not None]
     if not runs:
         raise ValueError("no finished runs (results.json with status done) under the given paths")
-    return build_table(runs, baseline)
+    return build_table(runs, baseline, loss_bins)
 
 
 def to_json(table: Mapping[str, Any]) -> str:

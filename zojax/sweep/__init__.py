@@ -55,7 +55,7 @@ from zojax.sweep.plan import (
     plan,
 )
 from zojax.sweep.runner import SweepRunner, finetune_argv, shell_line
-from zojax.sweep.spec import CELL_FILE, PENDING, Cell, SweepSpec, cell_id, cell_status, load_spec
+from zojax.sweep.spec import CELL_FILE, PENDING, Cell, SweepSpec, cell_id, cell_label, cell_status, load_spec
 from zojax.sweep.tuning import PilotChoice, TuningPending, pilot_choice
 
 __all__ = [
@@ -69,6 +69,7 @@ __all__ = [
     "TuningPending",
     "budgets",
     "cell_id",
+    "cell_label",
     "cell_status",
     "check_cell_data",
     "describe_plan",

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import statistics
 import time
@@ -27,8 +26,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from zojax.sweep.spec import CELL_FILE, Cell, SweepSpec, cell_status
+from zojax.sweep.spec import Cell, SweepSpec, cell_label, cell_status
 from zojax.train import config as C
+from zojax.train.report import read_results
 
 
 @dataclasses.dataclass
@@ -85,14 +85,10 @@ def finished_wall_times(out: Path) -> dict[tuple[str, str], list[float]]:
     """Wall times (seconds, evaluations included) of the finished cells under ``out``, by
     ``(task, method label)``."""
     times: dict[tuple[str, str], list[float]] = {}
-    for results in sorted(Path(out).glob("*/results.json")):
-        try:
-            res = json.loads(results.read_text())
-            label = json.loads((results.parent / CELL_FILE).read_text())["label"]
-        except (OSError, ValueError, KeyError):
-            continue
-        if res.get("status") == "done" and isinstance(res.get("wall_time"), int | float):
-            times.setdefault((res.get("task", ""), label), []).append(float(res["wall_time"]))
+    for run_dir in sorted(p.parent for p in Path(out).glob("*/results.json")):
+        report, label = read_results(run_dir), cell_label(run_dir)
+        if report is not None and label is not None and isinstance(report.get("wall_time"), int | float):
+            times.setdefault((report.get("task", ""), label), []).append(float(report["wall_time"]))
     return times
 
 

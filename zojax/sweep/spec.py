@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from zojax.train import config as C
+from zojax.train.report import read_results
 
 CELL_FILE = "sweep_cell.json"
 PENDING = "pending"  # the lr of a method whose lr_from pilot is unfinished (dry runs and tables only)
@@ -241,14 +242,18 @@ def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
 
 def cell_status(run_dir: Path) -> str:
     """``done`` (results.json with status done), ``started`` (a config.json) or ``new``."""
-    results = run_dir / "results.json"
-    if results.is_file():
-        try:
-            if json.loads(results.read_text()).get("status") == "done":
-                return "done"
-        except ValueError:
-            pass
+    if read_results(run_dir) is not None:
+        return "done"
     return "started" if (run_dir / "config.json").is_file() else "new"
 
 
-__all__ = ["CELL_FILE", "PENDING", "Cell", "SweepSpec", "cell_id", "cell_status", "load_spec"]
+def cell_label(run_dir: Path) -> str | None:
+    """The method label a sweep gave the run in ``run_dir`` (its :data:`CELL_FILE`), or ``None`` for a
+    run that no sweep made."""
+    try:
+        return str(json.loads((Path(run_dir) / CELL_FILE).read_text())["label"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+__all__ = ["CELL_FILE", "PENDING", "Cell", "SweepSpec", "cell_id", "cell_label", "cell_status", "load_spec"]

@@ -115,6 +115,16 @@ def write_results(run_dir: Path, report: Mapping[str, Any]) -> None:
     os.replace(tmp, run_dir / "results.json")
 
 
+def read_results(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The report of a finished run: ``<run_dir>/results.json`` when its status is ``done``; ``None``
+    when the run is absent, unfinished (stopped, failed) or its file unreadable."""
+    try:
+        report = json.loads((Path(run_dir) / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) and report.get("status") == "done" else None
+
+
 def summary(report: Mapping[str, Any], training: bool, run_dir: Path) -> list[str]:
     """The closing lines: dev before/after, the selected step, the test metric."""
 
