@@ -379,7 +379,7 @@ def test_finished_cells_time_the_remaining_ones(tmp_path: Path, capsys: pytest.C
         _fixture_run(spec.out, "MeZO", 1e-3, 0, 0.6, 0.6, 0.5, wall=wall, name=cell.id)
     times = S.finished_wall_times(spec.out)
     assert {k: sorted(v) for k, v in times.items()} == {("sst2", "MeZO"): [600.0, 1200.0]}
-    assert S.expected_seconds(times, "sst2", "MeZO") == 900.0
+    assert S.expected_seconds(times, "sst2", "MeZO") == 900.0 and S.expected_seconds(times, "sst2", "MeZO", min) == 600
     assert S.expected_seconds(times, "sst2", "MeZO-GV") is None and S.expected_seconds(times, "rte", "MeZO") is None
     assert sweep_main([str(spec_path), "--dry-run", "--only", mezo[0].id, "--only", mezo[3].id]) == 0
     assert "sweep tiny: 2 cells" in capsys.readouterr().out  # --only repeated: any of them
@@ -388,6 +388,7 @@ def test_finished_cells_time_the_remaining_ones(tmp_path: Path, capsys: pytest.C
     assert "status: 2 done, 0 started, 6 new" in out
     # the two MeZO cells left at 900 s each; the four MeZO-GV cells have no finished twin
     assert "measured: 30m00s for 2 of the 6 remaining cells" in out and "4 have no finished twin yet" in out
+    assert "; 20m00s at the fastest of them" in out  # the 600 s twin, twice
 
 
 def test_table_of_a_spec_counts_only_its_cells(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -22,7 +22,7 @@ import functools
 import math
 import statistics
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,10 +92,16 @@ def finished_wall_times(out: Path) -> dict[tuple[str, str], list[float]]:
     return times
 
 
-def expected_seconds(times: Mapping[tuple[str, str], Sequence[float]], task: str, label: str) -> float | None:
-    """The mean wall time of the finished cells of ``task`` and ``label`` (``None`` without one)."""
+def expected_seconds(
+    times: Mapping[tuple[str, str], Sequence[float]],
+    task: str,
+    label: str,
+    statistic: Callable[[Sequence[float]], float] = statistics.fmean,
+) -> float | None:
+    """The mean (or another ``statistic``: ``min`` for the fastest) wall time of the finished cells of
+    ``task`` and ``label`` (``None`` without one)."""
     done = times.get((task, label))
-    return statistics.fmean(done) if done else None
+    return statistic(done) if done else None
 
 
 def check_cell_data(cfg: C.TrainConfig) -> None:
@@ -163,9 +169,11 @@ def describe_plan(spec: SweepSpec, rows: Sequence[PlanRow]) -> str:
     expected = [expected_seconds(times, r.task, r.cell.label) for r in remaining]
     known = [e for e in expected if e is not None]
     if remaining and known:
+        fastest = sum(e for r in remaining if (e := expected_seconds(times, r.task, r.cell.label, min)) is not None)
         lines.append(
             f"  measured: {format_seconds(sum(known))} for {len(known)} of the {len(remaining)} remaining cells, "
-            "at the mean wall time of the finished cells of the same task and method (evaluation included)"
+            "at the mean wall time of the finished cells of the same task and method (evaluation included); "
+            f"{format_seconds(fastest)} at the fastest of them (a CPU shared while they ran slows the mean)"
             + ("" if len(known) == len(remaining) else f"; {len(remaining) - len(known)} have no finished twin yet")
         )
     return "\n".join(lines)
